@@ -1,0 +1,344 @@
+//! The runtime configuration: one `AnalyticsPipeline` and its `AnalyticsSite`s, read from the
+//! same YAML that `kubectl apply` takes — a multi-document file, or a directory of `.yaml` /
+//! `.yml` files. In a cluster the operator renders exactly this shape into a ConfigMap.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tally_crds::{
+    API_VERSION, AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, SITE_ID_PATTERN,
+    parse_duration,
+};
+
+use crate::naming;
+
+/// Why a configuration could not be loaded. Every message names the file (and document) at
+/// fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("no AnalyticsPipeline found in {0}")]
+    NoPipeline(String),
+    #[error("{0} and {1} both declare an AnalyticsPipeline; give one pipeline per configuration")]
+    TwoPipelines(String, String),
+}
+
+/// Durations of the pipeline spec, parsed once at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    pub stream_max_age: Duration,
+    pub duplicate_window: Duration,
+    pub publish_timeout: Duration,
+    pub batch_max_wait: Duration,
+    pub ack_wait: Duration,
+}
+
+/// A validated pipeline with its sites.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub pipeline: AnalyticsPipeline,
+    pub sites: Vec<AnalyticsSite>,
+    pub timings: Timings,
+    site_index: HashMap<String, usize>,
+}
+
+impl RuntimeConfig {
+    /// Loads a YAML file, or every `.yaml`/`.yml` file of a directory (in name order).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let mut sources = Vec::new();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml")
+                        )
+                })
+                .collect();
+            files.sort();
+            for file in files {
+                let text = read(&file)?;
+                sources.push((file.display().to_string(), text));
+            }
+        } else {
+            sources.push((path.display().to_string(), read(path)?));
+        }
+        let described = path.display().to_string();
+        Self::from_sources(&described, sources)
+    }
+
+    /// Parses one YAML text holding the pipeline and its sites; `origin` names it in errors.
+    pub fn parse(origin: &str, yaml: &str) -> Result<Self, ConfigError> {
+        Self::from_sources(origin, vec![(origin.to_owned(), yaml.to_owned())])
+    }
+
+    fn from_sources(described: &str, sources: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let mut pipeline: Option<(String, AnalyticsPipeline)> = None;
+        let mut sites: Vec<(String, AnalyticsSite)> = Vec::new();
+        for (file, text) in &sources {
+            for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+                let origin = format!("{file} (document {})", index + 1);
+                let invalid = |message: String| ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message,
+                };
+                let value = serde_yaml::Value::deserialize(document)
+                    .map_err(|e| invalid(format!("not valid YAML: {e}")))?;
+                if value.is_null() {
+                    continue; // an empty document, e.g. after a trailing `---`
+                }
+                let api_version = value.get("apiVersion").and_then(|v| v.as_str());
+                let kind = value.get("kind").and_then(|v| v.as_str());
+                if api_version != Some(API_VERSION) {
+                    return Err(invalid(format!(
+                        "apiVersion must be {API_VERSION}, found {}",
+                        api_version.unwrap_or("nothing")
+                    )));
+                }
+                match kind {
+                    Some("AnalyticsPipeline") => {
+                        let parsed: AnalyticsPipeline = serde_yaml::from_value(value)
+                            .map_err(|e| invalid(format!("invalid AnalyticsPipeline: {e}")))?;
+                        if let Some((first, _)) = &pipeline {
+                            return Err(ConfigError::TwoPipelines(first.clone(), origin));
+                        }
+                        pipeline = Some((origin, parsed));
+                    }
+                    Some("AnalyticsSite") => {
+                        let parsed: AnalyticsSite = serde_yaml::from_value(value)
+                            .map_err(|e| invalid(format!("invalid AnalyticsSite: {e}")))?;
+                        sites.push((origin, parsed));
+                    }
+                    other => {
+                        return Err(invalid(format!(
+                            "kind must be AnalyticsPipeline or AnalyticsSite, found {}",
+                            other.unwrap_or("nothing")
+                        )));
+                    }
+                }
+            }
+        }
+        let (pipeline_origin, pipeline) =
+            pipeline.ok_or_else(|| ConfigError::NoPipeline(described.to_owned()))?;
+        Self::validate(pipeline_origin, pipeline, sites)
+    }
+
+    fn validate(
+        pipeline_origin: String,
+        pipeline: AnalyticsPipeline,
+        sites: Vec<(String, AnalyticsSite)>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |origin: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        let name = pipeline
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid(&pipeline_origin, "metadata.name is required".into()))?;
+        let spec = &pipeline.spec;
+        let duration = |field: &str, value: &str| {
+            parse_duration(value).map_err(|e| invalid(&pipeline_origin, format!("spec.{field}: {e}")))
+        };
+        let timings = Timings {
+            stream_max_age: duration("nats.stream.maxAge", &spec.nats.stream.max_age)?,
+            duplicate_window: duration(
+                "nats.stream.duplicateWindow",
+                &spec.nats.stream.duplicate_window,
+            )?,
+            publish_timeout: duration("collector.publishTimeout", &spec.collector.publish_timeout)?,
+            batch_max_wait: duration("processor.batchMaxWait", &spec.processor.batch_max_wait)?,
+            ack_wait: duration("processor.ackWait", &spec.processor.ack_wait)?,
+        };
+        if let Some(db) = &spec.clickhouse.database
+            && !is_identifier(db)
+        {
+            return Err(invalid(
+                &pipeline_origin,
+                format!("spec.clickhouse.database {db:?} must be letters, digits and _, not starting with a digit"),
+            ));
+        }
+
+        let mut site_index = HashMap::new();
+        let mut kept = Vec::with_capacity(sites.len());
+        for (origin, site) in sites {
+            let s = &site.spec;
+            if s.pipeline_ref.name != name {
+                return Err(invalid(
+                    &origin,
+                    format!(
+                        "spec.pipelineRef.name is {:?} but this configuration's pipeline is {name:?}",
+                        s.pipeline_ref.name
+                    ),
+                ));
+            }
+            if !is_site_id(&s.site_id) {
+                return Err(invalid(
+                    &origin,
+                    format!("spec.siteId {:?} must match {SITE_ID_PATTERN}", s.site_id),
+                ));
+            }
+            if site_index.insert(s.site_id.clone(), kept.len()).is_some() {
+                return Err(invalid(
+                    &origin,
+                    format!("spec.siteId {:?} is declared by another site too", s.site_id),
+                ));
+            }
+            kept.push(site);
+        }
+        Ok(Self {
+            pipeline,
+            sites: kept,
+            timings,
+            site_index,
+        })
+    }
+
+    /// The pipeline's name (`metadata.name`).
+    pub fn name(&self) -> &str {
+        self.pipeline.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The site with this `site_id`, if the configuration declares it.
+    pub fn site(&self, site_id: &str) -> Option<&AnalyticsSiteSpec> {
+        self.site_index.get(site_id).map(|&i| &self.sites[i].spec)
+    }
+
+    /// The ClickHouse database of this pipeline.
+    pub fn database(&self) -> String {
+        self.pipeline
+            .spec
+            .clickhouse
+            .database
+            .clone()
+            .unwrap_or_else(|| naming::default_database(self.name()))
+    }
+
+    /// The JetStream stream of this pipeline.
+    pub fn stream_name(&self) -> String {
+        naming::stream_name(self.name())
+    }
+
+    /// The subject one site's events are published on.
+    pub fn event_subject(&self, site_id: &str) -> String {
+        naming::event_subject(self.name(), site_id)
+    }
+
+    /// The resources as one multi-document YAML text, the form [`RuntimeConfig::parse`] reads.
+    pub fn to_yaml(&self) -> String {
+        let mut out = serde_yaml::to_string(&self.pipeline).expect("resources serialize");
+        for site in &self.sites {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(site).expect("resources serialize"));
+        }
+        out
+    }
+}
+
+use serde::Deserialize as _;
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63
+}
+
+/// The same rule as [`SITE_ID_PATTERN`], checked without a regex engine.
+pub fn is_site_id(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: AnalyticsPipeline
+metadata:
+  name: web
+spec:
+  processor:
+    batchMaxWait: 200ms
+---
+apiVersion: tally.dev/v1alpha1
+kind: AnalyticsSite
+metadata:
+  name: shop
+spec:
+  pipelineRef: {name: web}
+  siteId: shop
+  domains: [shop.example.com]
+---
+"#;
+
+    #[test]
+    fn parses_a_pipeline_with_its_sites() {
+        let config = RuntimeConfig::parse("example.yaml", EXAMPLE).unwrap();
+        assert_eq!(config.name(), "web");
+        assert_eq!(config.database(), "tally_web");
+        assert_eq!(config.stream_name(), "TALLY_WEB");
+        assert_eq!(config.timings.batch_max_wait, Duration::from_millis(200));
+        assert!(config.site("shop").is_some());
+        assert!(config.site("blog").is_none());
+    }
+
+    #[test]
+    fn round_trips_through_to_yaml() {
+        let config = RuntimeConfig::parse("example.yaml", EXAMPLE).unwrap();
+        let again = RuntimeConfig::parse("rendered", &config.to_yaml()).unwrap();
+        assert_eq!(again.pipeline, config.pipeline);
+        assert_eq!(again.sites, config.sites);
+    }
+
+    fn error_of(yaml: &str) -> String {
+        RuntimeConfig::parse("x.yaml", yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let site = |pipeline: &str, id: &str| {
+            format!(
+                "---\napiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: {id}}}\nspec: {{pipelineRef: {{name: {pipeline}}}, siteId: {id}}}\n"
+            )
+        };
+        let header = "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\n";
+        let pipeline = format!("{header}spec: {{}}\n");
+        assert!(error_of(&site("web", "a")).contains("no AnalyticsPipeline"));
+        assert!(error_of(&format!("{pipeline}{}", site("other", "a"))).contains("pipelineRef.name is \"other\""));
+        assert!(error_of(&format!("{pipeline}{}{}", site("web", "a"), site("web", "a"))).contains("declared by another site"));
+        assert!(error_of(&format!("{pipeline}{}", site("web", "Bad!"))).contains("siteId"));
+        assert!(error_of(&format!("{pipeline}---\n{pipeline}")).contains("both declare"));
+        assert!(error_of("apiVersion: v1\nkind: ConfigMap\n").contains("apiVersion must be tally.dev/v1alpha1"));
+        assert!(error_of(&format!("{header}spec: {{processor: {{ackWait: soon}}}}\n")).contains("spec.processor.ackWait"));
+        assert!(error_of(&format!("{header}spec: {{processor: {{batchMaxRows: many}}}}\n")).contains("invalid AnalyticsPipeline"));
+    }
+}

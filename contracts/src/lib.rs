@@ -1,0 +1,13 @@
+//! What Tally's services share, declared once: the runtime configuration (the pipeline and
+//! site resources as YAML), the names derived from it (stream, subjects, database), the
+//! event envelope on the wire between collector and processor, the JetStream stream
+//! configuration and the ClickHouse schema.
+
+pub mod config;
+pub mod event;
+pub mod naming;
+pub mod schema;
+pub mod stream;
+
+pub use config::{ConfigError, RuntimeConfig};
+pub use event::Event;

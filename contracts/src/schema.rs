@@ -1,0 +1,184 @@
+//! The ClickHouse schema of a pipeline's database: the raw `events` table and the rollups
+//! that materialized views keep up to date on every insert. The processor applies these
+//! versioned migrations at start (idempotently); the collector's stats API and the
+//! documented SQL read the tables named here.
+
+/// The raw events table.
+pub const EVENTS: &str = "events";
+/// Per site per UTC day: page views, events, unique users, unique visitors.
+pub const SITE_DAILY: &str = "site_daily";
+/// Per site per UTC hour: the same measures as [`SITE_DAILY`].
+pub const SITE_HOURLY: &str = "site_hourly";
+/// Per site per UTC day per path: page views and unique visitors.
+pub const PATH_DAILY: &str = "path_daily";
+/// Per site per UTC day per event type: events, unique users, unique visitors.
+pub const EVENT_TYPE_DAILY: &str = "event_type_daily";
+/// Which migrations have been applied.
+pub const MIGRATIONS_TABLE: &str = "schema_migrations";
+
+/// The event type that counts as a page view.
+pub const PAGE_VIEW: &str = "page_view";
+
+/// A visitor's identity: the user id when known, else the visitor id, else the session id,
+/// prefixed so that equal strings of different kinds never merge; empty when none is known.
+pub const VISITOR_KEY: &str = "multiIf(user_id != '', concat('u:', user_id), \
+     visitor_id != '', concat('v:', visitor_id), \
+     session_id != '', concat('s:', session_id), '')";
+
+/// One schema step. Versions only grow; a released migration is never edited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migration {
+    pub version: u32,
+    pub description: &'static str,
+    pub statements: Vec<String>,
+}
+
+/// The DDL that creates the migrations table itself (always safe to run).
+pub fn migrations_table(db: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS `{db}`"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.{MIGRATIONS_TABLE} (\
+               version UInt32, description String, applied_at DateTime('UTC') DEFAULT now()\
+             ) ENGINE = MergeTree ORDER BY version"
+        ),
+    ]
+}
+
+/// Every migration of a pipeline database, in order.
+pub fn migrations(db: &str) -> Vec<Migration> {
+    let rollup = |name: &str, keys: &str, measures: &str| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.{name} ({keys}, {measures}) \
+             ENGINE = AggregatingMergeTree \
+             PARTITION BY toYYYYMM({partition}) \
+             ORDER BY ({order})",
+            partition = if name == SITE_HOURLY { "hour" } else { "day" },
+            order = keys
+                .split(',')
+                .map(|k| k.split_whitespace().next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let view = |name: &str, select: &str, group_by: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.{name}_mv TO `{db}`.{name} AS \
+             SELECT {select} FROM `{db}`.{EVENTS} GROUP BY {group_by}"
+        )
+    };
+    const COUNTS: &str = "page_views SimpleAggregateFunction(sum, UInt64), \
+         events SimpleAggregateFunction(sum, UInt64), \
+         users AggregateFunction(uniqExact, String), \
+         visitors AggregateFunction(uniqExact, String)";
+    let count_measures = format!(
+        "countIf(event_type = '{PAGE_VIEW}') AS page_views, count() AS events, \
+         uniqExactStateIf(user_id, user_id != '') AS users, \
+         uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+    );
+    vec![Migration {
+        version: 1,
+        description: "events table and daily, hourly, path and event-type rollups",
+        statements: vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.{EVENTS} (\
+                   event_id UUID, \
+                   site_id LowCardinality(String), \
+                   event_type LowCardinality(String), \
+                   timestamp DateTime64(3, 'UTC'), \
+                   received_at DateTime64(3, 'UTC'), \
+                   path String, url String, referrer String, title String, \
+                   user_id String, visitor_id String, session_id String, \
+                   properties String, \
+                   INDEX event_id_bloom event_id TYPE bloom_filter(0.001) GRANULARITY 1\
+                 ) ENGINE = MergeTree \
+                 PARTITION BY toYYYYMM(timestamp) \
+                 ORDER BY (site_id, timestamp)"
+            ),
+            rollup(SITE_DAILY, "site_id LowCardinality(String), day Date", COUNTS),
+            rollup(
+                SITE_HOURLY,
+                "site_id LowCardinality(String), hour DateTime('UTC')",
+                COUNTS,
+            ),
+            rollup(
+                PATH_DAILY,
+                "site_id LowCardinality(String), day Date, path String",
+                "page_views SimpleAggregateFunction(sum, UInt64), \
+                 visitors AggregateFunction(uniqExact, String)",
+            ),
+            rollup(
+                EVENT_TYPE_DAILY,
+                "site_id LowCardinality(String), day Date, event_type LowCardinality(String)",
+                "events SimpleAggregateFunction(sum, UInt64), \
+                 users AggregateFunction(uniqExact, String), \
+                 visitors AggregateFunction(uniqExact, String)",
+            ),
+            view(
+                SITE_DAILY,
+                &format!("site_id, toDate(timestamp) AS day, {count_measures}"),
+                "site_id, day",
+            ),
+            view(
+                SITE_HOURLY,
+                &format!("site_id, toStartOfHour(timestamp) AS hour, {count_measures}"),
+                "site_id, hour",
+            ),
+            view(
+                PATH_DAILY,
+                &format!(
+                    "site_id, toDate(timestamp) AS day, path, \
+                     countIf(event_type = '{PAGE_VIEW}') AS page_views, \
+                     uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+                ),
+                "site_id, day, path",
+            ),
+            view(
+                EVENT_TYPE_DAILY,
+                &format!(
+                    "site_id, toDate(timestamp) AS day, event_type, count() AS events, \
+                     uniqExactStateIf(user_id, user_id != '') AS users, \
+                     uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+                ),
+                "site_id, day, event_type",
+            ),
+        ],
+    }]
+}
+
+/// The statement that makes the raw table keep `retention_days` of data (or keep it all).
+pub fn retention_statement(db: &str, retention_days: Option<u32>) -> String {
+    match retention_days {
+        Some(days) => format!(
+            "ALTER TABLE `{db}`.{EVENTS} MODIFY TTL toDateTime(timestamp) + INTERVAL {days} DAY"
+        ),
+        None => format!("ALTER TABLE `{db}`.{EVENTS} REMOVE TTL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_strictly_increase_from_one() {
+        let versions: Vec<u32> = migrations("db").iter().map(|m| m.version).collect();
+        assert_eq!(versions.first(), Some(&1));
+        assert!(versions.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn every_statement_targets_the_given_database() {
+        for m in migrations("tally_web") {
+            for s in &m.statements {
+                assert!(s.contains("`tally_web`."), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn rollup_order_keys_are_the_key_columns() {
+        let ddl = &migrations("db")[0].statements[4];
+        assert!(ddl.contains("ORDER BY (site_id, day, event_type)"), "{ddl}");
+    }
+}

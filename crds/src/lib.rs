@@ -1,0 +1,44 @@
+//! Tally's Kubernetes API: the `AnalyticsPipeline` and `AnalyticsSite` custom resources
+//! (group `tally.dev`, version `v1alpha1`).
+//!
+//! These types are the single source of truth for the resources' shape: the CRD YAML in this
+//! directory is generated from them (`cargo run -p tally-crds --bin crdgen`), the operator
+//! reconciles them, and the collector and processor read the same YAML from files when they
+//! run without a cluster. Field doc comments are the user documentation that
+//! `kubectl explain` shows.
+
+mod duration;
+mod pipeline;
+mod site;
+
+pub use duration::{DurationError, parse_duration};
+pub use pipeline::*;
+pub use site::*;
+
+use kube::CustomResourceExt;
+
+/// The API group of every Tally resource.
+pub const GROUP: &str = "tally.dev";
+/// The API version these types describe.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in YAML.
+pub const API_VERSION: &str = "tally.dev/v1alpha1";
+
+/// Every CRD of this crate, rendered as YAML documents in a stable order, with the file
+/// name each one is committed under in `crds/`.
+pub fn crd_files() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "analyticspipelines.tally.dev.yaml",
+            render(&AnalyticsPipeline::crd()),
+        ),
+        ("analyticssites.tally.dev.yaml", render(&AnalyticsSite::crd())),
+    ]
+}
+
+fn render(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    let yaml = serde_yaml::to_string(crd).expect("a CRD always serializes to YAML");
+    format!("# Generated from the Rust types in crds/src by `make crds`; do not edit.\n---\n{yaml}")
+}

@@ -1,0 +1,266 @@
+//! `AnalyticsPipeline`: one ingestion pipeline — a JetStream stream, collectors that feed it
+//! and processors that drain it into one ClickHouse database.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::DURATION_PATTERN;
+
+/// Declares an analytics pipeline: where events are buffered (NATS JetStream), where they are
+/// stored (ClickHouse), and how the collector and processor behave.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tally.dev",
+    version = "v1alpha1",
+    kind = "AnalyticsPipeline",
+    namespaced,
+    status = "AnalyticsPipelineStatus",
+    shortname = "apipe",
+    category = "tally",
+    derive = "PartialEq",
+    doc = "An analytics pipeline: a JetStream stream fed by collectors and drained by processors into a ClickHouse database.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Sites", type_ = "integer", json_path = ".status.sites"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsPipelineSpec {
+    /// NATS JetStream: the connection and the stream that buffers this pipeline's events.
+    #[serde(default)]
+    pub nats: NatsSpec,
+    /// ClickHouse: where raw events and rollups are stored.
+    #[serde(default)]
+    pub clickhouse: ClickHouseSpec,
+    /// HTTP collector settings: request limits and publishing.
+    #[serde(default)]
+    pub collector: CollectorSpec,
+    /// Processor settings: batching and redelivery.
+    #[serde(default)]
+    pub processor: ProcessorSpec,
+}
+
+/// How to reach NATS and how to shape the pipeline's stream.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// NATS server URL, e.g. `nats://nats.tally.svc:4222`. Several servers may be given
+    /// separated by commas.
+    #[serde(default = "default_nats_url")]
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// The JetStream stream that holds this pipeline's events.
+    #[serde(default)]
+    pub stream: StreamSpec,
+}
+
+/// Settings of the pipeline's JetStream stream (`TALLY_<PIPELINE>`, subjects
+/// `tally.<pipeline>.events.<siteId>`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// Number of stream replicas in a JetStream cluster (1, 3 or 5 are sensible).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: u8,
+    /// Where JetStream keeps messages: `File` (survives restarts) or `Memory`.
+    #[serde(default)]
+    pub storage: StreamStorage,
+    /// How long events stay in the stream after they were published, e.g. `7d`. Processed
+    /// events are kept until then so that a pipeline can be replayed.
+    #[serde(default = "default_max_age")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_age: String,
+    /// Window within which a re-published `event_id` is dropped as a duplicate, e.g. `2m`.
+    /// Clients that retry a POST within this window never store an event twice.
+    #[serde(default = "default_duplicate_window")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub duplicate_window: String,
+}
+
+/// JetStream storage backend.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StreamStorage {
+    /// Messages are written to disk.
+    #[default]
+    File,
+    /// Messages are kept in memory only.
+    Memory,
+}
+
+/// How to reach ClickHouse and how long to keep data.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseSpec {
+    /// ClickHouse HTTP interface URL, e.g. `http://clickhouse.tally.svc:8123`.
+    #[serde(default = "default_clickhouse_url")]
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Database that holds the pipeline's tables. Defaults to `tally_<pipeline name>` with
+    /// every character other than letters, digits and `_` replaced by `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub database: Option<String>,
+    /// Days to keep raw events; older rows are removed by a ClickHouse TTL. Unset keeps
+    /// them forever. Rollups are kept regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub retention_days: Option<u32>,
+}
+
+/// Collector (HTTP ingestion) settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Largest accepted request body in bytes, after gzip decompression. Larger bodies are
+    /// answered with 413.
+    #[serde(default = "default_max_body_bytes")]
+    #[schemars(range(min = 1024))]
+    pub max_body_bytes: u32,
+    /// Most events accepted in one batch request. Larger batches are answered with 413.
+    #[serde(default = "default_max_batch_events")]
+    #[schemars(range(min = 1))]
+    pub max_batch_events: u32,
+    /// Largest `properties` object of one event, in bytes of JSON.
+    #[serde(default = "default_max_properties_bytes")]
+    #[schemars(range(min = 2))]
+    pub max_properties_bytes: u32,
+    /// Most JetStream publishes awaiting their acknowledgement at once, per collector. When
+    /// reached, new publishes wait for acknowledgements (back-pressure).
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1))]
+    pub max_in_flight_publishes: u32,
+    /// How long a publish may wait for JetStream's acknowledgement before the request is
+    /// answered with 503.
+    #[serde(default = "default_publish_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub publish_timeout: String,
+}
+
+/// Processor (JetStream → ClickHouse) settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorSpec {
+    /// Most events written to ClickHouse in one insert.
+    #[serde(default = "default_batch_max_rows")]
+    #[schemars(range(min = 1))]
+    pub batch_max_rows: u32,
+    /// Longest time a batch waits to fill up before it is written anyway, e.g. `1s`.
+    #[serde(default = "default_batch_max_wait")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub batch_max_wait: String,
+    /// How long JetStream waits for a processor's acknowledgement before it redelivers a
+    /// message. Processors extend it while they retry a failing insert.
+    #[serde(default = "default_ack_wait")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ack_wait: String,
+    /// How many times JetStream delivers a message before giving up on it.
+    #[serde(default = "default_max_deliver")]
+    #[schemars(range(min = 1))]
+    pub max_deliver: u32,
+}
+
+/// Observed state of an `AnalyticsPipeline`, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `StreamReady`, `CollectorAvailable`, `ProcessorAvailable` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Number of `AnalyticsSite`s accepted into this pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites: Option<i32>,
+    /// URL of the collector inside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_replicas() -> u8 {
+    1
+}
+fn default_max_age() -> String {
+    "7d".into()
+}
+fn default_duplicate_window() -> String {
+    "2m".into()
+}
+fn default_clickhouse_url() -> String {
+    "http://127.0.0.1:8123".into()
+}
+fn default_max_body_bytes() -> u32 {
+    1024 * 1024
+}
+fn default_max_batch_events() -> u32 {
+    1000
+}
+fn default_max_properties_bytes() -> u32 {
+    8 * 1024
+}
+fn default_max_in_flight() -> u32 {
+    8192
+}
+fn default_publish_timeout() -> String {
+    "5s".into()
+}
+fn default_batch_max_rows() -> u32 {
+    10_000
+}
+fn default_batch_max_wait() -> String {
+    "1s".into()
+}
+fn default_ack_wait() -> String {
+    "30s".into()
+}
+fn default_max_deliver() -> u32 {
+    10
+}
+
+/// `Default` gives the same values as an empty YAML object, so a spec that leaves a section
+/// out behaves exactly like one that spells out every default.
+macro_rules! default_from_empty_object {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                serde_json::from_value(serde_json::json!({}))
+                    .expect("every field of this section has a default")
+            }
+        }
+    )*};
+}
+default_from_empty_object!(NatsSpec, StreamSpec, ClickHouseSpec, CollectorSpec, ProcessorSpec);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_takes_every_default() {
+        let spec: AnalyticsPipelineSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.nats.stream.max_age, "7d");
+        assert_eq!(spec.nats.stream.storage, StreamStorage::File);
+        assert_eq!(spec.processor.batch_max_rows, 10_000);
+        assert_eq!(spec.collector.max_body_bytes, 1024 * 1024);
+        assert_eq!(spec.clickhouse.database, None);
+    }
+
+    #[test]
+    fn default_durations_parse() {
+        let spec: AnalyticsPipelineSpec = serde_json::from_str("{}").unwrap();
+        for d in [
+            &spec.nats.stream.max_age,
+            &spec.nats.stream.duplicate_window,
+            &spec.collector.publish_timeout,
+            &spec.processor.batch_max_wait,
+            &spec.processor.ack_wait,
+        ] {
+            crate::parse_duration(d).unwrap();
+        }
+    }
+}

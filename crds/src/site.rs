@@ -1,0 +1,104 @@
+//! `AnalyticsSite`: one website or tenant whose events flow through a pipeline.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The pattern every `siteId` matches: it becomes a NATS subject token and a ClickHouse value.
+pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
+
+/// Declares a website or tenant that sends events into a pipeline.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tally.dev",
+    version = "v1alpha1",
+    kind = "AnalyticsSite",
+    namespaced,
+    status = "AnalyticsSiteStatus",
+    shortname = "asite",
+    category = "tally",
+    derive = "PartialEq",
+    doc = "A website or tenant whose events flow through an AnalyticsPipeline.",
+    printcolumn(name = "Pipeline", type_ = "string", json_path = ".spec.pipelineRef.name"),
+    printcolumn(name = "Site ID", type_ = "string", json_path = ".spec.siteId"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSiteSpec {
+    /// The `AnalyticsPipeline` (same namespace) this site's events flow through.
+    pub pipeline_ref: PipelineRef,
+    /// The identifier events carry in `site_id`: lower-case letters, digits, `-` and `_`,
+    /// starting with a letter or digit, at most 63 characters.
+    #[schemars(regex(pattern = SITE_ID_PATTERN))]
+    pub site_id: String,
+    /// Host names allowed to send browser events for this site. A request carrying an
+    /// `Origin` header is accepted only when the origin's host is one of these or a
+    /// sub-domain of one. Empty allows every origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+}
+
+/// A reference to an `AnalyticsPipeline` in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PipelineRef {
+    /// Name of the `AnalyticsPipeline`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Observed state of an `AnalyticsSite`, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSiteStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `Accepted` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// URL that accepts this site's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_url: Option<String>,
+}
+
+impl AnalyticsSiteSpec {
+    /// Whether a browser request from `origin_host` may send events for this site.
+    pub fn allows_origin_host(&self, origin_host: &str) -> bool {
+        self.domains.is_empty()
+            || self.domains.iter().any(|domain| {
+                origin_host.eq_ignore_ascii_case(domain)
+                    || origin_host
+                        .len()
+                        .checked_sub(domain.len() + 1)
+                        .is_some_and(|cut| {
+                            origin_host.as_bytes()[cut] == b'.'
+                                && origin_host[cut + 1..].eq_ignore_ascii_case(domain)
+                        })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(domains: &[&str]) -> AnalyticsSiteSpec {
+        AnalyticsSiteSpec {
+            pipeline_ref: PipelineRef { name: "p".into() },
+            site_id: "s".into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn origin_matches_domain_and_subdomains_only() {
+        let s = site(&["example.com"]);
+        assert!(s.allows_origin_host("example.com"));
+        assert!(s.allows_origin_host("www.Example.com"));
+        assert!(!s.allows_origin_host("badexample.com"));
+        assert!(!s.allows_origin_host("example.com.evil.net"));
+        assert!(site(&[]).allows_origin_host("anything.net"));
+    }
+}
