@@ -1,0 +1,174 @@
+//! The HTTP contract of the collector: every error a request can meet, mapped to its status
+//! code in one place, and the response bodies.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::validate::{Problem, Rejection};
+
+/// Everything that ends a request with an error. The `Display` text is the message clients
+/// read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("{0}")]
+    BadEncoding(String),
+    #[error("Content-Encoding {0:?} is not supported; send gzip or uncompressed bodies")]
+    UnsupportedEncoding(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{} problem(s) with the event: {}", .0.len(), summary(.0))]
+    InvalidEvent(Vec<Problem>),
+    #[error("site_id {0:?} is not configured in this pipeline")]
+    UnknownSite(String),
+    #[error("origin {origin_host:?} is not among the domains of site {site_id:?}")]
+    ForbiddenOrigin {
+        site_id: String,
+        origin_host: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn summary(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{} {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// The status code and the stable machine-readable error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::BadEncoding(_) => (StatusCode::BAD_REQUEST, "invalid_encoding"),
+            Self::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
+            }
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
+            Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
+            Self::ForbiddenOrigin { .. } => (StatusCode::FORBIDDEN, "forbidden_origin"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Invalid(problems) => Self::InvalidEvent(problems),
+            Rejection::UnknownSite(site) => Self::UnknownSite(site),
+            Rejection::ForbiddenOrigin {
+                site_id,
+                origin_host,
+            } => Self::ForbiddenOrigin {
+                site_id,
+                origin_host,
+            },
+        }
+    }
+}
+
+/// The JSON body of an error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = self.to_string();
+        let problems = match self {
+            Self::InvalidEvent(problems) => problems,
+            _ => Vec::new(),
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+                problems,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The answer to a POST of events: counts, and one result per event in request order.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub failed: usize,
+    pub results: Vec<ItemResult>,
+}
+
+/// What happened to one event of a request.
+#[derive(Debug, Serialize)]
+pub struct ItemResult {
+    pub index: usize,
+    /// 202 stored; 400/403/404 refused (see `error`); 503 not stored, retry.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    /// The event id had been stored already (a retried post); it is counted once.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+impl ItemResult {
+    pub fn stored(index: usize, event_id: Uuid, duplicate: bool) -> Self {
+        Self {
+            index,
+            status: StatusCode::ACCEPTED.as_u16(),
+            event_id: Some(event_id),
+            duplicate,
+            error: None,
+            message: None,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn failed(index: usize, error: ApiError, event_id: Option<Uuid>) -> Self {
+        let (status, code) = error.status_and_code();
+        let message = error.to_string();
+        Self {
+            index,
+            status: status.as_u16(),
+            event_id,
+            duplicate: false,
+            error: Some(code),
+            message: Some(message),
+            problems: match error {
+                ApiError::InvalidEvent(problems) => problems,
+                _ => Vec::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The collector's HTTP surface in one place: routes, shared state, health and metrics.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tally_contracts::RuntimeConfig;
+
+use crate::metrics::{self, Metrics};
+use crate::sink::EventSink;
+use crate::validate::Limits;
+use crate::{ingest, stats};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: RuntimeConfig,
+    pub sink: Arc<dyn EventSink>,
+    pub clickhouse: clickhouse::Client,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
+        let collector = &config.pipeline.spec.collector;
+        let clickhouse = clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
+        Self {
+            limits: Limits {
+                max_properties_bytes: collector.max_properties_bytes as usize,
+            },
+            max_body_bytes: collector.max_body_bytes as usize,
+            max_batch_events: collector.max_batch_events as usize,
+            clickhouse,
+            sink,
+            config,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/stats", get(stats::get_stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        // The ingest handler enforces its own, configured limit with a JSON answer.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.sink.ready() {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

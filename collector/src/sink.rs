@@ -1,0 +1,153 @@
+//! Where accepted events go. [`JetStreamSink`] publishes to the pipeline's stream with
+//! asynchronous publishes whose acknowledgements are awaited together, so a batch costs one
+//! round trip, not one per event; the handler only knows the [`EventSink`] trait.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::future::{BoxFuture, join_all};
+use tally_contracts::{Event, RuntimeConfig, stream};
+
+/// The outcome of one stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The stream already held this event id (within its duplicate window).
+    pub duplicate: bool,
+}
+
+/// A destination for validated events.
+pub trait EventSink: Send + Sync + 'static {
+    /// Stores `events`, answering for each (in order) whether it is durably stored. An event
+    /// whose result is `Err` was not stored and may be retried.
+    fn store<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, String>>>;
+
+    /// `Ok` when events can be stored now, else why not.
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// Publishes events to the pipeline's JetStream stream.
+pub struct JetStreamSink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: HashMap<String, async_nats::Subject>,
+    stream_ready: Arc<AtomicBool>,
+}
+
+impl JetStreamSink {
+    /// Connects to NATS (retrying in the background while it is unreachable) and makes sure
+    /// the pipeline's stream exists.
+    pub async fn connect(config: &RuntimeConfig) -> Result<Self, async_nats::Error> {
+        let collector = &config.pipeline.spec.collector;
+        let client = async_nats::ConnectOptions::new()
+            .name("tally-collector")
+            .retry_on_initial_connect()
+            .connect(config.pipeline.spec.nats.url.as_str())
+            .await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.timings.publish_timeout)
+            .max_ack_inflight(collector.max_in_flight_publishes as usize)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let subjects = config
+            .sites
+            .iter()
+            .map(|s| {
+                let id = s.spec.site_id.clone();
+                let subject = config.event_subject(&id).into();
+                (id, subject)
+            })
+            .collect();
+        let stream_ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(keep_stream(js.clone(), config.clone(), stream_ready.clone()));
+        Ok(Self {
+            client,
+            js,
+            subjects,
+            stream_ready,
+        })
+    }
+
+    /// Waits until every published message has been handed to the server.
+    pub async fn flush(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS on shutdown failed");
+        }
+    }
+}
+
+/// Creates the stream when missing, retrying with backoff until NATS answers.
+async fn keep_stream(js: jetstream::Context, config: RuntimeConfig, ready: Arc<AtomicBool>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match stream::ensure_stream(&js, &config).await {
+            Ok(_) => {
+                tracing::info!(stream = %config.stream_name(), "JetStream stream ready");
+                ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot ensure the JetStream stream");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl EventSink for JetStreamSink {
+    fn store<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, String>>> {
+        Box::pin(async move {
+            if let Err(why) = self.ready() {
+                return events.iter().map(|_| Err(why.clone())).collect();
+            }
+            // Send every publish first, then await all acknowledgements together.
+            let mut pending = Vec::with_capacity(events.len());
+            for event in events {
+                let Some(subject) = self.subjects.get(&event.site_id) else {
+                    pending.push(Err(format!("no subject for site {:?}", event.site_id)));
+                    continue;
+                };
+                let payload = match serde_json::to_vec(event) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        pending.push(Err(format!("cannot encode event: {e}")));
+                        continue;
+                    }
+                };
+                let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let publish = PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(&*event.event_id.hyphenated().encode_lower(&mut id));
+                pending.push(
+                    self.js
+                        .send_publish(subject.clone(), publish)
+                        .await
+                        .map_err(|e| format!("JetStream publish failed: {e}")),
+                );
+            }
+            join_all(pending.into_iter().map(|sent| async move {
+                let ack = sent?
+                    .await
+                    .map_err(|e| format!("JetStream did not acknowledge the event: {e}"))?;
+                Ok(Stored {
+                    duplicate: ack.duplicate,
+                })
+            }))
+            .await
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.client.connection_state() != State::Connected {
+            return Err("not connected to NATS".into());
+        }
+        if !self.stream_ready.load(Ordering::Acquire) {
+            return Err("the JetStream stream is not ready yet".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,466 @@
+//! Validates one event's JSON and turns it into the [`Event`] envelope. Every problem of an
+//! event is reported at once, each naming its field; camelCase spellings and a few common
+//! aliases are accepted for every field.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tally_contracts::{Event, RuntimeConfig, schema::PAGE_VIEW};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// Limits on the text of one event.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_properties_bytes: usize,
+}
+
+/// One thing wrong with an event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// Fields are missing, of the wrong type, or out of range (400).
+    Invalid(Vec<Problem>),
+    /// The event is well-formed but its `site_id` is not configured (404).
+    UnknownSite(String),
+    /// A browser origin sent an event for a site that does not list it (403).
+    ForbiddenOrigin { site_id: String, origin_host: String },
+}
+
+/// The canonical fields, each with every spelling accepted for it.
+const FIELDS: &[(&str, &[&str])] = &[
+    ("site_id", &["site_id", "siteId"]),
+    ("event_type", &["event_type", "eventType", "type"]),
+    ("path", &["path"]),
+    ("url", &["url", "page_url", "pageUrl"]),
+    ("timestamp", &["timestamp"]),
+    ("event_id", &["event_id", "eventId"]),
+    ("user_id", &["user_id", "userId"]),
+    ("visitor_id", &["visitor_id", "visitorId"]),
+    ("session_id", &["session_id", "sessionId"]),
+    ("referrer", &["referrer"]),
+    ("title", &["title"]),
+    ("properties", &["properties", "metadata"]),
+];
+
+/// Longest accepted text, in bytes, per string field.
+fn max_len(field: &str) -> usize {
+    match field {
+        "site_id" => 63,
+        "event_type" => 100,
+        "user_id" | "visitor_id" | "session_id" => 256,
+        "title" => 1024,
+        "path" => 2048,
+        _ => 4096, // url, referrer
+    }
+}
+
+/// The raw JSON value of each canonical field, borrowed from the body.
+#[derive(Default)]
+struct RawFields<'a> {
+    values: [Option<&'a RawValue>; FIELDS.len()],
+    problems: Vec<Problem>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = RawFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = RawFields::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let Some(index) = FIELDS.iter().position(|(_, names)| names.contains(&&*key))
+                    else {
+                        map.next_value::<IgnoredAny>()?;
+                        fields.problems.push(Problem {
+                            field: "event",
+                            message: format!("unknown field {key:?}"),
+                        });
+                        continue;
+                    };
+                    let value: &'de RawValue = map.next_value()?;
+                    if fields.values[index].replace(value).is_some() {
+                        fields.problems.push(Problem {
+                            field: FIELDS[index].0,
+                            message: format!(
+                                "given more than once (as one of {})",
+                                FIELDS[index].1.join(", ")
+                            ),
+                        });
+                    }
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+impl<'a> RawFields<'a> {
+    fn get(&self, field: &str) -> Option<&'a RawValue> {
+        let index = FIELDS.iter().position(|(name, _)| *name == field)?;
+        self.values[index].filter(|v| v.get() != "null")
+    }
+
+    fn problem(&mut self, field: &'static str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field,
+            message: message.into(),
+        });
+    }
+
+    /// A string field: absent (or null) gives `None`; anything but a string is a problem.
+    fn text(&mut self, field: &'static str) -> Option<Cow<'a, str>> {
+        let raw = self.get(field)?;
+        match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+            Ok(s) if s.len() > max_len(field) => {
+                self.problem(field, format!("is longer than {} bytes", max_len(field)));
+                None
+            }
+            Ok(s) => Some(s),
+            Err(_) => {
+                self.problem(field, "must be a string");
+                None
+            }
+        }
+    }
+}
+
+/// Parses and validates one event. `now_ms` is the server time used for absent timestamps;
+/// `origin_host` is the host of the request's `Origin` header, if it had one.
+pub fn validate_event(
+    raw: &RawValue,
+    config: &RuntimeConfig,
+    limits: &Limits,
+    now_ms: i64,
+    origin_host: Option<&str>,
+) -> Result<Event, Rejection> {
+    let mut f: RawFields<'_> = match serde_json::from_str(raw.get()) {
+        Ok(fields) => fields,
+        Err(_) if !raw.get().starts_with('{') => {
+            return Err(Rejection::Invalid(vec![Problem {
+                field: "event",
+                message: "each event must be a JSON object".into(),
+            }]));
+        }
+        Err(e) => {
+            return Err(Rejection::Invalid(vec![Problem {
+                field: "event",
+                message: format!("is not valid JSON: {e}"),
+            }]));
+        }
+    };
+
+    let site_id = f.text("site_id");
+    let event_type = f.text("event_type");
+    let mut path = f.text("path");
+    let url = f.text("url");
+    let referrer = f.text("referrer");
+    let title = f.text("title");
+    let user_id = f.text("user_id");
+    let visitor_id = f.text("visitor_id");
+    let session_id = f.text("session_id");
+
+    let site = match site_id.as_deref() {
+        None | Some("") => {
+            f.problem("site_id", "is required");
+            None
+        }
+        Some(id) => config.site(id),
+    };
+
+    match event_type.as_deref() {
+        None | Some("") => f.problem("event_type", "is required"),
+        Some(t) if t.chars().any(char::is_control) => {
+            f.problem("event_type", "must not contain control characters")
+        }
+        _ => {}
+    }
+
+    let parsed_url = url.as_deref().filter(|u| !u.is_empty()).and_then(|u| {
+        match url::Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
+            Ok(_) => {
+                f.problem("url", "must be an http or https URL");
+                None
+            }
+            Err(e) => {
+                f.problem("url", format!("is not a valid absolute URL: {e}"));
+                None
+            }
+        }
+    });
+    if let Some(p) = path.as_deref()
+        && !p.is_empty()
+        && !p.starts_with('/')
+    {
+        f.problem("path", "must start with /");
+    }
+    if path.as_deref().is_none_or(str::is_empty)
+        && let Some(u) = &parsed_url
+    {
+        path = Some(Cow::Owned(u.path().to_owned()));
+    }
+    if event_type.as_deref() == Some(PAGE_VIEW)
+        && path.as_deref().is_none_or(str::is_empty)
+        && url.as_deref().is_none_or(str::is_empty)
+    {
+        f.problem("path", "a page_view needs a path or a url");
+    }
+
+    let timestamp_ms = match f.text("timestamp") {
+        None => Some(now_ms),
+        Some(text) => parse_timestamp(&text, now_ms)
+            .map_err(|message| f.problem("timestamp", message))
+            .ok(),
+    };
+
+    let event_id = match f.text("event_id") {
+        None => Some(Uuid::now_v7()),
+        Some(text) => match Uuid::try_parse(&text) {
+            Ok(id) if !id.is_nil() => Some(id),
+            Ok(_) => {
+                f.problem("event_id", "must not be the nil UUID");
+                None
+            }
+            Err(_) => {
+                f.problem("event_id", "must be a UUID such as 0193a7e4-5b1c-7d2e-8f00-1234567890ab");
+                None
+            }
+        },
+    };
+
+    let properties = match f.get("properties") {
+        None => Some(Event::empty_properties()),
+        Some(raw) => check_properties(raw, limits)
+            .map_err(|message| f.problem("properties", message))
+            .ok(),
+    };
+
+    if !f.problems.is_empty() {
+        // An unknown site alone answers 404; among other problems it is one more of them.
+        if let (None, Some(id)) = (site, site_id.as_deref().filter(|id| !id.is_empty())) {
+            f.problem("site_id", format!("site {id:?} is not configured"));
+        }
+        return Err(Rejection::Invalid(f.problems));
+    }
+    let (Some(site_id), Some(timestamp_ms), Some(event_id), Some(properties)) =
+        (site_id, timestamp_ms, event_id, properties)
+    else {
+        unreachable!("every missing value above recorded a problem");
+    };
+    let Some(site) = site else {
+        return Err(Rejection::UnknownSite(site_id.into_owned()));
+    };
+    if let Some(host) = origin_host
+        && !site.allows_origin_host(host)
+    {
+        return Err(Rejection::ForbiddenOrigin {
+            site_id: site_id.into_owned(),
+            origin_host: host.to_owned(),
+        });
+    }
+
+    let owned = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned).unwrap_or_default();
+    Ok(Event {
+        event_id,
+        site_id: site_id.into_owned(),
+        event_type: owned(event_type),
+        timestamp_ms,
+        received_at_ms: now_ms,
+        path: owned(path),
+        url: owned(url),
+        referrer: owned(referrer),
+        title: owned(title),
+        user_id: owned(user_id),
+        visitor_id: owned(visitor_id),
+        session_id: owned(session_id),
+        properties,
+    })
+}
+
+/// Earliest accepted event time: 2000-01-01T00:00:00Z.
+const EARLIEST_MS: i64 = 946_684_800_000;
+/// How far ahead of the server's clock an event may be (client clock skew).
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+fn parse_timestamp(text: &str, now_ms: i64) -> Result<i64, String> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|_| "must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z".to_owned())?;
+    let ms = i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| "is out of range".to_owned())?;
+    if ms < EARLIEST_MS {
+        return Err("must not be before 2000-01-01".into());
+    }
+    if ms > now_ms + MAX_FUTURE_MS {
+        return Err("is more than 24 hours in the future".into());
+    }
+    Ok(ms)
+}
+
+/// Properties must be a flat JSON object (values: string, number, boolean or null) within the
+/// size limit. Returns the object's JSON text unchanged.
+fn check_properties(raw: &RawValue, limits: &Limits) -> Result<Box<RawValue>, String> {
+    let text = raw.get();
+    if text.len() > limits.max_properties_bytes {
+        return Err(format!(
+            "is {} bytes of JSON, more than the limit of {}",
+            text.len(),
+            limits.max_properties_bytes
+        ));
+    }
+    let map: std::collections::BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(text)
+        .map_err(|_| "must be a JSON object".to_owned())?;
+    let nested: Vec<&str> = map
+        .iter()
+        .filter(|(_, v)| matches!(v.get().as_bytes().first(), Some(b'{' | b'[')))
+        .map(|(k, _)| k.as_ref())
+        .collect();
+    if !nested.is_empty() {
+        return Err(format!(
+            "must be flat: values must be strings, numbers, booleans or null, but {} hold objects or arrays",
+            nested.join(", ")
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn config() -> RuntimeConfig {
+        RuntimeConfig::parse(
+            "test",
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\nspec: {}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: shop}\n\
+             spec: {pipelineRef: {name: web}, siteId: shop, domains: [shop.example.com]}\n",
+        )
+        .unwrap()
+    }
+
+    fn check(json: &str) -> Result<Event, Rejection> {
+        check_from(json, None)
+    }
+
+    fn check_from(json: &str, origin: Option<&str>) -> Result<Event, Rejection> {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        let limits = Limits {
+            max_properties_bytes: 256,
+        };
+        validate_event(&raw, &config(), &limits, NOW, origin)
+    }
+
+    fn problems(json: &str) -> Vec<&'static str> {
+        match check(json) {
+            Err(Rejection::Invalid(p)) => p.iter().map(|p| p.field).collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_canonical_fields() {
+        let e = check(
+            r#"{"site_id":"shop","event_type":"page_view","path":"/home","timestamp":"2026-05-01T10:00:00Z",
+               "event_id":"0193a7e4-5b1c-7d2e-8f00-1234567890ab","user_id":"u1","visitor_id":"v1",
+               "session_id":"s1","referrer":"https://x.test/","title":"Home","properties":{"plan":"pro","n":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.site_id, "shop");
+        assert_eq!(e.path, "/home");
+        assert_eq!(e.timestamp_ms, 1_777_629_600_000);
+        assert_eq!(e.event_id.to_string(), "0193a7e4-5b1c-7d2e-8f00-1234567890ab");
+        assert_eq!(e.properties.get(), r#"{"plan":"pro","n":3}"#);
+        assert_eq!(e.received_at_ms, NOW);
+    }
+
+    #[test]
+    fn accepts_camel_case_and_aliases() {
+        let e = check(
+            r#"{"siteId":"shop","eventType":"signup","page_url":"https://shop.example.com/a/b?q=1",
+               "userId":"u","visitorId":"v","sessionId":"s","eventId":"0193a7e4-5b1c-7d2e-8f00-1234567890ab",
+               "metadata":{"k":"v"}}"#,
+        )
+        .unwrap();
+        assert_eq!((e.event_type.as_str(), e.path.as_str()), ("signup", "/a/b"));
+        assert_eq!((e.user_id.as_str(), e.visitor_id.as_str(), e.session_id.as_str()), ("u", "v", "s"));
+        assert_eq!(e.properties.get(), r#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn fills_server_time_and_a_fresh_id() {
+        let a = check(r#"{"site_id":"shop","type":"click"}"#).unwrap();
+        let b = check(r#"{"site_id":"shop","type":"click"}"#).unwrap();
+        assert_eq!(a.timestamp_ms, NOW);
+        assert_ne!(a.event_id, b.event_id);
+        assert_eq!(a.properties.get(), "{}");
+    }
+
+    #[test]
+    fn lists_every_problem() {
+        let fields = problems(
+            r#"{"site_id":7,"event_type":"","timestamp":"yesterday","event_id":"nope",
+               "properties":{"nested":{"a":1}},"url":"ftp://x","color":"red"}"#,
+        );
+        for f in ["site_id", "event_type", "timestamp", "event_id", "properties", "url", "event"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_duplicates_through_aliases_and_bad_shapes() {
+        assert_eq!(problems(r#"{"site_id":"shop","siteId":"shop","type":"x"}"#), ["site_id"]);
+        assert_eq!(problems(r#"[1,2]"#), ["event"]);
+        assert_eq!(problems(r#"{"site_id":"shop","type":"page_view"}"#), ["path"]);
+        assert_eq!(problems(r#"{"site_id":"shop","type":"x","path":"home"}"#), ["path"]);
+        assert_eq!(problems(r#"{"site_id":"shop","type":"x","properties":[1]}"#), ["properties"]);
+        let big = format!(r#"{{"site_id":"shop","type":"x","properties":{{"k":"{}"}}}}"#, "a".repeat(300));
+        assert_eq!(problems(&big), ["properties"]);
+        let long = format!(r#"{{"site_id":"shop","type":"x","title":"{}"}}"#, "a".repeat(2000));
+        assert_eq!(problems(&long), ["title"]);
+        assert_eq!(problems(r#"{"site_id":"shop","type":"x","timestamp":"2099-01-01T00:00:00Z"}"#), ["timestamp"]);
+        assert_eq!(problems(r#"{"site_id":"shop","type":"x","timestamp":"1999-12-31T23:59:59Z"}"#), ["timestamp"]);
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let e = check(r#"{"site_id":"shop","type":"x","user_id":null,"properties":null}"#).unwrap();
+        assert_eq!(e.user_id, "");
+    }
+
+    #[test]
+    fn unknown_site_is_its_own_rejection() {
+        assert!(matches!(
+            check(r#"{"site_id":"blog","type":"x"}"#),
+            Err(Rejection::UnknownSite(site)) if site == "blog"
+        ));
+        // With other problems too, everything is reported together as invalid.
+        assert_eq!(problems(r#"{"site_id":"blog","type":""}"#), ["event_type", "site_id"]);
+    }
+
+    #[test]
+    fn browser_origins_must_match_the_site_domains() {
+        let json = r#"{"site_id":"shop","type":"x"}"#;
+        assert!(check_from(json, Some("shop.example.com")).is_ok());
+        assert!(matches!(
+            check_from(json, Some("evil.test")),
+            Err(Rejection::ForbiddenOrigin { .. })
+        ));
+    }
+}
