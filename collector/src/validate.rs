@@ -177,13 +177,17 @@ pub fn validate_event(
 
     let site = match site_id.as_deref() {
         None | Some("") => {
-            f.problem("site_id", "is required");
+            if site_id.is_some() || f.get("site_id").is_none() {
+                f.problem("site_id", "is required");
+            }
             None
         }
         Some(id) => config.site(id),
     };
 
     match event_type.as_deref() {
+        // A present value of the wrong type has been reported already.
+        None if f.get("event_type").is_some() => {}
         None | Some("") => f.problem("event_type", "is required"),
         Some(t) if t.chars().any(char::is_control) => {
             f.problem("event_type", "must not contain control characters")
@@ -421,6 +425,8 @@ mod tests {
         for f in ["site_id", "event_type", "timestamp", "event_id", "properties", "url", "event"] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
+        // A wrong type is one problem, not also "is required".
+        assert_eq!(fields.iter().filter(|f| **f == "site_id").count(), 1, "{fields:?}");
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! Prometheus metrics and health of the processor, served on its HTTP port.
+
+use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Counters of the processor plus the health flags `/readyz` reports.
+pub struct Metrics {
+    registry: Registry,
+    written: Counter,
+    skipped: Counter,
+    poison: Counter,
+    batches: Counter,
+    insert_failures: Counter,
+    insert_seconds: Histogram,
+    nats_ok: AtomicBool,
+    storage_ok: AtomicBool,
+    started: AtomicBool,
+    nats: OnceLock<async_nats::Client>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tally_processor");
+        let written = Counter::default();
+        let skipped = Counter::default();
+        let poison = Counter::default();
+        let batches = Counter::default();
+        let insert_failures = Counter::default();
+        let insert_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("events_written", "Events inserted into ClickHouse", written.clone());
+        registry.register(
+            "events_skipped_duplicate",
+            "Redelivered events skipped because ClickHouse held them already",
+            skipped.clone(),
+        );
+        registry.register("events_poison", "Messages dropped because they are not Tally events", poison.clone());
+        registry.register("batches", "Batches written and acknowledged", batches.clone());
+        registry.register("insert_failures", "Failed attempts to write a batch", insert_failures.clone());
+        registry.register("batch_write_seconds", "Time to write one batch", insert_seconds.clone());
+        Self {
+            registry,
+            written,
+            skipped,
+            poison,
+            batches,
+            insert_failures,
+            insert_seconds,
+            nats_ok: AtomicBool::new(false),
+            storage_ok: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            nats: OnceLock::new(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_batch(&self, written: usize, skipped: usize, took: Duration) {
+        self.written.inc_by(written as u64);
+        self.skipped.inc_by(skipped as u64);
+        self.batches.inc();
+        self.insert_seconds.observe(took.as_secs_f64());
+    }
+    pub fn count_poison(&self) {
+        self.poison.inc();
+    }
+    pub fn count_insert_failure(&self) {
+        self.insert_failures.inc();
+    }
+    pub fn set_nats_ok(&self, ok: bool) {
+        self.nats_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_storage_ok(&self, ok: bool) {
+        self.storage_ok.store(ok, Ordering::Relaxed);
+    }
+    /// Marks the end of start-up (schema applied, consumer bound); `nats` is watched for
+    /// readiness from then on.
+    pub fn set_started(&self, nats: async_nats::Client) {
+        let _ = self.nats.set(nats);
+        self.started.store(true, Ordering::Relaxed);
+        self.set_storage_ok(true);
+        self.set_nats_ok(true);
+    }
+
+    fn readiness(&self) -> Result<(), &'static str> {
+        if !self.started.load(Ordering::Relaxed) {
+            return Err("starting: schema or consumer not ready yet");
+        }
+        if !self.storage_ok.load(Ordering::Relaxed) {
+            return Err("ClickHouse is failing; retrying the current batch");
+        }
+        let connected = self
+            .nats
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+        if !connected || !self.nats_ok.load(Ordering::Relaxed) {
+            return Err("cannot fetch from JetStream");
+        }
+        Ok(())
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(metrics)
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.readiness() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &metrics.registry)
+        .expect("writing to a String never fails");
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        out,
+    )
+}
