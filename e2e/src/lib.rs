@@ -1,1 +1,483 @@
+//! The end-to-end harness: starts a real `nats-server`, a real ClickHouse server and the
+//! real `tally-collector` / `tally-processor` binaries on free loopback ports, each in its
+//! own temporary directory, and stops them all when dropped. When a test fails, the tail of
+//! every process log is printed.
+//!
+//! Server locations come from the environment that `make test` sets up:
+//! `TALLY_NATS_SERVER` (the nats-server binary) and `TALLY_CLICKHOUSE_SERVER` (the launcher
+//! script). The Tally binaries are found in `TALLY_BIN_DIR`, or next to the test binary's
+//! directory (cargo's `target/<profile>/`).
 
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The sites every test stack declares.
+pub const SITES: [&str; 2] = ["shop", "docs"];
+/// The pipeline name of every test stack; its database is `tally_e2e`.
+pub const PIPELINE: &str = "e2e";
+pub const DATABASE: &str = "tally_e2e";
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set: run the tests with `make test`, which installs the servers and sets it"))
+}
+
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TALLY_BIN_DIR") {
+        return Ok(dir.into());
+    }
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate cargo's target directory")?;
+    Ok(dir.to_owned())
+}
+
+/// A process started by the harness, with its log file.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {command:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The exit code once the process has ended on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            self.kill();
+        }
+        self.child = None;
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- last lines of {} ({}) -----\n{}", self.name, self.log.display(), self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Settings of a test stack's pipeline.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub batch_max_rows: u32,
+    pub batch_max_wait: &'static str,
+    pub ack_wait: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            batch_max_rows: 5000,
+            batch_max_wait: "100ms",
+            ack_wait: "3s",
+        }
+    }
+}
+
+static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
+
+/// NATS, ClickHouse, a processor and a collector for one test.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub nats_port: u16,
+    pub nats_monitor_port: u16,
+    pub clickhouse_port: u16,
+    pub collector_port: u16,
+    pub processor_port: u16,
+    pub nats: Process,
+    pub clickhouse: Process,
+    pub processor: Process,
+    pub collector: Process,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything and waits until the collector and processor are ready.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "tally-e2e-{}-{}",
+            std::process::id(),
+            NEXT_STACK.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let (nats_port, nats_monitor_port) = (free_port(), free_port());
+        let (clickhouse_port, clickhouse_tcp_port) = (free_port(), free_port());
+        let (collector_port, processor_port) = (free_port(), free_port());
+        let config = dir.join("pipeline.yaml");
+        fs::write(
+            &config,
+            pipeline_yaml(&options, nats_port, clickhouse_port),
+        )?;
+
+        let nats = Self::spawn_nats(&dir, nats_port, nats_monitor_port)?;
+        let clickhouse = Process::spawn(
+            "clickhouse",
+            Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?)
+                .arg("--data-dir")
+                .arg(dir.join("clickhouse"))
+                .args(["--http-port", &clickhouse_port.to_string()])
+                .args(["--tcp-port", &clickhouse_tcp_port.to_string()]),
+            dir.join("clickhouse.log"),
+        )?;
+        let http = reqwest::Client::new();
+        let mut stack = Self {
+            processor: Process {
+                name: "processor".into(),
+                child: None,
+                log: dir.join("processor.log"),
+            },
+            collector: Process {
+                name: "collector".into(),
+                child: None,
+                log: dir.join("collector.log"),
+            },
+            dir,
+            config,
+            nats_port,
+            nats_monitor_port,
+            clickhouse_port,
+            collector_port,
+            processor_port,
+            nats,
+            clickhouse,
+            http,
+        };
+        stack.wait_nats().await?;
+        let ping = format!("http://127.0.0.1:{clickhouse_port}/ping");
+        eventually("ClickHouse to answer /ping", Duration::from_secs(60), || {
+            let (http, ping) = (&stack.http, &ping);
+            async move { http_ok(http, ping).await.then_some(()) }
+        })
+        .await?;
+        stack.start_processor(&[]).await?;
+        stack.start_collector().await?;
+        Ok(stack)
+    }
+
+    fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> anyhow::Result<Process> {
+        Process::spawn(
+            "nats-server",
+            Command::new(env_path("TALLY_NATS_SERVER")?)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-m", &monitor.to_string(), "-js", "-sd"])
+                .arg(dir.join("nats")),
+            dir.join("nats.log"),
+        )
+    }
+
+    async fn wait_nats(&self) -> anyhow::Result<()> {
+        let health = format!(
+            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+            self.nats_monitor_port
+        );
+        eventually("nats-server to be healthy", Duration::from_secs(30), || {
+            let (http, health) = (&self.http, &health);
+            async move { http_ok(http, health).await.then_some(()) }
+        })
+        .await
+    }
+
+    fn binary(name: &str) -> anyhow::Result<PathBuf> {
+        let path = bin_dir()?.join(name);
+        if !path.exists() {
+            bail!("{} not found: build the workspace binaries first (`make test` does)", path.display());
+        }
+        Ok(path)
+    }
+
+    /// Starts the processor with extra arguments, without waiting for it.
+    pub fn spawn_processor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.processor = Process::spawn(
+            "processor",
+            Command::new(Self::binary("tally-processor")?)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--listen", &format!("127.0.0.1:{}", self.processor_port)])
+                .args(extra),
+            self.dir.join("processor.log"),
+        )?;
+        Ok(())
+    }
+
+    /// Starts the processor with extra arguments and waits until it is ready.
+    pub async fn start_processor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.spawn_processor(extra)?;
+        let ready = format!("http://127.0.0.1:{}/readyz", self.processor_port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if http_ok(&self.http, &ready).await {
+                return Ok(());
+            }
+            if !self.processor.is_running() {
+                bail!("the processor exited during start-up");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the processor did not become ready within 60 s")
+    }
+
+    /// Starts the collector and waits until it is ready.
+    pub async fn start_collector(&mut self) -> anyhow::Result<()> {
+        self.collector = Process::spawn(
+            "collector",
+            Command::new(Self::binary("tally-collector")?)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--listen", &format!("127.0.0.1:{}", self.collector_port)]),
+            self.dir.join("collector.log"),
+        )?;
+        self.wait_collector_ready(Duration::from_secs(60)).await
+    }
+
+    pub async fn wait_collector_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ready = self.collector_url("/readyz");
+        eventually("the collector to be ready", timeout, || {
+            let (http, ready) = (&self.http, &ready);
+            async move { http_ok(http, ready).await.then_some(()) }
+        })
+        .await
+    }
+
+    /// Stops nats-server (SIGKILL, as a crash would).
+    pub fn stop_nats(&mut self) {
+        self.nats.kill();
+    }
+
+    /// Starts nats-server again on the same port with the same store.
+    pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        self.nats = Self::spawn_nats(&self.dir, self.nats_port, self.nats_monitor_port)?;
+        self.wait_nats().await
+    }
+
+    pub fn collector_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.collector_port)
+    }
+
+    /// POSTs a body to `/v1/events`; returns the status and the JSON answer.
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .post(self.collector_url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let json = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+
+    /// GETs `/v1/stats` with the given query string.
+    pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .get(self.collector_url(&format!("/v1/stats?{query}")))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
+    pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("http://127.0.0.1:{}/", self.clickhouse_port))
+            .body(query.to_owned())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("ClickHouse answered {status} to {query}: {text}");
+        }
+        Ok(text.trim().to_owned())
+    }
+
+    /// A single number from SQL.
+    pub async fn sql_u64(&self, query: &str) -> anyhow::Result<u64> {
+        let text = self.sql(query).await?;
+        text.parse()
+            .with_context(|| format!("expected a number from {query}, got {text:?}"))
+    }
+
+    /// Waits until `query` returns `expected`, then returns it; on timeout, the error shows the
+    /// last answer.
+    pub async fn wait_sql(&self, query: &str, expected: &str, timeout: Duration) -> anyhow::Result<()> {
+        let mut last = String::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            // The tables appear once the processor applied the schema; errors until then.
+            if let Ok(answer) = self.sql(query).await {
+                if answer == expected {
+                    return Ok(());
+                }
+                last = answer;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("timed out after {timeout:?}: {query} gave {last:?}, expected {expected:?}")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.collector.stop();
+        self.processor.stop();
+        self.clickhouse.stop();
+        self.nats.kill();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn pipeline_yaml(options: &Options, nats_port: u16, clickhouse_port: u16) -> String {
+    let mut yaml = format!(
+        "apiVersion: tally.dev/v1alpha1
+kind: AnalyticsPipeline
+metadata:
+  name: {PIPELINE}
+spec:
+  nats:
+    url: nats://127.0.0.1:{nats_port}
+  clickhouse:
+    url: http://127.0.0.1:{clickhouse_port}
+  collector:
+    publishTimeout: 2s
+  processor:
+    batchMaxRows: {rows}
+    batchMaxWait: {wait}
+    ackWait: {ack}
+",
+        rows = options.batch_max_rows,
+        wait = options.batch_max_wait,
+        ack = options.ack_wait,
+    );
+    for site in SITES {
+        yaml.push_str(&format!(
+            "---
+apiVersion: tally.dev/v1alpha1
+kind: AnalyticsSite
+metadata:
+  name: {site}
+spec:
+  pipelineRef:
+    name: {PIPELINE}
+  siteId: {site}
+"
+        ));
+    }
+    yaml
+}
+
+/// Today's UTC date as `YYYY-MM-DD`.
+pub fn today() -> String {
+    time::OffsetDateTime::now_utc().date().to_string()
+}

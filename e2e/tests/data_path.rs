@@ -1,0 +1,285 @@
+//! The data path end to end on real servers: HTTP → collector → JetStream → processor →
+//! ClickHouse rollups → stats API.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tally_e2e::{DATABASE, Options, Stack, today};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn page_view(site: &str, path: &str, user: Option<&str>, time: &str) -> Value {
+    let mut event = json!({
+        "site_id": site,
+        "event_type": "page_view",
+        "path": path,
+        "timestamp": format!("{}T{time}Z", today()),
+        "event_id": Uuid::new_v4(),
+    });
+    if let Some(user) = user {
+        event["user_id"] = json!(user);
+    }
+    event
+}
+
+#[tokio::test]
+async fn five_page_views_give_the_documented_stats() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let events = [
+        page_view("shop", "/home", Some("user-001"), "09:00:00"),
+        page_view("shop", "/products", Some("user-002"), "09:05:00"),
+        page_view("shop", "/products", Some("user-001"), "09:10:00"),
+        page_view("shop", "/home", None, "09:15:00"),
+        page_view("shop", "/about", Some("user-003"), "09:20:00"),
+    ];
+    // One as a single event, the rest as a batch: both shapes take the same path.
+    let (status, _) = stack.post(events[0].to_string()).await?;
+    assert_eq!(status, 202);
+    let (status, answer) = stack.post(json!(events[1..]).to_string()).await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 4);
+
+    stack
+        .wait_sql(
+            &format!("SELECT sum(page_views) FROM {DATABASE}.site_daily WHERE site_id = 'shop'"),
+            "5",
+            WAIT,
+        )
+        .await?;
+    let (status, stats) = stack.stats(&format!("site_id=shop&date={}", today())).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats,
+        json!({
+            "site_id": "shop",
+            "date": today(),
+            "total_views": 5,
+            "unique_users": 3,
+            "unique_visitors": 3,
+            "top_paths": [
+                {"path": "/home", "views": 2},
+                {"path": "/products", "views": 2},
+                {"path": "/about", "views": 1},
+            ],
+        })
+    );
+    let (_, limited) = stack.stats(&format!("site_id=shop&date={}&limit=1", today())).await?;
+    assert_eq!(limited["top_paths"], json!([{"path": "/home", "views": 2}]));
+    // The other site and another day are empty, not errors.
+    let (status, empty) = stack.stats("site_id=docs&date=2024-02-29").await?;
+    assert_eq!(status, 200);
+    assert_eq!((empty["total_views"].as_u64(), empty["top_paths"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    // The hourly rollup agrees with the daily one.
+    let hourly = stack
+        .sql_u64(&format!("SELECT sum(page_views) FROM {DATABASE}.site_hourly WHERE site_id = 'shop'"))
+        .await?;
+    assert_eq!(hourly, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let event = page_view("docs", "/guide", Some("reader"), "10:00:00");
+    let mut duplicates = 0;
+    for _ in 0..3 {
+        let (status, answer) = stack.post(event.to_string()).await?;
+        assert_eq!(status, 202, "{answer}");
+        duplicates += usize::from(answer["results"][0]["duplicate"] == json!(true));
+    }
+    assert_eq!(duplicates, 2, "the stream reports the two retries as duplicates");
+    // A marker after the duplicates: once it is stored, so is everything before it.
+    stack.post(page_view("docs", "/marker", None, "10:01:00").to_string()).await?;
+    stack
+        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"), "2", WAIT)
+        .await?;
+    let (_, stats) = stack.stats(&format!("site_id=docs&date={}", today())).await?;
+    assert_eq!(stats["total_views"], 2);
+    assert_eq!(stats["top_paths"][0], json!({"path": "/guide", "views": 1}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_payloads_are_refused_with_details_and_store_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (status, answer) = stack
+        .post(json!({"site_id": "shop", "event_type": 7, "timestamp": "noon", "event_id": "x"}).to_string())
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"], "invalid_event");
+    let fields: Vec<&str> = answer["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["event_type", "timestamp", "event_id"]);
+
+    let (status, answer) = stack
+        .post(json!([{"site_id": "shop"}, {"site_id": "shop", "type": "page_view"}]).to_string())
+        .await?;
+    assert_eq!(status, 400, "a batch with no valid event is refused: {answer}");
+    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(0), Some(2)));
+
+    let (status, answer) = stack.post(json!({"site_id": "blog", "type": "x"}).to_string()).await?;
+    assert_eq!(status, 404);
+    assert!(answer["message"].as_str().unwrap().contains("\"blog\""));
+    let (status, _) = stack.post("{not json").await?;
+    assert_eq!(status, 400);
+    let (status, _) = stack.post(vec![b' '; 2 * 1024 * 1024]).await?;
+    assert_eq!(status, 413);
+    let (status, _) = stack.stats("date=2026-01-01").await?;
+    assert_eq!(status, 400);
+    let (status, _) = stack.stats("site_id=shop&date=yesterday").await?;
+    assert_eq!(status, 400);
+
+    // A valid event on the other site flows through; the refused ones never appear.
+    stack.post(page_view("docs", "/ok", None, "11:00:00").to_string()).await?;
+    stack
+        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"), "1", WAIT)
+        .await?;
+    assert_eq!(
+        stack.sql_u64(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id != 'docs'")).await?,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Result<()> {
+    let mut stack = Stack::start(Options::default()).await?;
+    stack.stop_nats();
+    let during = page_view("shop", "/during", None, "12:00:00");
+    let mut answered_503 = false;
+    // The collector notices the lost connection within moments.
+    for _ in 0..50 {
+        let (status, answer) = stack.post(during.to_string()).await?;
+        if status == 503 {
+            assert_eq!(answer["error"], "unavailable");
+            answered_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered_503, "the collector kept answering while NATS was down");
+    let ready = stack.http.get(stack.collector_url("/readyz")).send().await?.status();
+    assert_eq!(ready.as_u16(), 503);
+
+    stack.restart_nats().await?;
+    stack.wait_collector_ready(WAIT).await?;
+    // The client retries what got 503, and sends more.
+    let (status, _) = stack.post(during.to_string()).await?;
+    assert_eq!(status, 202);
+    let after: Vec<Value> = (0..3)
+        .map(|i| page_view("shop", "/after", None, &format!("12:0{}:00", i + 1)))
+        .collect();
+    let (status, _) = stack.post(json!(after).to_string()).await?;
+    assert_eq!(status, 202);
+    stack
+        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"), "4", WAIT)
+        .await?;
+    let (_, stats) = stack.stats(&format!("site_id=shop&date={}", today())).await?;
+    assert_eq!(stats["total_views"], 4);
+    Ok(())
+}
+
+/// `n` page views with fresh ids, spread over paths and users.
+fn many(n: usize, tag: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let site = if i % 3 == 0 { "docs" } else { "shop" };
+            let mut e = page_view(site, &format!("/{tag}/{}", i % 7), None, "13:00:00");
+            e["user_id"] = json!(format!("u{}", i % 50));
+            e
+        })
+        .collect()
+}
+
+/// Raw rows, distinct ids and every rollup's event count must all equal `n`.
+async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
+    let raw = stack.sql(&format!("SELECT count(), uniqExact(event_id) FROM {DATABASE}.events")).await?;
+    assert_eq!(raw, format!("{n}\t{n}"), "raw rows and distinct event ids");
+    for (table, column) in [
+        ("site_daily", "page_views"),
+        ("site_daily", "events"),
+        ("site_hourly", "events"),
+        ("path_daily", "page_views"),
+        ("event_type_daily", "events"),
+    ] {
+        let total = stack.sql_u64(&format!("SELECT sum({column}) FROM {DATABASE}.{table}")).await?;
+        assert_eq!(total, n, "{table}.{column}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_between_insert_and_ack_counts_nothing_twice() -> anyhow::Result<()> {
+    let mut stack = Stack::start(Options {
+        batch_max_rows: 100,
+        ack_wait: "2s",
+        ..Options::default()
+    })
+    .await?;
+    stack.processor.stop();
+    let events = many(450, "crash");
+    let (status, answer) = stack.post(json!(events).to_string()).await?;
+    assert_eq!(status, 202, "{answer}");
+
+    // This processor writes one batch, then dies before acknowledging it.
+    stack.spawn_processor(&["--crash-after-inserts", "1"])?;
+    assert_eq!(stack.processor.wait_exit(WAIT), Some(86), "the processor should crash on purpose");
+    let written = stack.sql_u64(&format!("SELECT count() FROM {DATABASE}.events")).await?;
+    assert_eq!(written, 100, "one batch was written before the crash");
+
+    // JetStream redelivers that batch to the next processor, which must skip it.
+    stack.start_processor(&[]).await?;
+    stack
+        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events"), "450", WAIT)
+        .await?;
+    // Give a wrong double insert time to show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_exact(&stack, 450).await?;
+    let metrics = stack
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", stack.processor_port))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("tally_processor_events_skipped_duplicate_total 100"),
+        "the redelivered batch was recognised as stored:\n{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_processor_killed_repeatedly_mid_stream_leaves_exact_counts() -> anyhow::Result<()> {
+    let mut stack = Stack::start(Options {
+        batch_max_rows: 500,
+        ack_wait: "2s",
+        ..Options::default()
+    })
+    .await?;
+    let total = 20_000usize;
+    let events = many(total, "kill");
+    let mut accepted = 0u64;
+    for (round, chunk) in events.chunks(1000).enumerate() {
+        let (status, answer) = stack.post(json!(chunk).to_string()).await?;
+        assert_eq!(status, 202, "{answer}");
+        accepted += answer["accepted"].as_u64().unwrap_or(0);
+        // Kill -9 the processor mid-stream every few batches and start a new one.
+        if round % 5 == 2 {
+            stack.processor.kill();
+            stack.start_processor(&[]).await?;
+        }
+    }
+    assert_eq!(accepted, total as u64);
+    stack
+        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events"), &total.to_string(), Duration::from_secs(120))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_exact(&stack, total as u64).await?;
+    Ok(())
+}
