@@ -23,7 +23,8 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max_body = state.max_body_bytes;
-    let too_large = || ApiError::PayloadTooLarge(format!("body exceeds the limit of {max_body} bytes"));
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("body exceeds the limit of {max_body} bytes"));
     if header_str(&headers, header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|len| len > max_body)
@@ -33,12 +34,20 @@ pub async fn post_events(
     let raw = axum::body::to_bytes(body, max_body)
         .await
         .map_err(|_| too_large())?;
-    let body = decode_body(raw, header_str(&headers, header::CONTENT_ENCODING), max_body)?;
+    let body = decode_body(
+        raw,
+        header_str(&headers, header::CONTENT_ENCODING),
+        max_body,
+    )?;
     let ndjson = header_str(&headers, header::CONTENT_TYPE).is_some_and(|ct| {
         let mime = ct.split(';').next().unwrap_or_default().trim();
-        ["application/x-ndjson", "application/ndjson", "application/jsonl"]
-            .iter()
-            .any(|m| mime.eq_ignore_ascii_case(m))
+        [
+            "application/x-ndjson",
+            "application/ndjson",
+            "application/jsonl",
+        ]
+        .iter()
+        .any(|m| mime.eq_ignore_ascii_case(m))
     });
     let (shape, items) = split_items(&body, ndjson)?;
     if items.len() > state.max_batch_events {
@@ -90,7 +99,11 @@ pub async fn post_events(
         results[index] = Some(match outcome {
             Ok(stored) => {
                 state.metrics.count(
-                    if stored.duplicate { Outcome::Duplicate } else { Outcome::Accepted },
+                    if stored.duplicate {
+                        Outcome::Duplicate
+                    } else {
+                        Outcome::Accepted
+                    },
                     1,
                 );
                 ItemResult::stored(index, event.event_id, stored.duplicate)

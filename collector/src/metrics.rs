@@ -77,7 +77,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn count(&self, outcome: Outcome, n: u64) {
-        self.events.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
+        self.events
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n);
     }
 
     /// The metrics in the Prometheus text format.

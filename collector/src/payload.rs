@@ -56,8 +56,9 @@ pub fn split_items(body: &[u8], ndjson: bool) -> Result<(Shape, Vec<Item<'_>>), 
     }
     if !ndjson {
         if trimmed.starts_with('[') {
-            let items: Vec<&RawValue> = serde_json::from_str(trimmed)
-                .map_err(|e| ApiError::InvalidBody(format!("body is not a valid JSON array: {e}")))?;
+            let items: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(|e| {
+                ApiError::InvalidBody(format!("body is not a valid JSON array: {e}"))
+            })?;
             if items.is_empty() {
                 return Err(ApiError::InvalidBody("the array holds no events".into()));
             }
@@ -67,7 +68,11 @@ pub fn split_items(body: &[u8], ndjson: bool) -> Result<(Shape, Vec<Item<'_>>), 
             Ok(one) => return Ok((Shape::Single, vec![Ok(one)])),
             // More than one value: the body is NDJSON.
             Err(e) if e.is_syntax() && e.to_string().starts_with("trailing characters") => {}
-            Err(e) => return Err(ApiError::InvalidBody(format!("body is not valid JSON: {e}"))),
+            Err(e) => {
+                return Err(ApiError::InvalidBody(format!(
+                    "body is not valid JSON: {e}"
+                )));
+            }
         }
     }
     let items: Vec<Item<'_>> = text
@@ -75,7 +80,8 @@ pub fn split_items(body: &[u8], ndjson: bool) -> Result<(Shape, Vec<Item<'_>>), 
         .map(|line| line.trim_matches(|c: char| c.is_ascii_whitespace()))
         .filter(|line| !line.is_empty())
         .map(|line| {
-            serde_json::from_str::<&RawValue>(line).map_err(|e| format!("line is not valid JSON: {e}"))
+            serde_json::from_str::<&RawValue>(line)
+                .map_err(|e| format!("line is not valid JSON: {e}"))
         })
         .collect();
     if items.is_empty() {
@@ -119,7 +125,14 @@ mod tests {
 
     #[test]
     fn refuses_empty_and_broken_bodies() {
-        for body in [&b""[..], b"   ", b"[]", b"[{\"a\":1}", b"{\"a\":", b"\xff\xfe"] {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"[]",
+            b"[{\"a\":1}",
+            b"{\"a\":",
+            b"\xff\xfe",
+        ] {
             assert!(split_items(body, false).is_err(), "{body:?}");
         }
     }
@@ -127,7 +140,10 @@ mod tests {
     #[test]
     fn gzip_round_trip_and_bomb_cap() {
         let data = br#"{"site_id":"x"}"#;
-        assert_eq!(&decode_body(gzip(data), Some("gzip"), 1024).unwrap()[..], data);
+        assert_eq!(
+            &decode_body(gzip(data), Some("gzip"), 1024).unwrap()[..],
+            data
+        );
         let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
         assert!(bomb.len() < 20_000);
         assert!(matches!(

@@ -28,7 +28,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
         let collector = &config.pipeline.spec.collector;
-        let clickhouse = clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
+        let clickhouse =
+            clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
         Self {
             limits: Limits {
                 max_properties_bytes: collector.max_properties_bytes as usize,
@@ -52,7 +53,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(render_metrics))
         // The ingest handler enforces its own, configured limit with a JSON answer.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -65,7 +69,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

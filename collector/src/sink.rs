@@ -62,7 +62,11 @@ impl JetStreamSink {
             })
             .collect();
         let stream_ready = Arc::new(AtomicBool::new(false));
-        tokio::spawn(keep_stream(js.clone(), config.clone(), stream_ready.clone()));
+        tokio::spawn(keep_stream(
+            js.clone(),
+            config.clone(),
+            stream_ready.clone(),
+        ));
         Ok(Self {
             client,
             js,

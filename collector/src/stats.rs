@@ -78,9 +78,11 @@ pub async fn get_stats(
     };
     let day = match query.date.as_deref() {
         None | Some("") => OffsetDateTime::now_utc().date(),
-        Some(text) => Date::parse(text, format_description!("[year]-[month]-[day]")).map_err(
-            |_| ApiError::InvalidQuery(format!("date {text:?} is not a date like 2026-01-31")),
-        )?,
+        Some(text) => {
+            Date::parse(text, format_description!("[year]-[month]-[day]")).map_err(|_| {
+                ApiError::InvalidQuery(format!("date {text:?} is not a date like 2026-01-31"))
+            })?
+        }
     };
     let limit = match query.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,

@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Serialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tally_contracts::{Event, RuntimeConfig, schema::PAGE_VIEW};
 use time::OffsetDateTime;
@@ -34,7 +34,10 @@ pub enum Rejection {
     /// The event is well-formed but its `site_id` is not configured (404).
     UnknownSite(String),
     /// A browser origin sent an event for a site that does not list it (403).
-    ForbiddenOrigin { site_id: String, origin_host: String },
+    ForbiddenOrigin {
+        site_id: String,
+        origin_host: String,
+    },
 }
 
 /// The canonical fields, each with every spelling accepted for it.
@@ -195,19 +198,20 @@ pub fn validate_event(
         _ => {}
     }
 
-    let parsed_url = url.as_deref().filter(|u| !u.is_empty()).and_then(|u| {
-        match url::Url::parse(u) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
-            Ok(_) => {
-                f.problem("url", "must be an http or https URL");
-                None
-            }
-            Err(e) => {
-                f.problem("url", format!("is not a valid absolute URL: {e}"));
-                None
-            }
-        }
-    });
+    let parsed_url =
+        url.as_deref()
+            .filter(|u| !u.is_empty())
+            .and_then(|u| match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
+                Ok(_) => {
+                    f.problem("url", "must be an http or https URL");
+                    None
+                }
+                Err(e) => {
+                    f.problem("url", format!("is not a valid absolute URL: {e}"));
+                    None
+                }
+            });
     if let Some(p) = path.as_deref()
         && !p.is_empty()
         && !p.starts_with('/')
@@ -242,7 +246,10 @@ pub fn validate_event(
                 None
             }
             Err(_) => {
-                f.problem("event_id", "must be a UUID such as 0193a7e4-5b1c-7d2e-8f00-1234567890ab");
+                f.problem(
+                    "event_id",
+                    "must be a UUID such as 0193a7e4-5b1c-7d2e-8f00-1234567890ab",
+                );
                 None
             }
         },
@@ -327,8 +334,8 @@ fn check_properties(raw: &RawValue, limits: &Limits) -> Result<Box<RawValue>, St
             limits.max_properties_bytes
         ));
     }
-    let map: std::collections::BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(text)
-        .map_err(|_| "must be a JSON object".to_owned())?;
+    let map: std::collections::BTreeMap<Cow<'_, str>, &RawValue> =
+        serde_json::from_str(text).map_err(|_| "must be a JSON object".to_owned())?;
     let nested: Vec<&str> = map
         .iter()
         .filter(|(_, v)| matches!(v.get().as_bytes().first(), Some(b'{' | b'[')))
@@ -389,7 +396,10 @@ mod tests {
         assert_eq!(e.site_id, "shop");
         assert_eq!(e.path, "/home");
         assert_eq!(e.timestamp_ms, 1_777_629_600_000);
-        assert_eq!(e.event_id.to_string(), "0193a7e4-5b1c-7d2e-8f00-1234567890ab");
+        assert_eq!(
+            e.event_id.to_string(),
+            "0193a7e4-5b1c-7d2e-8f00-1234567890ab"
+        );
         assert_eq!(e.properties.get(), r#"{"plan":"pro","n":3}"#);
         assert_eq!(e.received_at_ms, NOW);
     }
@@ -403,7 +413,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.event_type.as_str(), e.path.as_str()), ("signup", "/a/b"));
-        assert_eq!((e.user_id.as_str(), e.visitor_id.as_str(), e.session_id.as_str()), ("u", "v", "s"));
+        assert_eq!(
+            (
+                e.user_id.as_str(),
+                e.visitor_id.as_str(),
+                e.session_id.as_str()
+            ),
+            ("u", "v", "s")
+        );
         assert_eq!(e.properties.get(), r#"{"k":"v"}"#);
     }
 
@@ -422,26 +439,62 @@ mod tests {
             r#"{"site_id":7,"event_type":"","timestamp":"yesterday","event_id":"nope",
                "properties":{"nested":{"a":1}},"url":"ftp://x","color":"red"}"#,
         );
-        for f in ["site_id", "event_type", "timestamp", "event_id", "properties", "url", "event"] {
+        for f in [
+            "site_id",
+            "event_type",
+            "timestamp",
+            "event_id",
+            "properties",
+            "url",
+            "event",
+        ] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
         // A wrong type is one problem, not also "is required".
-        assert_eq!(fields.iter().filter(|f| **f == "site_id").count(), 1, "{fields:?}");
+        assert_eq!(
+            fields.iter().filter(|f| **f == "site_id").count(),
+            1,
+            "{fields:?}"
+        );
     }
 
     #[test]
     fn refuses_duplicates_through_aliases_and_bad_shapes() {
-        assert_eq!(problems(r#"{"site_id":"shop","siteId":"shop","type":"x"}"#), ["site_id"]);
+        assert_eq!(
+            problems(r#"{"site_id":"shop","siteId":"shop","type":"x"}"#),
+            ["site_id"]
+        );
         assert_eq!(problems(r#"[1,2]"#), ["event"]);
-        assert_eq!(problems(r#"{"site_id":"shop","type":"page_view"}"#), ["path"]);
-        assert_eq!(problems(r#"{"site_id":"shop","type":"x","path":"home"}"#), ["path"]);
-        assert_eq!(problems(r#"{"site_id":"shop","type":"x","properties":[1]}"#), ["properties"]);
-        let big = format!(r#"{{"site_id":"shop","type":"x","properties":{{"k":"{}"}}}}"#, "a".repeat(300));
+        assert_eq!(
+            problems(r#"{"site_id":"shop","type":"page_view"}"#),
+            ["path"]
+        );
+        assert_eq!(
+            problems(r#"{"site_id":"shop","type":"x","path":"home"}"#),
+            ["path"]
+        );
+        assert_eq!(
+            problems(r#"{"site_id":"shop","type":"x","properties":[1]}"#),
+            ["properties"]
+        );
+        let big = format!(
+            r#"{{"site_id":"shop","type":"x","properties":{{"k":"{}"}}}}"#,
+            "a".repeat(300)
+        );
         assert_eq!(problems(&big), ["properties"]);
-        let long = format!(r#"{{"site_id":"shop","type":"x","title":"{}"}}"#, "a".repeat(2000));
+        let long = format!(
+            r#"{{"site_id":"shop","type":"x","title":"{}"}}"#,
+            "a".repeat(2000)
+        );
         assert_eq!(problems(&long), ["title"]);
-        assert_eq!(problems(r#"{"site_id":"shop","type":"x","timestamp":"2099-01-01T00:00:00Z"}"#), ["timestamp"]);
-        assert_eq!(problems(r#"{"site_id":"shop","type":"x","timestamp":"1999-12-31T23:59:59Z"}"#), ["timestamp"]);
+        assert_eq!(
+            problems(r#"{"site_id":"shop","type":"x","timestamp":"2099-01-01T00:00:00Z"}"#),
+            ["timestamp"]
+        );
+        assert_eq!(
+            problems(r#"{"site_id":"shop","type":"x","timestamp":"1999-12-31T23:59:59Z"}"#),
+            ["timestamp"]
+        );
     }
 
     #[test]
@@ -457,7 +510,10 @@ mod tests {
             Err(Rejection::UnknownSite(site)) if site == "blog"
         ));
         // With other problems too, everything is reported together as invalid.
-        assert_eq!(problems(r#"{"site_id":"blog","type":""}"#), ["event_type", "site_id"]);
+        assert_eq!(
+            problems(r#"{"site_id":"blog","type":""}"#),
+            ["event_type", "site_id"]
+        );
     }
 
     #[test]

@@ -68,10 +68,7 @@ impl RuntimeConfig {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && matches!(
-                            p.extension().and_then(|e| e.to_str()),
-                            Some("yaml" | "yml")
-                        )
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                 })
                 .collect();
             files.sort();
@@ -159,7 +156,8 @@ impl RuntimeConfig {
             .ok_or_else(|| invalid(&pipeline_origin, "metadata.name is required".into()))?;
         let spec = &pipeline.spec;
         let duration = |field: &str, value: &str| {
-            parse_duration(value).map_err(|e| invalid(&pipeline_origin, format!("spec.{field}: {e}")))
+            parse_duration(value)
+                .map_err(|e| invalid(&pipeline_origin, format!("spec.{field}: {e}")))
         };
         let timings = Timings {
             stream_max_age: duration("nats.stream.maxAge", &spec.nats.stream.max_age)?,
@@ -176,7 +174,9 @@ impl RuntimeConfig {
         {
             return Err(invalid(
                 &pipeline_origin,
-                format!("spec.clickhouse.database {db:?} must be letters, digits and _, not starting with a digit"),
+                format!(
+                    "spec.clickhouse.database {db:?} must be letters, digits and _, not starting with a digit"
+                ),
             ));
         }
 
@@ -202,7 +202,10 @@ impl RuntimeConfig {
             if site_index.insert(s.site_id.clone(), kept.len()).is_some() {
                 return Err(invalid(
                     &origin,
-                    format!("spec.siteId {:?} is declared by another site too", s.site_id),
+                    format!(
+                        "spec.siteId {:?} is declared by another site too",
+                        s.site_id
+                    ),
                 ));
             }
             kept.push(site);
@@ -320,7 +323,9 @@ spec:
     }
 
     fn error_of(yaml: &str) -> String {
-        RuntimeConfig::parse("x.yaml", yaml).unwrap_err().to_string()
+        RuntimeConfig::parse("x.yaml", yaml)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -330,15 +335,37 @@ spec:
                 "---\napiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: {id}}}\nspec: {{pipelineRef: {{name: {pipeline}}}, siteId: {id}}}\n"
             )
         };
-        let header = "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\n";
+        let header =
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\n";
         let pipeline = format!("{header}spec: {{}}\n");
         assert!(error_of(&site("web", "a")).contains("no AnalyticsPipeline"));
-        assert!(error_of(&format!("{pipeline}{}", site("other", "a"))).contains("pipelineRef.name is \"other\""));
-        assert!(error_of(&format!("{pipeline}{}{}", site("web", "a"), site("web", "a"))).contains("declared by another site"));
+        assert!(
+            error_of(&format!("{pipeline}{}", site("other", "a")))
+                .contains("pipelineRef.name is \"other\"")
+        );
+        assert!(
+            error_of(&format!(
+                "{pipeline}{}{}",
+                site("web", "a"),
+                site("web", "a")
+            ))
+            .contains("declared by another site")
+        );
         assert!(error_of(&format!("{pipeline}{}", site("web", "Bad!"))).contains("siteId"));
         assert!(error_of(&format!("{pipeline}---\n{pipeline}")).contains("both declare"));
-        assert!(error_of("apiVersion: v1\nkind: ConfigMap\n").contains("apiVersion must be tally.dev/v1alpha1"));
-        assert!(error_of(&format!("{header}spec: {{processor: {{ackWait: soon}}}}\n")).contains("spec.processor.ackWait"));
-        assert!(error_of(&format!("{header}spec: {{processor: {{batchMaxRows: many}}}}\n")).contains("invalid AnalyticsPipeline"));
+        assert!(
+            error_of("apiVersion: v1\nkind: ConfigMap\n")
+                .contains("apiVersion must be tally.dev/v1alpha1")
+        );
+        assert!(
+            error_of(&format!("{header}spec: {{processor: {{ackWait: soon}}}}\n"))
+                .contains("spec.processor.ackWait")
+        );
+        assert!(
+            error_of(&format!(
+                "{header}spec: {{processor: {{batchMaxRows: many}}}}\n"
+            ))
+            .contains("invalid AnalyticsPipeline")
+        );
     }
 }

@@ -45,7 +45,10 @@ mod tests {
     #[test]
     fn names_are_valid_identifiers() {
         assert_eq!(stream_name("web-prod.eu"), "TALLY_WEB_PROD_EU");
-        assert_eq!(event_subject("web-prod.eu", "shop"), "tally.web-prod_eu.events.shop");
+        assert_eq!(
+            event_subject("web-prod.eu", "shop"),
+            "tally.web-prod_eu.events.shop"
+        );
         assert_eq!(event_subjects("web"), "tally.web.events.>");
         assert_eq!(default_database("web-prod"), "tally_web_prod");
     }

@@ -95,7 +95,11 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                  PARTITION BY toYYYYMM(timestamp) \
                  ORDER BY (site_id, timestamp)"
             ),
-            rollup(SITE_DAILY, "site_id LowCardinality(String), day Date", COUNTS),
+            rollup(
+                SITE_DAILY,
+                "site_id LowCardinality(String), day Date",
+                COUNTS,
+            ),
             rollup(
                 SITE_HOURLY,
                 "site_id LowCardinality(String), hour DateTime('UTC')",

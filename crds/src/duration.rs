@@ -74,7 +74,16 @@ mod tests {
 
     #[test]
     fn refuses_what_the_schema_pattern_refuses() {
-        for bad in ["", "5", "s", "1 s", "1w", "-1s", "1.5s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1 s",
+            "1w",
+            "-1s",
+            "1.5s",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

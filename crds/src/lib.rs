@@ -32,7 +32,10 @@ pub fn crd_files() -> Vec<(&'static str, String)> {
             "analyticspipelines.tally.dev.yaml",
             render(&AnalyticsPipeline::crd()),
         ),
-        ("analyticssites.tally.dev.yaml", render(&AnalyticsSite::crd())),
+        (
+            "analyticssites.tally.dev.yaml",
+            render(&AnalyticsSite::crd()),
+        ),
     ]
 }
 

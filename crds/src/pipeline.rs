@@ -21,9 +21,17 @@ use crate::duration::DURATION_PATTERN;
     category = "tally",
     derive = "PartialEq",
     doc = "An analytics pipeline: a JetStream stream fed by collectors and drained by processors into a ClickHouse database.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Sites", type_ = "integer", json_path = ".status.sites"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AnalyticsPipelineSpec {
@@ -234,7 +242,13 @@ macro_rules! default_from_empty_object {
         }
     )*};
 }
-default_from_empty_object!(NatsSpec, StreamSpec, ClickHouseSpec, CollectorSpec, ProcessorSpec);
+default_from_empty_object!(
+    NatsSpec,
+    StreamSpec,
+    ClickHouseSpec,
+    CollectorSpec,
+    ProcessorSpec
+);
 
 #[cfg(test)]
 mod tests {

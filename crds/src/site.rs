@@ -20,10 +20,22 @@ pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
     category = "tally",
     derive = "PartialEq",
     doc = "A website or tenant whose events flow through an AnalyticsPipeline.",
-    printcolumn(name = "Pipeline", type_ = "string", json_path = ".spec.pipelineRef.name"),
+    printcolumn(
+        name = "Pipeline",
+        type_ = "string",
+        json_path = ".spec.pipelineRef.name"
+    ),
     printcolumn(name = "Site ID", type_ = "string", json_path = ".spec.siteId"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AnalyticsSiteSpec {

@@ -59,7 +59,10 @@ pub struct Process {
 
 impl Process {
     fn spawn(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -125,7 +128,12 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- last lines of {} ({}) -----\n{}", self.name, self.log.display(), self.log_tail());
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
         }
         self.kill();
     }
@@ -185,6 +193,7 @@ pub struct Stack {
     pub nats_port: u16,
     pub nats_monitor_port: u16,
     pub clickhouse_port: u16,
+    pub clickhouse_tcp_port: u16,
     pub collector_port: u16,
     pub processor_port: u16,
     pub nats: Process,
@@ -208,21 +217,10 @@ impl Stack {
         let (clickhouse_port, clickhouse_tcp_port) = (free_port(), free_port());
         let (collector_port, processor_port) = (free_port(), free_port());
         let config = dir.join("pipeline.yaml");
-        fs::write(
-            &config,
-            pipeline_yaml(&options, nats_port, clickhouse_port),
-        )?;
+        fs::write(&config, pipeline_yaml(&options, nats_port, clickhouse_port))?;
 
         let nats = Self::spawn_nats(&dir, nats_port, nats_monitor_port)?;
-        let clickhouse = Process::spawn(
-            "clickhouse",
-            Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?)
-                .arg("--data-dir")
-                .arg(dir.join("clickhouse"))
-                .args(["--http-port", &clickhouse_port.to_string()])
-                .args(["--tcp-port", &clickhouse_tcp_port.to_string()]),
-            dir.join("clickhouse.log"),
-        )?;
+        let clickhouse = Self::spawn_clickhouse(&dir, clickhouse_port, clickhouse_tcp_port)?;
         let http = reqwest::Client::new();
         let mut stack = Self {
             processor: Process {
@@ -240,6 +238,7 @@ impl Stack {
             nats_port,
             nats_monitor_port,
             clickhouse_port,
+            clickhouse_tcp_port,
             collector_port,
             processor_port,
             nats,
@@ -247,15 +246,57 @@ impl Stack {
             http,
         };
         stack.wait_nats().await?;
-        let ping = format!("http://127.0.0.1:{clickhouse_port}/ping");
-        eventually("ClickHouse to answer /ping", Duration::from_secs(60), || {
-            let (http, ping) = (&stack.http, &ping);
-            async move { http_ok(http, ping).await.then_some(()) }
-        })
-        .await?;
+        stack.wait_clickhouse().await?;
         stack.start_processor(&[]).await?;
         stack.start_collector().await?;
         Ok(stack)
+    }
+
+    fn spawn_clickhouse(dir: &Path, http_port: u16, tcp_port: u16) -> anyhow::Result<Process> {
+        Process::spawn(
+            "clickhouse",
+            Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?)
+                .arg("--data-dir")
+                .arg(dir.join("clickhouse"))
+                .args(["--http-port", &http_port.to_string()])
+                .args(["--tcp-port", &tcp_port.to_string()]),
+            dir.join("clickhouse.log"),
+        )
+    }
+
+    async fn wait_clickhouse(&self) -> anyhow::Result<()> {
+        let ping = format!("http://127.0.0.1:{}/ping", self.clickhouse_port);
+        eventually(
+            "ClickHouse to answer /ping",
+            Duration::from_secs(60),
+            || {
+                let (http, ping) = (&self.http, &ping);
+                async move { http_ok(http, ping).await.then_some(()) }
+            },
+        )
+        .await
+    }
+
+    /// Stops ClickHouse (SIGTERM; its data stays).
+    pub fn stop_clickhouse(&mut self) {
+        self.clickhouse.stop();
+    }
+
+    /// Starts ClickHouse again on the same ports with the same data.
+    pub async fn restart_clickhouse(&mut self) -> anyhow::Result<()> {
+        self.clickhouse =
+            Self::spawn_clickhouse(&self.dir, self.clickhouse_port, self.clickhouse_tcp_port)?;
+        self.wait_clickhouse().await
+    }
+
+    /// The processor's `/readyz` status code.
+    pub async fn processor_ready_status(&self) -> u16 {
+        self.http
+            .get(format!("http://127.0.0.1:{}/readyz", self.processor_port))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
     }
 
     fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> anyhow::Result<Process> {
@@ -284,7 +325,10 @@ impl Stack {
     fn binary(name: &str) -> anyhow::Result<PathBuf> {
         let path = bin_dir()?.join(name);
         if !path.exists() {
-            bail!("{} not found: build the workspace binaries first (`make test` does)", path.display());
+            bail!(
+                "{} not found: build the workspace binaries first (`make test` does)",
+                path.display()
+            );
         }
         Ok(path)
     }
@@ -358,7 +402,10 @@ impl Stack {
     }
 
     /// POSTs a body to `/v1/events`; returns the status and the JSON answer.
-    pub async fn post(&self, body: impl Into<reqwest::Body>) -> anyhow::Result<(u16, serde_json::Value)> {
+    pub async fn post(
+        &self,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
             .http
             .post(self.collector_url("/v1/events"))
@@ -409,7 +456,12 @@ impl Stack {
 
     /// Waits until `query` returns `expected`, then returns it; on timeout, the error shows the
     /// last answer.
-    pub async fn wait_sql(&self, query: &str, expected: &str, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_sql(
+        &self,
+        query: &str,
+        expected: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let mut last = String::new();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

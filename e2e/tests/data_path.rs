@@ -47,7 +47,9 @@ async fn five_page_views_give_the_documented_stats() -> anyhow::Result<()> {
             WAIT,
         )
         .await?;
-    let (status, stats) = stack.stats(&format!("site_id=shop&date={}", today())).await?;
+    let (status, stats) = stack
+        .stats(&format!("site_id=shop&date={}", today()))
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(
         stats,
@@ -64,15 +66,25 @@ async fn five_page_views_give_the_documented_stats() -> anyhow::Result<()> {
             ],
         })
     );
-    let (_, limited) = stack.stats(&format!("site_id=shop&date={}&limit=1", today())).await?;
+    let (_, limited) = stack
+        .stats(&format!("site_id=shop&date={}&limit=1", today()))
+        .await?;
     assert_eq!(limited["top_paths"], json!([{"path": "/home", "views": 2}]));
     // The other site and another day are empty, not errors.
     let (status, empty) = stack.stats("site_id=docs&date=2024-02-29").await?;
     assert_eq!(status, 200);
-    assert_eq!((empty["total_views"].as_u64(), empty["top_paths"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            empty["total_views"].as_u64(),
+            empty["top_paths"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
     // The hourly rollup agrees with the daily one.
     let hourly = stack
-        .sql_u64(&format!("SELECT sum(page_views) FROM {DATABASE}.site_hourly WHERE site_id = 'shop'"))
+        .sql_u64(&format!(
+            "SELECT sum(page_views) FROM {DATABASE}.site_hourly WHERE site_id = 'shop'"
+        ))
         .await?;
     assert_eq!(hourly, 5);
     Ok(())
@@ -88,13 +100,24 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
         assert_eq!(status, 202, "{answer}");
         duplicates += usize::from(answer["results"][0]["duplicate"] == json!(true));
     }
-    assert_eq!(duplicates, 2, "the stream reports the two retries as duplicates");
+    assert_eq!(
+        duplicates, 2,
+        "the stream reports the two retries as duplicates"
+    );
     // A marker after the duplicates: once it is stored, so is everything before it.
-    stack.post(page_view("docs", "/marker", None, "10:01:00").to_string()).await?;
     stack
-        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"), "2", WAIT)
+        .post(page_view("docs", "/marker", None, "10:01:00").to_string())
         .await?;
-    let (_, stats) = stack.stats(&format!("site_id=docs&date={}", today())).await?;
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"),
+            "2",
+            WAIT,
+        )
+        .await?;
+    let (_, stats) = stack
+        .stats(&format!("site_id=docs&date={}", today()))
+        .await?;
     assert_eq!(stats["total_views"], 2);
     assert_eq!(stats["top_paths"][0], json!({"path": "/guide", "views": 1}));
     Ok(())
@@ -104,7 +127,10 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
 async fn invalid_payloads_are_refused_with_details_and_store_nothing() -> anyhow::Result<()> {
     let stack = Stack::start(Options::default()).await?;
     let (status, answer) = stack
-        .post(json!({"site_id": "shop", "event_type": 7, "timestamp": "noon", "event_id": "x"}).to_string())
+        .post(
+            json!({"site_id": "shop", "event_type": 7, "timestamp": "noon", "event_id": "x"})
+                .to_string(),
+        )
         .await?;
     assert_eq!(status, 400);
     assert_eq!(answer["error"], "invalid_event");
@@ -119,10 +145,18 @@ async fn invalid_payloads_are_refused_with_details_and_store_nothing() -> anyhow
     let (status, answer) = stack
         .post(json!([{"site_id": "shop"}, {"site_id": "shop", "type": "page_view"}]).to_string())
         .await?;
-    assert_eq!(status, 400, "a batch with no valid event is refused: {answer}");
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        status, 400,
+        "a batch with no valid event is refused: {answer}"
+    );
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(0), Some(2))
+    );
 
-    let (status, answer) = stack.post(json!({"site_id": "blog", "type": "x"}).to_string()).await?;
+    let (status, answer) = stack
+        .post(json!({"site_id": "blog", "type": "x"}).to_string())
+        .await?;
     assert_eq!(status, 404);
     assert!(answer["message"].as_str().unwrap().contains("\"blog\""));
     let (status, _) = stack.post("{not json").await?;
@@ -135,12 +169,22 @@ async fn invalid_payloads_are_refused_with_details_and_store_nothing() -> anyhow
     assert_eq!(status, 400);
 
     // A valid event on the other site flows through; the refused ones never appear.
-    stack.post(page_view("docs", "/ok", None, "11:00:00").to_string()).await?;
     stack
-        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"), "1", WAIT)
+        .post(page_view("docs", "/ok", None, "11:00:00").to_string())
+        .await?;
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"),
+            "1",
+            WAIT,
+        )
         .await?;
     assert_eq!(
-        stack.sql_u64(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id != 'docs'")).await?,
+        stack
+            .sql_u64(&format!(
+                "SELECT count() FROM {DATABASE}.events WHERE site_id != 'docs'"
+            ))
+            .await?,
         0
     );
     Ok(())
@@ -162,8 +206,16 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(answered_503, "the collector kept answering while NATS was down");
-    let ready = stack.http.get(stack.collector_url("/readyz")).send().await?.status();
+    assert!(
+        answered_503,
+        "the collector kept answering while NATS was down"
+    );
+    let ready = stack
+        .http
+        .get(stack.collector_url("/readyz"))
+        .send()
+        .await?
+        .status();
     assert_eq!(ready.as_u16(), 503);
 
     stack.restart_nats().await?;
@@ -177,9 +229,15 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
     let (status, _) = stack.post(json!(after).to_string()).await?;
     assert_eq!(status, 202);
     stack
-        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"), "4", WAIT)
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"),
+            "4",
+            WAIT,
+        )
         .await?;
-    let (_, stats) = stack.stats(&format!("site_id=shop&date={}", today())).await?;
+    let (_, stats) = stack
+        .stats(&format!("site_id=shop&date={}", today()))
+        .await?;
     assert_eq!(stats["total_views"], 4);
     Ok(())
 }
@@ -198,7 +256,11 @@ fn many(n: usize, tag: &str) -> Vec<Value> {
 
 /// Raw rows, distinct ids and every rollup's event count must all equal `n`.
 async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
-    let raw = stack.sql(&format!("SELECT count(), uniqExact(event_id) FROM {DATABASE}.events")).await?;
+    let raw = stack
+        .sql(&format!(
+            "SELECT count(), uniqExact(event_id) FROM {DATABASE}.events"
+        ))
+        .await?;
     assert_eq!(raw, format!("{n}\t{n}"), "raw rows and distinct event ids");
     for (table, column) in [
         ("site_daily", "page_views"),
@@ -207,7 +269,9 @@ async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
         ("path_daily", "page_views"),
         ("event_type_daily", "events"),
     ] {
-        let total = stack.sql_u64(&format!("SELECT sum({column}) FROM {DATABASE}.{table}")).await?;
+        let total = stack
+            .sql_u64(&format!("SELECT sum({column}) FROM {DATABASE}.{table}"))
+            .await?;
         assert_eq!(total, n, "{table}.{column}");
     }
     Ok(())
@@ -228,14 +292,24 @@ async fn a_crash_between_insert_and_ack_counts_nothing_twice() -> anyhow::Result
 
     // This processor writes one batch, then dies before acknowledging it.
     stack.spawn_processor(&["--crash-after-inserts", "1"])?;
-    assert_eq!(stack.processor.wait_exit(WAIT), Some(86), "the processor should crash on purpose");
-    let written = stack.sql_u64(&format!("SELECT count() FROM {DATABASE}.events")).await?;
+    assert_eq!(
+        stack.processor.wait_exit(WAIT),
+        Some(86),
+        "the processor should crash on purpose"
+    );
+    let written = stack
+        .sql_u64(&format!("SELECT count() FROM {DATABASE}.events"))
+        .await?;
     assert_eq!(written, 100, "one batch was written before the crash");
 
     // JetStream redelivers that batch to the next processor, which must skip it.
     stack.start_processor(&[]).await?;
     stack
-        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events"), "450", WAIT)
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events"),
+            "450",
+            WAIT,
+        )
         .await?;
     // Give a wrong double insert time to show up before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -277,9 +351,55 @@ async fn a_processor_killed_repeatedly_mid_stream_leaves_exact_counts() -> anyho
     }
     assert_eq!(accepted, total as u64);
     stack
-        .wait_sql(&format!("SELECT count() FROM {DATABASE}.events"), &total.to_string(), Duration::from_secs(120))
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events"),
+            &total.to_string(),
+            Duration::from_secs(120),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_exact(&stack, total as u64).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clickhouse_outage_is_retried_without_loss() -> anyhow::Result<()> {
+    let mut stack = Stack::start(Options::default()).await?;
+    let before = many(500, "before");
+    assert_eq!(stack.post(json!(before).to_string()).await?.0, 202);
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events"),
+            "500",
+            WAIT,
+        )
+        .await?;
+
+    stack.stop_clickhouse();
+    // The collector keeps accepting: JetStream holds the events meanwhile.
+    let during = many(1500, "during");
+    for chunk in during.chunks(500) {
+        assert_eq!(stack.post(json!(chunk).to_string()).await?.0, 202);
+    }
+    tally_e2e::eventually("the processor to report not ready", WAIT, || async {
+        (stack.processor_ready_status().await == 503).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await; // several failed attempts
+
+    stack.restart_clickhouse().await?;
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events"),
+            "2000",
+            WAIT,
+        )
+        .await?;
+    tally_e2e::eventually("the processor to be ready again", WAIT, || async {
+        (stack.processor_ready_status().await == 200).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_exact(&stack, 2000).await?;
     Ok(())
 }

@@ -75,12 +75,22 @@ impl Processor {
                 continue;
             }
             if self.process(&messages, &mut shutdown).await.is_err() {
-                tracing::info!(messages = messages.len(), "stopping with a batch unwritten; JetStream will redeliver it");
+                tracing::info!(
+                    messages = messages.len(),
+                    "stopping with a batch unwritten; JetStream will redeliver it"
+                );
                 return;
             }
             inserts += 1;
-            if self.settings.crash_after_inserts.is_some_and(|n| inserts >= n) {
-                tracing::error!(inserts, "crash-after-inserts reached: exiting before acknowledging");
+            if self
+                .settings
+                .crash_after_inserts
+                .is_some_and(|n| inserts >= n)
+            {
+                tracing::error!(
+                    inserts,
+                    "crash-after-inserts reached: exiting before acknowledging"
+                );
                 std::process::exit(86);
             }
             let acks = join_all(messages.iter().map(|m| m.ack())).await;
@@ -145,7 +155,8 @@ impl Processor {
             let started = std::time::Instant::now();
             match self.write(&events, &redelivered, attempt > 0).await {
                 Ok((written, skipped)) => {
-                    self.metrics.record_batch(written, skipped, started.elapsed());
+                    self.metrics
+                        .record_batch(written, skipped, started.elapsed());
                     self.metrics.set_storage_ok(true);
                     return Ok(());
                 }
@@ -154,7 +165,8 @@ impl Processor {
                     self.metrics.count_insert_failure();
                     self.metrics.set_storage_ok(false);
                     tracing::warn!(error = %e, attempt, retry_in = ?backoff, rows = events.len(), "writing a batch to ClickHouse failed");
-                    self.wait_keeping_messages(messages, backoff, shutdown).await?;
+                    self.wait_keeping_messages(messages, backoff, shutdown)
+                        .await?;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

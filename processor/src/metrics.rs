@@ -1,7 +1,7 @@
 //! Prometheus metrics and health of the processor, served on its HTTP port.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -37,16 +37,36 @@ impl Default for Metrics {
         let batches = Counter::default();
         let insert_failures = Counter::default();
         let insert_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("events_written", "Events inserted into ClickHouse", written.clone());
+        registry.register(
+            "events_written",
+            "Events inserted into ClickHouse",
+            written.clone(),
+        );
         registry.register(
             "events_skipped_duplicate",
             "Redelivered events skipped because ClickHouse held them already",
             skipped.clone(),
         );
-        registry.register("events_poison", "Messages dropped because they are not Tally events", poison.clone());
-        registry.register("batches", "Batches written and acknowledged", batches.clone());
-        registry.register("insert_failures", "Failed attempts to write a batch", insert_failures.clone());
-        registry.register("batch_write_seconds", "Time to write one batch", insert_seconds.clone());
+        registry.register(
+            "events_poison",
+            "Messages dropped because they are not Tally events",
+            poison.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batches written and acknowledged",
+            batches.clone(),
+        );
+        registry.register(
+            "insert_failures",
+            "Failed attempts to write a batch",
+            insert_failures.clone(),
+        );
+        registry.register(
+            "batch_write_seconds",
+            "Time to write one batch",
+            insert_seconds.clone(),
+        );
         Self {
             registry,
             written,
@@ -130,7 +150,10 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     prometheus_client::encoding::text::encode(&mut out, &metrics.registry)
         .expect("writing to a String never fails");
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
 }

@@ -18,7 +18,11 @@ pub async fn apply(client: &Client, db: &str, retention_days: Option<u32>) -> an
         if applied.contains(&migration.version) {
             continue;
         }
-        tracing::info!(version = migration.version, description = migration.description, "applying schema migration");
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "applying schema migration"
+        );
         for statement in &migration.statements {
             client.query(statement).execute().await?;
         }

