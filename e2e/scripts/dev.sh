@@ -204,7 +204,7 @@ Send an event:
     -d '{"site_id":"$SITE","type":"page_view","url":"https://$SITE.example/","path":"/"}'
 
 Today's stats:
-  curl -sS '$C/v1/stats?site_id=$SITE&date=today'
+  curl -sS "$C/v1/stats?site_id=$SITE&date=$(date -u +%F)"
 
 SQL:
   curl -sS $CLICKHOUSE_URL/ --data-binary 'SHOW DATABASES'
