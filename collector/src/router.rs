@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tally_contracts::RuntimeConfig;
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::metrics::{self, Metrics};
 use crate::sink::EventSink;
@@ -48,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/stats", get(stats::get_stats))
+        .route("/tracker.js", get(tracker_js))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -58,6 +60,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             metrics::track,
         ))
         .with_state(state)
+}
+
+/// The browser tracker that site snippets load.
+async fn tracker_js() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../assets/tracker.js"),
+    )
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

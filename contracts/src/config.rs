@@ -88,6 +88,23 @@ impl RuntimeConfig {
         Self::from_sources(origin, vec![(origin.to_owned(), yaml.to_owned())])
     }
 
+    /// Builds a configuration from resources already in memory (the operator's path);
+    /// `origin` names them in errors.
+    pub fn from_resources(
+        origin: &str,
+        pipeline: AnalyticsPipeline,
+        sites: Vec<AnalyticsSite>,
+    ) -> Result<Self, ConfigError> {
+        let sites = sites
+            .into_iter()
+            .map(|site| {
+                let name = site.metadata.name.clone().unwrap_or_default();
+                (format!("{origin}: AnalyticsSite {name}"), site)
+            })
+            .collect();
+        Self::validate(format!("{origin}: AnalyticsPipeline"), pipeline, sites)
+    }
+
     fn from_sources(described: &str, sources: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let mut pipeline: Option<(String, AnalyticsPipeline)> = None;
         let mut sites: Vec<(String, AnalyticsSite)> = Vec::new();

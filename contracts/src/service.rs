@@ -45,17 +45,22 @@ impl CommonArgs {
         Ok(config)
     }
 
-    /// Starts logging to standard error; the level comes from `RUST_LOG` (default `info`).
+    /// Starts logging in the chosen format.
     pub fn init_logging(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Json => builder.json().flatten_event(true).init(),
-            LogFormat::Text => builder.init(),
-        }
+        init_logging(self.log_format);
+    }
+}
+
+/// Starts logging to standard error; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

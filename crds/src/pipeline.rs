@@ -1,6 +1,7 @@
 //! `AnalyticsPipeline`: one ingestion pipeline — a JetStream stream, collectors that feed it
 //! and processors that drain it into one ClickHouse database.
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -85,6 +86,20 @@ pub struct StreamSpec {
     #[serde(default = "default_duplicate_window")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub duplicate_window: String,
+    /// What the operator does with the stream when the pipeline is deleted: `Retain` keeps
+    /// it with any events not yet processed; `Delete` removes it.
+    #[serde(default)]
+    pub deletion_policy: StreamDeletionPolicy,
+}
+
+/// The fate of a pipeline's stream when the pipeline is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StreamDeletionPolicy {
+    /// Keep the stream and its events.
+    #[default]
+    Retain,
+    /// Delete the stream and its events.
+    Delete,
 }
 
 /// JetStream storage backend.
@@ -121,6 +136,20 @@ pub struct ClickHouseSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
+    /// Collector pods in a cluster (the operator's Deployment).
+    #[serde(default = "default_collector_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image of the collector; defaults to the image the operator was installed
+    /// with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each collector container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service in front of the collector pods.
+    #[serde(default)]
+    pub service: CollectorServiceSpec,
     /// Largest accepted request body in bytes, after gzip decompression. Larger bodies are
     /// answered with 413.
     #[serde(default = "default_max_body_bytes")]
@@ -146,10 +175,57 @@ pub struct CollectorSpec {
     pub publish_timeout: String,
 }
 
+/// The Kubernetes Service that exposes the collector.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorServiceSpec {
+    /// Service type: `ClusterIP`, `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port the Service listens on.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// How the collector Service is exposed.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
 /// Processor (JetStream → ClickHouse) settings.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessorSpec {
+    /// Processor pods in a cluster; they share one durable consumer.
+    #[serde(default = "default_processor_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image of the processor; defaults to the image the operator was installed
+    /// with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each processor container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
     /// Most events written to ClickHouse in one insert.
     #[serde(default = "default_batch_max_rows")]
     #[schemars(range(min = 1))]
@@ -187,6 +263,15 @@ pub struct AnalyticsPipelineStatus {
     pub endpoint: Option<String>,
 }
 
+fn default_collector_replicas() -> i32 {
+    2
+}
+fn default_processor_replicas() -> i32 {
+    1
+}
+fn default_service_port() -> i32 {
+    80
+}
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
@@ -247,6 +332,7 @@ default_from_empty_object!(
     StreamSpec,
     ClickHouseSpec,
     CollectorSpec,
+    CollectorServiceSpec,
     ProcessorSpec
 );
 

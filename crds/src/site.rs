@@ -1,15 +1,19 @@
 //! `AnalyticsSite`: one website or tenant whose events flow through a pipeline.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The pattern every `siteId` matches: it becomes a NATS subject token and a ClickHouse value.
 pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
 
+/// A DNS host name in lower case (RFC 1123), as `domains` takes them.
+pub const HOSTNAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
 /// Declares a website or tenant that sends events into a pipeline.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "tally.dev",
     version = "v1alpha1",
@@ -42,14 +46,37 @@ pub struct AnalyticsSiteSpec {
     /// The `AnalyticsPipeline` (same namespace) this site's events flow through.
     pub pipeline_ref: PipelineRef,
     /// The identifier events carry in `site_id`: lower-case letters, digits, `-` and `_`,
-    /// starting with a letter or digit, at most 63 characters.
+    /// starting with a letter or digit, at most 63 characters. It cannot be changed: stored
+    /// events keep it.
     #[schemars(regex(pattern = SITE_ID_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("siteId is immutable; create a new AnalyticsSite instead"))]
     pub site_id: String,
     /// Host names allowed to send browser events for this site. A request carrying an
     /// `Origin` header is accepted only when the origin's host is one of these or a
     /// sub-domain of one. Empty allows every origin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(regex(pattern = HOSTNAME_PATTERN)))]
     pub domains: Vec<String>,
+    /// A Secret key holding this site's API key. The operator reports the site as not
+    /// accepted while the Secret or key is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the site's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_api_key_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_api_key_key() -> String {
+    "apiKey".into()
 }
 
 /// A reference to an `AnalyticsPipeline` in the same namespace.
@@ -73,6 +100,9 @@ pub struct AnalyticsSiteStatus {
     /// URL that accepts this site's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest_url: Option<String>,
+    /// The `<script>` tag that sends this site's page views from a browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snippet: Option<String>,
 }
 
 impl AnalyticsSiteSpec {
@@ -101,6 +131,7 @@ mod tests {
             pipeline_ref: PipelineRef { name: "p".into() },
             site_id: "s".into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
+            api_key_secret_ref: None,
         }
     }
 

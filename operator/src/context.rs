@@ -1,0 +1,175 @@
+//! What both controllers share: the Kubernetes client, the event recorder, metrics, NATS
+//! connections for stream management, and the one error type whose variant names become
+//! metric labels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use kube::runtime::events::Recorder;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::Mutex;
+
+use crate::render::Images;
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the pipeline's configuration is invalid: {0}")]
+    InvalidConfig(#[from] tally_contracts::ConfigError),
+    #[error("JetStream: {0}")]
+    Stream(String),
+    #[error("object without {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::InvalidConfig(_) => "invalid_config",
+            Self::Stream(_) => "stream",
+            Self::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabel {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    controller: &'static str,
+    reason: &'static str,
+}
+
+/// Reconcile metrics, by controller.
+pub struct Metrics {
+    pub registry: Registry,
+    reconciles: Family<ControllerLabel, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    durations: Family<ControllerLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tally_operator");
+        let reconciles = Family::default();
+        let failures = Family::default();
+        let durations = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        registry.register("reconciles", "Reconciliations started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent reconciling",
+            durations.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            durations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and returns a guard that records its duration when dropped.
+    pub fn start(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        self.reconciles
+            .get_or_create(&ControllerLabel { controller })
+            .inc();
+        ReconcileTimer {
+            histogram: self
+                .durations
+                .get_or_create(&ControllerLabel { controller })
+                .clone(),
+            start: Instant::now(),
+            _metrics: self,
+        }
+    }
+
+    pub fn failed(&self, controller: &'static str, error: &Error) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                controller,
+                reason: error.metric_label(),
+            })
+            .inc();
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    histogram: Histogram,
+    start: Instant,
+    _metrics: &'a Metrics,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// NATS connections by URL, reused across reconciles.
+#[derive(Default)]
+pub struct NatsPool {
+    clients: Mutex<HashMap<String, async_nats::Client>>,
+}
+
+/// How long stream management may wait for NATS before the condition says why not.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl NatsPool {
+    /// A JetStream context for `url`, connecting when there is no live connection.
+    pub async fn jetstream(&self, url: &str) -> Result<jetstream::Context, Error> {
+        let mut clients = self.clients.lock().await;
+        let live = clients
+            .get(url)
+            .filter(|c| c.connection_state() == async_nats::connection::State::Connected);
+        let client = match live {
+            Some(client) => client.clone(),
+            None => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("tally-operator")
+                    .connection_timeout(NATS_TIMEOUT)
+                    .connect(url)
+                    .await
+                    .map_err(|e| Error::Stream(format!("cannot connect to NATS at {url}: {e}")))?;
+                clients.insert(url.to_owned(), client.clone());
+                client
+            }
+        };
+        Ok(jetstream::ContextBuilder::new()
+            .timeout(NATS_TIMEOUT)
+            .build(client))
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub nats: NatsPool,
+    pub images: Images,
+}

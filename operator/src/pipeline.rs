@@ -1,0 +1,341 @@
+//! Reconciles an `AnalyticsPipeline`: renders the runtime configuration from the pipeline and
+//! its accepted sites, applies the ConfigMap, the collector Deployment and Service and the
+//! processor Deployment (server-side apply, owned by the pipeline), makes the JetStream
+//! stream match the spec, and reports what it found in the status. A finalizer deletes or
+//! keeps the stream, per `spec.nats.stream.deletionPolicy`, when the pipeline goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tally_contracts::stream;
+use tally_crds::{AnalyticsPipeline, AnalyticsPipelineStatus, AnalyticsSite, StreamDeletionPolicy};
+
+use crate::acceptance;
+use crate::conditions::{carry_transition_times, condition, find};
+use crate::context::{Context, Error};
+use crate::render;
+
+/// Keeps the pipeline until its stream has been dealt with.
+pub const FINALIZER: &str = "tally.dev/stream";
+const CONTROLLER: &str = "pipeline";
+
+pub async fn reconcile(
+    pipeline: Arc<AnalyticsPipeline>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = pipeline
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<AnalyticsPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, pipeline, |event| async {
+        match event {
+            Finalizer::Apply(p) => apply(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+pub fn error_policy(pipeline: Arc<AnalyticsPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed");
+    ctx.metrics.failed(CONTROLLER, error);
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// The names and keys of the Secrets that `sites` reference.
+pub async fn referenced_secrets(
+    client: &kube::Client,
+    ns: &str,
+    sites: &[AnalyticsSite],
+) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let names: BTreeSet<&str> = sites
+        .iter()
+        .filter_map(|s| s.spec.api_key_secret_ref.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    let mut found = BTreeMap::new();
+    for name in names {
+        if let Some(secret) = api.get_opt(name).await? {
+            let keys = secret
+                .data
+                .iter()
+                .flat_map(|d| d.keys())
+                .chain(secret.string_data.iter().flat_map(|d| d.keys()))
+                .cloned()
+                .collect();
+            found.insert(name.to_owned(), keys);
+        }
+    }
+    Ok(found)
+}
+
+fn deployment_available(deployment: &Deployment) -> (bool, String) {
+    let Some(status) = &deployment.status else {
+        return (false, "no status reported yet".into());
+    };
+    match status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Available")
+    {
+        Some(c) => (
+            c.status == "True",
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default()),
+        ),
+        None => (
+            false,
+            "the Deployment reports no Available condition yet".into(),
+        ),
+    }
+}
+
+async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
+    let name = pipeline.name_any();
+    let ns = pipeline
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let client = &ctx.client;
+    let generation = pipeline.metadata.generation;
+
+    // The sites this pipeline accepts, decided exactly as the site controller decides.
+    let sites = Api::<AnalyticsSite>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let secrets = referenced_secrets(client, &ns, &sites).await?;
+    let verdicts = acceptance::decide(&BTreeSet::from([name.clone()]), &sites, &secrets);
+    let accepted: Vec<&AnalyticsSite> = sites
+        .iter()
+        .filter(|s| s.spec.pipeline_ref.name == name && verdicts[&s.name_any()].is_accepted())
+        .collect();
+
+    let config = render::runtime_config(pipeline, &accepted)?;
+    let checksum = render::checksum(&config);
+    let apply = PatchParams::apply(render::MANAGER).force();
+    let config_map = render::config_map(pipeline, &config);
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .patch(
+            &render::config_map_name(&name),
+            &apply,
+            &Patch::Apply(&config_map),
+        )
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let collector = deployments
+        .patch(
+            &render::collector_name(&name),
+            &apply,
+            &Patch::Apply(&render::collector_deployment(
+                pipeline,
+                &ctx.images,
+                &checksum,
+            )),
+        )
+        .await?;
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .patch(
+            &render::collector_name(&name),
+            &apply,
+            &Patch::Apply(&render::collector_service(pipeline)),
+        )
+        .await?;
+    let processor = deployments
+        .patch(
+            &render::processor_name(&name),
+            &apply,
+            &Patch::Apply(&render::processor_deployment(
+                pipeline,
+                &ctx.images,
+                &checksum,
+            )),
+        )
+        .await?;
+
+    let stream_result = ensure_stream(pipeline, &config, ctx).await;
+    let (collector_ok, collector_msg) = deployment_available(&collector);
+    let (processor_ok, processor_msg) = deployment_available(&processor);
+    let mut conditions = vec![
+        match &stream_result {
+            Ok(stream) => condition(
+                "StreamReady",
+                true,
+                "StreamReady",
+                format!("stream {stream} matches the spec"),
+                generation,
+            ),
+            Err(e) => condition(
+                "StreamReady",
+                false,
+                "StreamUnavailable",
+                e.to_string(),
+                generation,
+            ),
+        },
+        condition(
+            "CollectorAvailable",
+            collector_ok,
+            if collector_ok {
+                "Available"
+            } else {
+                "Unavailable"
+            },
+            collector_msg,
+            generation,
+        ),
+        condition(
+            "ProcessorAvailable",
+            processor_ok,
+            if processor_ok {
+                "Available"
+            } else {
+                "Unavailable"
+            },
+            processor_msg,
+            generation,
+        ),
+    ];
+    let waiting: Vec<&str> = conditions
+        .iter()
+        .filter(|c| c.status != "True")
+        .map(|c| c.type_.as_str())
+        .collect();
+    let ready = waiting.is_empty();
+    conditions.push(condition(
+        "Ready",
+        ready,
+        if ready { "Ready" } else { "NotReady" },
+        if ready {
+            "the stream, collector and processor are up".to_owned()
+        } else {
+            format!("waiting for {}", waiting.join(", "))
+        },
+        generation,
+    ));
+    let old = pipeline
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = AnalyticsPipelineStatus {
+        observed_generation: generation,
+        conditions: carry_transition_times(old, conditions),
+        sites: Some(accepted.len() as i32),
+        endpoint: Some(render::endpoint(pipeline)),
+    };
+    // One Warning when the stream becomes unavailable, not one per retry.
+    let was_failing = find(old, "StreamReady").is_some_and(|c| c.status == "False");
+    if !was_failing && let Err(e) = &stream_result {
+        publish(
+            ctx,
+            pipeline,
+            EventType::Warning,
+            "StreamUnavailable",
+            e.to_string(),
+        )
+        .await;
+    }
+    Api::<AnalyticsPipeline>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &name,
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": tally_crds::API_VERSION,
+                "kind": "AnalyticsPipeline",
+                "status": status,
+            })),
+        )
+        .await?;
+    Ok(Action::requeue(if ready {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(10)
+    }))
+}
+
+/// Creates or updates the stream; returns its name.
+async fn ensure_stream(
+    pipeline: &AnalyticsPipeline,
+    config: &str,
+    ctx: &Context,
+) -> Result<String, Error> {
+    let runtime = tally_contracts::RuntimeConfig::parse("rendered", config)?;
+    let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
+    stream::ensure_stream(&js, &runtime).await.map_err(|e| {
+        Error::Stream(format!(
+            "cannot create or update stream {}: {e}",
+            runtime.stream_name()
+        ))
+    })?;
+    Ok(runtime.stream_name())
+}
+
+async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
+    let stream_name = tally_contracts::naming::stream_name(&pipeline.name_any());
+    match pipeline.spec.nats.stream.deletion_policy {
+        StreamDeletionPolicy::Retain => {
+            publish(
+                ctx,
+                pipeline,
+                EventType::Normal,
+                "StreamRetained",
+                format!("stream {stream_name} kept (deletionPolicy Retain)"),
+            )
+            .await;
+        }
+        StreamDeletionPolicy::Delete => {
+            let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
+            match js.delete_stream(&stream_name).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("not found") => {}
+                Err(e) => {
+                    return Err(Error::Stream(format!(
+                        "cannot delete stream {stream_name}: {e}"
+                    )));
+                }
+            }
+            publish(
+                ctx,
+                pipeline,
+                EventType::Normal,
+                "StreamDeleted",
+                format!("stream {stream_name} deleted (deletionPolicy Delete)"),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Records a Kubernetes Event on `object`; failures are logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot record a Kubernetes Event");
+    }
+}

@@ -1,0 +1,401 @@
+//! Pure functions from a pipeline (and its accepted sites) to the objects the operator
+//! applies: the ConfigMap with the runtime configuration, the collector Deployment and
+//! Service, and the processor Deployment. No I/O here, so every detail is unit-tested.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tally_contracts::{ConfigError, RuntimeConfig};
+use tally_crds::{AnalyticsPipeline, AnalyticsSite};
+
+/// The field manager of every server-side apply, and the `managed-by` label.
+pub const MANAGER: &str = "tally-operator";
+/// The ConfigMap key that holds the rendered configuration.
+pub const CONFIG_KEY: &str = "tally.yaml";
+/// Where pods mount the configuration.
+pub const CONFIG_DIR: &str = "/etc/tally";
+/// Pod template annotation that changes with the configuration, rolling the pods.
+pub const CHECKSUM_ANNOTATION: &str = "tally.dev/config-checksum";
+/// Container ports.
+pub const COLLECTOR_PORT: i32 = 8080;
+pub const PROCESSOR_PORT: i32 = 9091;
+
+/// Default images, from the operator's own installation.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub collector: String,
+    pub processor: String,
+}
+
+pub fn config_map_name(pipeline: &str) -> String {
+    format!("{pipeline}-config")
+}
+pub fn collector_name(pipeline: &str) -> String {
+    format!("{pipeline}-collector")
+}
+pub fn processor_name(pipeline: &str) -> String {
+    format!("{pipeline}-processor")
+}
+
+/// The collector's address inside the cluster.
+pub fn endpoint(pipeline: &AnalyticsPipeline) -> String {
+    let port = pipeline.spec.collector.service.port;
+    let host = format!(
+        "{}.{}.svc",
+        collector_name(&pipeline.name_any()),
+        pipeline.namespace().unwrap_or_default()
+    );
+    if port == 80 {
+        format!("http://{host}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// The `<script>` tag a site pastes into its pages.
+pub fn snippet(endpoint: &str, site_id: &str) -> String {
+    format!(r#"<script defer src="{endpoint}/tracker.js" data-site="{site_id}"></script>"#)
+}
+
+/// The runtime configuration of `pipeline` with its accepted `sites`: the same YAML the
+/// collector and processor read from files. Only names and specs are kept, so the text (and
+/// its checksum) changes exactly when the configuration does.
+pub fn runtime_config(
+    pipeline: &AnalyticsPipeline,
+    sites: &[&AnalyticsSite],
+) -> Result<String, ConfigError> {
+    let strip = |meta: &ObjectMeta| ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        ..ObjectMeta::default()
+    };
+    let clean_pipeline = AnalyticsPipeline {
+        metadata: strip(&pipeline.metadata),
+        spec: pipeline.spec.clone(),
+        status: None,
+    };
+    let mut ordered: Vec<&AnalyticsSite> = sites.to_vec();
+    ordered.sort_by_key(|s| s.spec.site_id.clone());
+    let clean_sites = ordered
+        .into_iter()
+        .map(|s| AnalyticsSite {
+            metadata: strip(&s.metadata),
+            spec: s.spec.clone(),
+            status: None,
+        })
+        .collect();
+    let origin = format!(
+        "{}/{}",
+        pipeline.namespace().unwrap_or_default(),
+        pipeline.name_any()
+    );
+    Ok(RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)?.to_yaml())
+}
+
+/// Hex SHA-256 of the configuration text.
+pub fn checksum(config: &str) -> String {
+    Sha256::digest(config.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn labels(pipeline: &str, component: &str) -> serde_json::Value {
+    json!({
+        "app.kubernetes.io/name": format!("tally-{component}"),
+        "app.kubernetes.io/instance": pipeline,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "tally",
+        "app.kubernetes.io/managed-by": MANAGER,
+    })
+}
+
+fn selector(pipeline: &str, component: &str) -> serde_json::Value {
+    json!({
+        "app.kubernetes.io/name": format!("tally-{component}"),
+        "app.kubernetes.io/instance": pipeline,
+    })
+}
+
+fn metadata(pipeline: &AnalyticsPipeline, name: String, component: &str) -> serde_json::Value {
+    let owner = pipeline
+        .controller_owner_ref(&())
+        .expect("a pipeline read from the API has a name and uid");
+    json!({
+        "name": name,
+        "namespace": pipeline.namespace(),
+        "labels": labels(&pipeline.name_any(), component),
+        "ownerReferences": [owner],
+    })
+}
+
+pub fn config_map(pipeline: &AnalyticsPipeline, config: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(pipeline, config_map_name(&pipeline.name_any()), "config"),
+        "data": { CONFIG_KEY: config },
+    }))
+    .expect("a valid ConfigMap")
+}
+
+/// What both Deployments share: one container running `binary` with the mounted
+/// configuration, probes on `port`, and a locked-down security context.
+struct Workload<'a> {
+    component: &'a str,
+    image: &'a str,
+    replicas: i32,
+    resources: Option<&'a k8s_openapi::api::core::v1::ResourceRequirements>,
+    port: i32,
+    port_name: &'a str,
+}
+
+fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> Deployment {
+    let name = pipeline.name_any();
+    let config_file = format!("{CONFIG_DIR}/{CONFIG_KEY}");
+    let probe = |path: &str| {
+        json!({
+            "httpGet": { "path": path, "port": w.port_name },
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        })
+    };
+    let mut container = json!({
+        "name": w.component,
+        "image": w.image,
+        "args": ["--config", config_file, "--listen", format!("0.0.0.0:{}", w.port)],
+        "env": [{ "name": "TALLY_LOG_FORMAT", "value": "json" }],
+        "ports": [{ "name": w.port_name, "containerPort": w.port, "protocol": "TCP" }],
+        "readinessProbe": probe("/readyz"),
+        "livenessProbe": probe("/healthz"),
+        "volumeMounts": [{ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+    });
+    if let Some(resources) = w.resources {
+        container["resources"] = serde_json::to_value(resources).expect("resources serialize");
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(pipeline, format!("{name}-{}", w.component), w.component),
+        "spec": {
+            "replicas": w.replicas,
+            "selector": { "matchLabels": selector(&name, w.component) },
+            "template": {
+                "metadata": {
+                    "labels": labels(&name, w.component),
+                    "annotations": { CHECKSUM_ANNOTATION: checksum },
+                },
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "containers": [container],
+                    "volumes": [{
+                        "name": "config",
+                        "configMap": { "name": config_map_name(&name) },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment")
+}
+
+pub fn collector_deployment(
+    pipeline: &AnalyticsPipeline,
+    images: &Images,
+    checksum: &str,
+) -> Deployment {
+    let spec = &pipeline.spec.collector;
+    deployment(
+        pipeline,
+        checksum,
+        Workload {
+            component: "collector",
+            image: spec.image.as_deref().unwrap_or(&images.collector),
+            replicas: spec.replicas,
+            resources: spec.resources.as_ref(),
+            port: COLLECTOR_PORT,
+            port_name: "http",
+        },
+    )
+}
+
+pub fn processor_deployment(
+    pipeline: &AnalyticsPipeline,
+    images: &Images,
+    checksum: &str,
+) -> Deployment {
+    let spec = &pipeline.spec.processor;
+    deployment(
+        pipeline,
+        checksum,
+        Workload {
+            component: "processor",
+            image: spec.image.as_deref().unwrap_or(&images.processor),
+            replicas: spec.replicas,
+            resources: spec.resources.as_ref(),
+            port: PROCESSOR_PORT,
+            port_name: "metrics",
+        },
+    )
+}
+
+pub fn collector_service(pipeline: &AnalyticsPipeline) -> Service {
+    let name = pipeline.name_any();
+    let service = &pipeline.spec.collector.service;
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(pipeline, collector_name(&name), "collector"),
+        "spec": {
+            "type": service.type_.as_str(),
+            "selector": selector(&name, "collector"),
+            "ports": [{ "name": "http", "port": service.port, "targetPort": "http", "protocol": "TCP" }],
+        },
+    }))
+    .expect("a valid Service")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_crds::{AnalyticsPipelineSpec, AnalyticsSiteSpec, PipelineRef};
+
+    fn pipeline() -> AnalyticsPipeline {
+        let mut p = AnalyticsPipeline::new(
+            "web",
+            serde_json::from_str::<AnalyticsPipelineSpec>("{}").unwrap(),
+        );
+        p.metadata.namespace = Some("analytics".into());
+        p.metadata.uid = Some("1234".into());
+        p.metadata.resource_version = Some("99".into());
+        p
+    }
+
+    fn site(name: &str, id: &str) -> AnalyticsSite {
+        let mut s = AnalyticsSite::new(
+            name,
+            AnalyticsSiteSpec {
+                pipeline_ref: PipelineRef { name: "web".into() },
+                site_id: id.into(),
+                domains: vec!["example.com".into()],
+                api_key_secret_ref: None,
+            },
+        );
+        s.metadata.namespace = Some("analytics".into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s
+    }
+
+    #[test]
+    fn runtime_config_is_what_the_services_read() {
+        let (a, b) = (site("a", "shop"), site("b", "blog"));
+        let yaml = runtime_config(&pipeline(), &[&a, &b]).unwrap();
+        let config = RuntimeConfig::parse("rendered", &yaml).unwrap();
+        assert_eq!(config.name(), "web");
+        assert!(config.site("shop").is_some() && config.site("blog").is_some());
+        // Bookkeeping metadata stays out, so it cannot churn the checksum.
+        assert!(
+            !yaml.contains("uid") && !yaml.contains("resourceVersion"),
+            "{yaml}"
+        );
+        // Site order does not matter.
+        assert_eq!(yaml, runtime_config(&pipeline(), &[&b, &a]).unwrap());
+    }
+
+    #[test]
+    fn checksum_follows_the_configuration() {
+        let a = site("a", "shop");
+        let one = checksum(&runtime_config(&pipeline(), &[&a]).unwrap());
+        let mut changed = a.clone();
+        changed.spec.domains.push("shop.example.com".into());
+        let two = checksum(&runtime_config(&pipeline(), &[&changed]).unwrap());
+        assert_eq!(one.len(), 64);
+        assert_ne!(one, two);
+        let d = collector_deployment(&pipeline(), &images(), &two);
+        let annotations = d
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations[CHECKSUM_ANNOTATION], two);
+    }
+
+    fn images() -> Images {
+        Images {
+            collector: "tally/collector:1".into(),
+            processor: "tally/processor:1".into(),
+        }
+    }
+
+    #[test]
+    fn deployments_take_the_spec_and_stay_locked_down() {
+        let mut p = pipeline();
+        p.spec.collector.replicas = 3;
+        p.spec.processor.image = Some("mirror/processor:2".into());
+        let collector = collector_deployment(&p, &images(), "c");
+        let processor = processor_deployment(&p, &images(), "c");
+        assert_eq!(collector.metadata.name.as_deref(), Some("web-collector"));
+        assert_eq!(
+            collector.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "1234"
+        );
+        let spec = collector.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("tally/collector:1"));
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "--config",
+                "/etc/tally/tally.yaml",
+                "--listen",
+                "0.0.0.0:8080"
+            ]
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+            (Some(true), Some(false))
+        );
+        assert_eq!(
+            pod.volumes.unwrap()[0].config_map.as_ref().unwrap().name,
+            "web-config"
+        );
+        let pc = &processor.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(pc.image.as_deref(), Some("mirror/processor:2"));
+        assert_eq!(pc.ports.as_ref().unwrap()[0].container_port, PROCESSOR_PORT);
+    }
+
+    #[test]
+    fn service_and_site_addresses() {
+        let mut p = pipeline();
+        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc");
+        p.spec.collector.service.port = 8080;
+        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc:8080");
+        let svc = collector_service(&p).spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(svc.ports.unwrap()[0].port, 8080);
+        assert_eq!(
+            snippet("http://c", "shop"),
+            r#"<script defer src="http://c/tracker.js" data-site="shop"></script>"#
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Reconciles an `AnalyticsSite`: decides whether its pipeline accepts it (the same decision
+//! the pipeline controller renders into the configuration), and reports `Accepted`, `Ready`,
+//! the ingest URL and the tracker snippet. A change of verdict is also recorded as a
+//! Kubernetes Event.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::json;
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteStatus};
+
+use crate::acceptance::{self, Verdict};
+use crate::conditions::{carry_transition_times, condition, find, is_true};
+use crate::context::{Context, Error};
+use crate::pipeline::{publish, referenced_secrets};
+use crate::render;
+
+const CONTROLLER: &str = "site";
+
+pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = site
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let client = &ctx.client;
+    let generation = site.metadata.generation;
+    let pipeline_name = &site.spec.pipeline_ref.name;
+    let pipeline = Api::<AnalyticsPipeline>::namespaced(client.clone(), &ns)
+        .get_opt(pipeline_name)
+        .await?;
+    let sites = Api::<AnalyticsSite>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let secrets = referenced_secrets(client, &ns, &sites).await?;
+    let existing: BTreeSet<String> = pipeline.iter().map(|p| p.name_any()).collect();
+    let verdict = acceptance::decide(&existing, &sites, &secrets)
+        .remove(&site.name_any())
+        // The site was deleted between the event and this reconcile.
+        .unwrap_or(Verdict::PipelineNotFound {
+            pipeline: pipeline_name.clone(),
+        });
+
+    let pipeline_ready = pipeline.as_ref().is_some_and(|p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| is_true(&s.conditions, "Ready"))
+    });
+    let accepted = verdict.is_accepted();
+    let ready = accepted && pipeline_ready;
+    let (ready_reason, ready_message) = match (accepted, pipeline_ready) {
+        (true, true) => (
+            "Ready",
+            "the site's pipeline is ready to take its events".to_owned(),
+        ),
+        (true, false) => (
+            "PipelineNotReady",
+            format!("AnalyticsPipeline {pipeline_name:?} is not ready yet"),
+        ),
+        (false, _) => ("NotAccepted", verdict.message()),
+    };
+    let conditions = vec![
+        condition(
+            "Accepted",
+            accepted,
+            verdict.reason(),
+            verdict.message(),
+            generation,
+        ),
+        condition("Ready", ready, ready_reason, ready_message, generation),
+    ];
+    let old = site
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let endpoint = pipeline.as_ref().map(render::endpoint);
+    let status = AnalyticsSiteStatus {
+        observed_generation: generation,
+        conditions: carry_transition_times(old, conditions),
+        ingest_url: endpoint.as_ref().map(|e| format!("{e}/v1/events")),
+        snippet: endpoint
+            .as_ref()
+            .map(|e| render::snippet(e, &site.spec.site_id)),
+    };
+
+    let previous_reason = find(old, "Accepted").map(|c| c.reason.as_str());
+    if previous_reason != Some(verdict.reason()) {
+        let type_ = if accepted {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(
+            &ctx,
+            site.as_ref(),
+            type_,
+            verdict.reason(),
+            verdict.message(),
+        )
+        .await;
+    }
+    Api::<AnalyticsSite>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &site.name_any(),
+            &PatchParams::apply(render::MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": tally_crds::API_VERSION,
+                "kind": "AnalyticsSite",
+                "status": status,
+            })),
+        )
+        .await?;
+    Ok(Action::requeue(if ready {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(30)
+    }))
+}
+
+pub fn error_policy(site: Arc<AnalyticsSite>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(site = %site.name_any(), %error, "reconcile failed");
+    ctx.metrics.failed(CONTROLLER, error);
+    Action::requeue(Duration::from_secs(10))
+}
