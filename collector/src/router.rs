@@ -55,6 +55,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(render_metrics))
         // The ingest handler enforces its own, configured limit with a JSON answer.
         .layer(DefaultBodyLimit::disable())
+        // Browsers post from the sites' own origins; the domains check decides what is
+        // accepted, so the CORS answer may allow any origin.
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING]),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite (what `make test` and CI run): installs the pinned servers,
+# The test suite (what `make test` and CI run): installs the pinned servers and
+# builds the pinned Kubernetes control plane (k8s-build.sh),
 # exports TALLY_NATS_SERVER and TALLY_CLICKHOUSE_SERVER (from servers.env) for
 # the tests that start real servers, builds the binaries the e2e tests run, then runs
 #   cargo test --workspace --locked [ARGS...]
@@ -9,6 +10,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$TALLY_SCRIPTS/install-servers.sh"
+# The operator's e2e tests start a real control plane: build it (cached by version) and
+# install kubectl/helm before the tests, so a cold build shows up here, not in a test.
+"$TALLY_SCRIPTS/k8s-build.sh"
+"$TALLY_SCRIPTS/install-kube-tools.sh"
 # shellcheck disable=SC1090
 source "$TALLY_SERVERS_ENV"
 

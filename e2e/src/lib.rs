@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cluster;
+
 /// The sites every test stack declares.
 pub const SITES: [&str; 2] = ["shop", "docs"];
 /// The pipeline name of every test stack; its database is `tally_e2e`.
@@ -58,7 +60,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `command` with its output appended to `log`.
+    pub fn spawn(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -206,6 +209,15 @@ pub struct Stack {
 impl Stack {
     /// Starts everything and waits until the collector and processor are ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let mut stack = Self::start_servers(options).await?;
+        stack.start_processor(&[]).await?;
+        stack.start_collector().await?;
+        Ok(stack)
+    }
+
+    /// Starts NATS and ClickHouse only; the processor and collector are left to the test
+    /// (`self.config` names the configuration they will read).
+    pub async fn start_servers(options: Options) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "tally-e2e-{}-{}",
             std::process::id(),
@@ -247,8 +259,6 @@ impl Stack {
         };
         stack.wait_nats().await?;
         stack.wait_clickhouse().await?;
-        stack.start_processor(&[]).await?;
-        stack.start_collector().await?;
         Ok(stack)
     }
 
@@ -322,7 +332,8 @@ impl Stack {
         .await
     }
 
-    fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    /// The path of a workspace binary.
+    pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         let path = bin_dir()?.join(name);
         if !path.exists() {
             bail!(
@@ -490,7 +501,8 @@ impl Drop for Stack {
     }
 }
 
-fn pipeline_yaml(options: &Options, nats_port: u16, clickhouse_port: u16) -> String {
+/// The test pipeline and its sites, pointing at the given local servers.
+pub fn pipeline_yaml(options: &Options, nats_port: u16, clickhouse_port: u16) -> String {
     let mut yaml = format!(
         "apiVersion: tally.dev/v1alpha1
 kind: AnalyticsPipeline

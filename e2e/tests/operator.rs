@@ -1,0 +1,275 @@
+//! The operator on a real Kubernetes API server (kube-apiserver, etcd, controller-manager,
+//! scheduler, a kwok node), driven with kubectl as a user would: apply, wait for conditions,
+//! edit, break, delete. Pods do not run under kwok, so the data path then runs the real
+//! collector and processor as local processes, fed the configuration the operator rendered.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use tally_e2e::cluster::{Cluster, repo_root};
+use tally_e2e::{DATABASE, Options, PIPELINE, Process, Stack, free_port, pipeline_yaml, today};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow::Result<()> {
+    let mut stack = Stack::start_servers(Options::default()).await?;
+    let cluster = Cluster::start(&stack.dir.join("k8s"))?;
+    let crds = repo_root().join("crds");
+    cluster.kubectl(&["apply", "-f", crds.to_str().unwrap()])?;
+    cluster.wait_condition("crd/analyticspipelines.tally.dev", "Established", WAIT)?;
+    cluster.wait_condition("crd/analyticssites.tally.dev", "Established", WAIT)?;
+
+    let operator_port = free_port();
+    let mut operator = Process::spawn(
+        "operator",
+        Command::new(Stack::binary("tally-operator")?)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{operator_port}")])
+            .args(["--lease-namespace", "default", "--log-format", "text"]),
+        stack.dir.join("operator.log"),
+    )?;
+
+    // A pipeline with two sites, pointing at this test's NATS and ClickHouse.
+    let resources = pipeline_yaml(&Options::default(), stack.nats_port, stack.clickhouse_port);
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&resources))?;
+    let pipeline = format!("analyticspipeline/{PIPELINE}");
+    cluster.wait_condition(&pipeline, "Ready", WAIT)?;
+    for condition in ["StreamReady", "CollectorAvailable", "ProcessorAvailable"] {
+        cluster.wait_condition(&pipeline, condition, WAIT)?;
+    }
+    cluster.wait_condition("analyticssite/shop", "Ready", WAIT)?;
+    cluster.wait_condition("analyticssite/docs", "Accepted", WAIT)?;
+    assert_eq!(
+        cluster.kubectl(&["get", &pipeline, "-o", "jsonpath={.status.sites}"])?,
+        "2"
+    );
+    let snippet = cluster.kubectl(&[
+        "get",
+        "analyticssite/shop",
+        "-o",
+        "jsonpath={.status.snippet}",
+    ])?;
+    assert_eq!(
+        snippet,
+        r#"<script defer src="http://e2e-collector.default.svc/tracker.js" data-site="shop"></script>"#
+    );
+    // Everything owned carries the pipeline as controller owner.
+    for object in [
+        "deployment/e2e-collector",
+        "deployment/e2e-processor",
+        "service/e2e-collector",
+        "configmap/e2e-config",
+    ] {
+        let owner = cluster.kubectl(&[
+            "get",
+            object,
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}",
+        ])?;
+        assert_eq!(owner, "AnalyticsPipeline", "{object}");
+    }
+
+    // The full loop: the rendered configuration runs the real services.
+    let rendered = cluster.kubectl(&[
+        "get",
+        "configmap/e2e-config",
+        "-o",
+        "jsonpath={.data.tally\\.yaml}",
+    ])?;
+    let rendered_path = stack.dir.join("rendered.yaml");
+    std::fs::write(&rendered_path, &rendered)?;
+    stack.config = rendered_path;
+    stack.start_processor(&[]).await?;
+    stack.start_collector().await?;
+    let events: Vec<_> = ["/a", "/b", "/a"]
+        .iter()
+        .map(|path| json!({"site_id": "shop", "event_type": "page_view", "path": path}))
+        .collect();
+    let (status, answer) = stack.post(json!(events).to_string()).await?;
+    assert_eq!(status, 202, "{answer}");
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"),
+            "3",
+            WAIT,
+        )
+        .await?;
+    let (_, stats) = stack
+        .stats(&format!("site_id=shop&date={}", today()))
+        .await?;
+    assert_eq!(stats["top_paths"][0], json!({"path": "/a", "views": 2}));
+
+    // Editing a site changes the ConfigMap and rolls the pods through the checksum.
+    let checksum_path =
+        "jsonpath={.spec.template.metadata.annotations.tally\\.dev/config-checksum}";
+    let before = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
+    cluster.kubectl(&[
+        "patch",
+        "analyticssite/shop",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"domains":["shop.example.com"]}}"#,
+    ])?;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
+        let config = cluster.kubectl(&[
+            "get",
+            "configmap/e2e-config",
+            "-o",
+            "jsonpath={.data.tally\\.yaml}",
+        ])?;
+        if now != before && config.contains("shop.example.com") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit never reached the ConfigMap and Deployment"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let processor_checksum =
+        cluster.kubectl(&["get", "deployment/e2e-processor", "-o", checksum_path])?;
+    assert_ne!(processor_checksum, before, "the processor rolls too");
+
+    // Broken references are reported, with a reason and an Event.
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: orphan}\n\
+             spec: {pipelineRef: {name: missing}, siteId: orphan}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: shop-again}\n\
+             spec: {pipelineRef: {name: e2e}, siteId: shop}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: keyed}\n\
+             spec: {pipelineRef: {name: e2e}, siteId: keyed, apiKeySecretRef: {name: keyed-key}}\n",
+        ),
+    )?;
+    let reason = "{.status.conditions[?(@.type==\"Accepted\")].reason}";
+    cluster.wait_jsonpath("analyticssite/orphan", reason, "PipelineNotFound", WAIT)?;
+    cluster.wait_jsonpath("analyticssite/shop-again", reason, "SiteIdConflict", WAIT)?;
+    cluster.wait_jsonpath("analyticssite/keyed", reason, "ApiKeySecretNotFound", WAIT)?;
+    let events = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=shop-again",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert!(events.contains("SiteIdConflict"), "events: {events}");
+    // Creating the Secret fixes the site without touching it.
+    cluster.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "keyed-key",
+        "--from-literal=apiKey=secret",
+    ])?;
+    cluster.wait_condition("analyticssite/keyed", "Accepted", WAIT)?;
+    cluster.wait_jsonpath(&pipeline, "{.status.sites}", "3", WAIT)?;
+
+    // What the schema refuses, kubectl refuses, naming the field.
+    let immutable = cluster.kubectl_fails(
+        &[
+            "patch",
+            "analyticssite/shop",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"siteId":"other"}}"#,
+        ],
+        None,
+    )?;
+    assert!(immutable.contains("siteId is immutable"), "{immutable}");
+    let invalid = cluster.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: bad}\nspec: {pipelineRef: {name: e2e}, siteId: Bad Id, domains: [not a host]}\n"),
+    )?;
+    assert!(
+        invalid.contains("spec.siteId") && invalid.contains("spec.domains[0]"),
+        "{invalid}"
+    );
+    let invalid = cluster.kubectl_fails(
+        &[
+            "patch",
+            &pipeline,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"processor":{"batchMaxRows":0}}}"#,
+        ],
+        None,
+    )?;
+    assert!(invalid.contains("spec.processor.batchMaxRows"), "{invalid}");
+
+    // NATS down: the status says so, and recovers with it.
+    stack.stop_nats();
+    cluster.kubectl(&[
+        "patch",
+        &pipeline,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"nats":{"stream":{"deletionPolicy":"Delete"}}}}"#,
+    ])?;
+    let stream_ready = "{.status.conditions[?(@.type==\"StreamReady\")].status}";
+    cluster.wait_jsonpath(&pipeline, stream_ready, "False", WAIT)?;
+    let message = cluster.kubectl(&[
+        "get",
+        &pipeline,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"StreamReady\")].message}",
+    ])?;
+    assert!(message.contains("cannot connect to NATS"), "{message}");
+    stack.restart_nats().await?;
+    cluster.wait_condition(&pipeline, "Ready", WAIT)?;
+
+    // Deleting the pipeline removes everything it owns, and (policy Delete) its stream.
+    cluster.kubectl(&["delete", &pipeline, "--timeout=60s"])?;
+    for object in [
+        "deployment/e2e-collector",
+        "deployment/e2e-processor",
+        "service/e2e-collector",
+        "configmap/e2e-config",
+    ] {
+        let deadline = std::time::Instant::now() + WAIT;
+        while cluster.kubectl(&["get", object]).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{object} was not garbage-collected"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let jsz: serde_json::Value = stack
+        .http
+        .get(format!("http://127.0.0.1:{}/jsz", stack.nats_monitor_port))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(jsz["streams"], 0, "the stream is deleted: {jsz}");
+    // The sites now report their missing pipeline.
+    cluster.wait_jsonpath("analyticssite/shop", reason, "PipelineNotFound", WAIT)?;
+
+    assert!(
+        operator.is_running(),
+        "the operator kept running throughout"
+    );
+    let metrics = stack
+        .http
+        .get(format!("http://127.0.0.1:{operator_port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("tally_operator_reconciles_total{controller=\"pipeline\"}"),
+        "{metrics}"
+    );
+    operator.stop();
+    Ok(())
+}
