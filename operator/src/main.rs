@@ -26,6 +26,8 @@ use tally_crds::{AnalyticsPipeline, AnalyticsSite};
 mod acceptance;
 mod conditions;
 mod context;
+#[cfg(test)]
+mod fixtures;
 mod pipeline;
 mod render;
 mod site;

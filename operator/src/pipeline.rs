@@ -339,3 +339,104 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         tracing::warn!(error = %e, reason, "cannot record a Kubernetes Event");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{Step, scripted};
+    use http::{Method, StatusCode};
+
+    fn pipeline(with_finalizer: bool) -> AnalyticsPipeline {
+        let mut p = AnalyticsPipeline::new("web", serde_json::from_str("{}").unwrap());
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some("pipeline-uid".into());
+        p.metadata.generation = Some(2);
+        // Nothing listens on port 1: the stream cannot be reached.
+        p.spec.nats.url = "nats://127.0.0.1:1".into();
+        if with_finalizer {
+            p.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        p
+    }
+
+    fn deployment_answer(name: &str, available: bool) -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {}},
+            "status": {"conditions": [{"type": "Available", "status": if available { "True" } else { "False" }, "message": "from the test"}]},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_new_pipeline_gets_the_stream_finalizer_first() {
+        let p = pipeline(false);
+        let (ctx, script) = scripted(vec![
+            Step::new(
+                Method::PATCH,
+                "/namespaces/default/analyticspipelines/web",
+                StatusCode::OK,
+                serde_json::to_value(pipeline(true)).unwrap(),
+            )
+            .checking(|patch| assert!(patch.to_string().contains(FINALIZER), "{patch}")),
+        ]);
+        let action = reconcile(Arc::new(p), ctx)
+            .await
+            .expect("reconcile succeeds");
+        tokio::time::timeout(Duration::from_secs(5), script)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_applies_its_objects_and_reports_what_is_not_ready() {
+        let p = pipeline(true);
+        let sites = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": []});
+        let owned = |what: &'static str| {
+            move |obj: &serde_json::Value| {
+                assert_eq!(
+                    obj["metadata"]["ownerReferences"][0]["uid"], "pipeline-uid",
+                    "{what}"
+                );
+            }
+        };
+        let (ctx, script) = scripted(vec![
+            Step::new(Method::GET, "/namespaces/default/analyticssites", StatusCode::OK, sites),
+            Step::new(Method::PATCH, "/namespaces/default/configmaps/web-config", StatusCode::OK, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}}))
+                .checking(move |cm| {
+                    owned("configmap")(cm);
+                    assert!(cm["data"]["tally.yaml"].as_str().unwrap().contains("kind: AnalyticsPipeline"));
+                }),
+            Step::new(Method::PATCH, "/namespaces/default/deployments/web-collector", StatusCode::OK, deployment_answer("web-collector", true))
+                .checking(owned("collector")),
+            Step::new(Method::PATCH, "/namespaces/default/services/web-collector", StatusCode::OK, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-collector"}}))
+                .checking(owned("service")),
+            Step::new(Method::PATCH, "/namespaces/default/deployments/web-processor", StatusCode::OK, deployment_answer("web-processor", false))
+                .checking(owned("processor")),
+            Step::new(Method::POST, "/namespaces/default/events", StatusCode::CREATED, crate::site::tests::event_answer())
+                .checking(|e| assert_eq!(e["reason"], "StreamUnavailable")),
+            Step::new(Method::PATCH, "/namespaces/default/analyticspipelines/web/status", StatusCode::OK, serde_json::to_value(pipeline(true)).unwrap())
+                .checking(|patch| {
+                    let status = &patch["status"];
+                    let get = |t: &str| status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap().clone();
+                    assert_eq!(get("StreamReady")["status"], "False");
+                    assert!(get("StreamReady")["message"].as_str().unwrap().contains("cannot connect to NATS"));
+                    assert_eq!(get("CollectorAvailable")["status"], "True");
+                    assert_eq!(get("ProcessorAvailable")["status"], "False");
+                    assert_eq!(get("Ready")["status"], "False");
+                    assert_eq!(get("Ready")["message"], "waiting for StreamReady, ProcessorAvailable");
+                    assert_eq!((&status["observedGeneration"], &status["sites"]), (&json!(2), &json!(0)));
+                }),
+        ]);
+        let action = reconcile(Arc::new(p), ctx)
+            .await
+            .expect("reconcile succeeds");
+        tokio::time::timeout(Duration::from_secs(5), script)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    }
+}

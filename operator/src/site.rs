@@ -128,3 +128,138 @@ pub fn error_policy(site: Arc<AnalyticsSite>, error: &Error, ctx: Arc<Context>) 
     ctx.metrics.failed(CONTROLLER, error);
     Action::requeue(Duration::from_secs(10))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fixtures::{Step, not_found, scripted};
+    use http::{Method, StatusCode};
+    use tally_crds::{AnalyticsSiteSpec, PipelineRef};
+
+    fn site() -> AnalyticsSite {
+        let mut s = AnalyticsSite::new(
+            "shop",
+            AnalyticsSiteSpec {
+                pipeline_ref: PipelineRef { name: "web".into() },
+                site_id: "shop".into(),
+                domains: vec![],
+                api_key_secret_ref: None,
+            },
+        );
+        s.metadata.namespace = Some("default".into());
+        s.metadata.uid = Some("site-uid".into());
+        s.metadata.generation = Some(4);
+        s
+    }
+
+    pub fn event_answer() -> serde_json::Value {
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        })
+    }
+
+    #[tokio::test]
+    async fn a_site_whose_pipeline_is_missing_is_not_accepted_and_says_why() {
+        let site = site();
+        let list = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": [site]});
+        let (ctx, script) = scripted(vec![
+            Step::new(
+                Method::GET,
+                "/namespaces/default/analyticspipelines/web",
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/namespaces/default/analyticssites",
+                StatusCode::OK,
+                list,
+            ),
+            Step::new(
+                Method::POST,
+                "/namespaces/default/events",
+                StatusCode::CREATED,
+                event_answer(),
+            )
+            .checking(|e| {
+                assert_eq!(e["type"], "Warning");
+                assert_eq!(e["reason"], "PipelineNotFound");
+            }),
+            Step::new(
+                Method::PATCH,
+                "/namespaces/default/analyticssites/shop/status",
+                StatusCode::OK,
+                serde_json::to_value(&site).unwrap(),
+            )
+            .checking(|patch| {
+                let status = &patch["status"];
+                assert_eq!(status["observedGeneration"], 4);
+                let accepted = &status["conditions"][0];
+                assert_eq!(
+                    (&accepted["type"], &accepted["status"], &accepted["reason"]),
+                    (
+                        &json!("Accepted"),
+                        &json!("False"),
+                        &json!("PipelineNotFound")
+                    )
+                );
+                assert!(accepted["message"].as_str().unwrap().contains("\"web\""));
+                let ready = &status["conditions"][1];
+                assert_eq!(
+                    (&ready["status"], &ready["reason"]),
+                    (&json!("False"), &json!("NotAccepted"))
+                );
+                assert!(status.get("ingestUrl").is_none());
+            }),
+        ]);
+        let action = reconcile(Arc::new(site), ctx)
+            .await
+            .expect("reconcile succeeds");
+        tokio::time::timeout(Duration::from_secs(5), script)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    }
+
+    #[tokio::test]
+    async fn an_accepted_site_of_a_ready_pipeline_is_ready_with_its_snippet() {
+        let mut site = site();
+        // Already reported accepted: no new Event.
+        site.status = Some(AnalyticsSiteStatus {
+            conditions: vec![condition("Accepted", true, "Accepted", "", Some(4))],
+            ..Default::default()
+        });
+        let mut pipeline = AnalyticsPipeline::new("web", serde_json::from_str("{}").unwrap());
+        pipeline.metadata.namespace = Some("default".into());
+        pipeline.status = Some(tally_crds::AnalyticsPipelineStatus {
+            conditions: vec![condition("Ready", true, "Ready", "", Some(1))],
+            ..Default::default()
+        });
+        let list = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": [site]});
+        let (ctx, script) = scripted(vec![
+            Step::new(Method::GET, "/namespaces/default/analyticspipelines/web", StatusCode::OK, serde_json::to_value(&pipeline).unwrap()),
+            Step::new(Method::GET, "/namespaces/default/analyticssites", StatusCode::OK, list),
+            Step::new(Method::PATCH, "/namespaces/default/analyticssites/shop/status", StatusCode::OK, serde_json::to_value(&site).unwrap())
+                .checking(|patch| {
+                    let status = &patch["status"];
+                    assert_eq!(status["conditions"][1]["status"], "True");
+                    assert_eq!(status["ingestUrl"], "http://web-collector.default.svc/v1/events");
+                    assert_eq!(
+                        status["snippet"],
+                        r#"<script defer src="http://web-collector.default.svc/tracker.js" data-site="shop"></script>"#
+                    );
+                }),
+        ]);
+        let action = reconcile(Arc::new(site), ctx)
+            .await
+            .expect("reconcile succeeds");
+        tokio::time::timeout(Duration::from_secs(5), script)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    }
+}
