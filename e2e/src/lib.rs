@@ -234,7 +234,7 @@ impl Stack {
         let nats = Self::spawn_nats(&dir, nats_port, nats_monitor_port)?;
         let clickhouse = Self::spawn_clickhouse(&dir, clickhouse_port, clickhouse_tcp_port)?;
         let http = reqwest::Client::new();
-        let mut stack = Self {
+        let stack = Self {
             processor: Process {
                 name: "processor".into(),
                 child: None,

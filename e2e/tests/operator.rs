@@ -21,15 +21,28 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.wait_condition("crd/analyticspipelines.tally.dev", "Established", WAIT)?;
     cluster.wait_condition("crd/analyticssites.tally.dev", "Established", WAIT)?;
 
-    let operator_port = free_port();
-    let mut operator = Process::spawn(
-        "operator",
-        Command::new(Stack::binary("tally-operator")?)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .args(["--listen", &format!("127.0.0.1:{operator_port}")])
-            .args(["--lease-namespace", "default", "--log-format", "text"]),
-        stack.dir.join("operator.log"),
-    )?;
+    // Two operator replicas: leader election lets exactly one of them reconcile.
+    let mut operators = Vec::new();
+    for replica in ["a", "b"] {
+        let port = free_port();
+        let process = Process::spawn(
+            &format!("operator-{replica}"),
+            Command::new(Stack::binary("tally-operator")?)
+                .env("KUBECONFIG", &cluster.kubeconfig)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args([
+                    "--lease-namespace",
+                    "default",
+                    "--identity",
+                    replica,
+                    "--log-format",
+                    "text",
+                ]),
+            stack.dir.join(format!("operator-{replica}.log")),
+        )?;
+        operators.push((port, process));
+    }
+    let leader = wait_for_one_leader(&stack, &operators).await?;
 
     // A pipeline with two sites, pointing at this test's NATS and ClickHouse.
     let resources = pipeline_yaml(&Options::default(), stack.nats_port, stack.clickhouse_port);
@@ -227,6 +240,19 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     stack.restart_nats().await?;
     cluster.wait_condition(&pipeline, "Ready", WAIT)?;
 
+    // The leader steps down (SIGTERM releases the lease): the standby takes over and carries on.
+    operators[leader].1.stop();
+    let survivor = 1 - leader;
+    let survivor_url = format!("http://127.0.0.1:{}/readyz", operators[survivor].0);
+    tally_e2e::eventually("the standby operator to lead", WAIT, || {
+        let (http, url) = (stack.http.clone(), survivor_url.clone());
+        async move {
+            let body = http.get(url).send().await.ok()?.text().await.ok()?;
+            (body == "leading").then_some(())
+        }
+    })
+    .await?;
+
     // Deleting the pipeline removes everything it owns, and (policy Delete) its stream.
     cluster.kubectl(&["delete", &pipeline, "--timeout=60s"])?;
     for object in [
@@ -255,13 +281,11 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     // The sites now report their missing pipeline.
     cluster.wait_jsonpath("analyticssite/shop", reason, "PipelineNotFound", WAIT)?;
 
-    assert!(
-        operator.is_running(),
-        "the operator kept running throughout"
-    );
+    let (port, operator) = &mut operators[survivor];
+    assert!(operator.is_running(), "the new leader kept running");
     let metrics = stack
         .http
-        .get(format!("http://127.0.0.1:{operator_port}/metrics"))
+        .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await?
         .text()
@@ -272,4 +296,22 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     );
     operator.stop();
     Ok(())
+}
+
+/// Waits until exactly one replica reports `leading` (and the other `standing by`); returns
+/// its index.
+async fn wait_for_one_leader(stack: &Stack, operators: &[(u16, Process)]) -> anyhow::Result<usize> {
+    tally_e2e::eventually("one operator to lead", WAIT, || async {
+        let mut roles = Vec::new();
+        for (port, _) in operators {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            roles.push(stack.http.get(url).send().await.ok()?.text().await.ok()?);
+        }
+        let leaders: Vec<usize> = (0..roles.len())
+            .filter(|&i| roles[i] == "leading")
+            .collect();
+        let standbys = roles.iter().filter(|r| *r == "standing by").count();
+        (leaders.len() == 1 && standbys == roles.len() - 1).then(|| leaders[0])
+    })
+    .await
 }
