@@ -7,6 +7,10 @@
 //! run without a cluster. Field doc comments are the user documentation that
 //! `kubectl explain` shows.
 
+// Several `printcolumn(...)` arguments of the kube derive repeat `type_ = ...`, which this
+// lint takes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 mod duration;
 mod pipeline;
 mod site;

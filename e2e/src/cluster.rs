@@ -107,6 +107,13 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 
+    /// `kubectl ARGS` whose exit code is part of the answer (e.g. `auth can-i` says `no` with
+    /// status 1): returns standard output either way.
+    pub fn kubectl_fails_or_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(&self.kubectl, args, None)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// `helm ARGS`.
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.run(&self.helm, args, None)?;

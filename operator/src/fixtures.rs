@@ -12,13 +12,16 @@ use tower_test::mock::{self, Handle};
 use crate::context::{Context, Metrics, NatsPool};
 use crate::render::Images;
 
+/// An assertion on a request's JSON body.
+pub type BodyCheck = Box<dyn Fn(&Value) + Send>;
+
 /// One expected request and the answer to give.
 pub struct Step {
     pub method: Method,
     /// The request path must end with this (query strings are ignored).
     pub path: &'static str,
     /// Checks on the request body, if any.
-    pub check: Option<Box<dyn Fn(&Value) + Send>>,
+    pub check: Option<BodyCheck>,
     pub status: StatusCode,
     pub answer: Value,
 }
