@@ -91,9 +91,11 @@ install_kubernetes_validate() {
   exec 8>"$TALLY_CACHE/.kubernetes-validate.lock"
   flock 8
   if [[ ! -f "$KV_DIR/.installed" ]]; then
+    # Holding the lock, a leftover temp dir is from a run that was killed.
+    rm -rf "$TALLY_CACHE"/.tmp-kubernetes-validate.*
     log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $KV_DIR"
     local tmp
-    tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.kv.XXXXXX")"
+    tmp="$(mktemp -d "$TALLY_CACHE/.tmp-kubernetes-validate.XXXXXX")"
     printf '%s\n' "$KUBERNETES_VALIDATE_CONSTRAINTS" >"$tmp.constraints"
     if ! PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
       python3 -m pip install --quiet --no-input --no-compile --only-binary=:all: \
@@ -223,10 +225,12 @@ expect_lint_refused() {
 
 # crds_in_sync — charts/tally/crds/ holds exactly crds/*.yaml, byte for byte.
 crds_in_sync() {
-  local ok=0 f
-  local a b
-  a="$(cd "$TALLY_ROOT/crds" && ls -1 -- *.yaml)"
-  b="$(cd "$CHART/crds" && ls -1 -- *.yaml 2>/dev/null || true)"
+  local ok=0 f a b=""
+  a="$(find "$TALLY_ROOT/crds" -maxdepth 1 -name '*.yaml' -printf '%f\n' | sort)"
+  if [[ -d "$CHART/crds" ]]; then
+    b="$(find "$CHART/crds" -maxdepth 1 -name '*.yaml' -printf '%f\n' | sort)"
+  fi
+  [[ -n "$a" ]] || { echo "no crds/*.yaml"; return 1; }
   if [[ "$a" != "$b" ]]; then
     echo "crds/ has:              $(tr '\n' ' ' <<<"$a")"
     echo "charts/tally/crds/ has: $(tr '\n' ' ' <<<"$b")"
@@ -505,6 +509,8 @@ for helm in helm helm3; do
   check "$hname: refuses clickhouse.image.pullPolicy=Sometimes" expect_refused "$hbin" pullPolicy --set clickhouse.image.pullPolicy=Sometimes
   check "$hname: refuses replicaCount=2 without leader election" expect_refused "$hbin" leaderElection \
     --set replicaCount=2,leaderElection.enabled=false
+  check "$hname: refuses Kubernetes 1.29 (kubeVersion >=1.30)" expect_refused "$hbin" kubeVersion \
+    --kube-version v1.29.0
   check "$hname: refuses serviceAccount.create=false without a name" expect_refused "$hbin" serviceAccount.name \
     --set serviceAccount.create=false
 done
@@ -587,6 +593,7 @@ if ((install_test)); then
     # shellcheck disable=SC1091
     source "$k8s_workdir/k8s.env"
     storage_note
+    # shellcheck disable=SC2153  # HELM, HELM3 and KUBECTL come from k8s.env
     check "helm 4: install --wait (defaults), check, uninstall" installed "$HELM" defaults
     check "helm 3: install --wait (trial-no-persistence), check, uninstall" installed "$HELM3" trial-no-persistence
   else

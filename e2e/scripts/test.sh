@@ -19,6 +19,10 @@ source "$TALLY_SERVERS_ENV"
 
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
 cd "$TALLY_ROOT"
+# The Helm chart, offline: lint (Helm 3 and 4), template, strict schema validation. The
+# e2e test tests/chart.rs installs it into a real control plane.
+"$TALLY_SCRIPTS/chart-test.sh"
+
 # The e2e tests run the real binaries, which `cargo test` alone does not build.
 log "cargo build --workspace --bins --locked (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --bins --locked
