@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -80,25 +81,35 @@ pub async fn referenced_secrets(
     Ok(found)
 }
 
-fn deployment_available(deployment: &Deployment) -> (bool, String) {
-    let Some(status) = &deployment.status else {
-        return (false, "no status reported yet".into());
-    };
-    match status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Available")
-    {
-        Some(c) => (
-            c.status == "True",
-            c.message
+/// The condition `type_` saying whether `deployment` reports itself Available.
+fn availability(type_: &str, deployment: &Deployment, generation: Option<i64>) -> Condition {
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Available"));
+    match available {
+        Some(c) => {
+            let ok = c.status == "True";
+            let message = c
+                .message
                 .clone()
-                .unwrap_or_else(|| c.reason.clone().unwrap_or_default()),
-        ),
-        None => (
+                .or_else(|| c.reason.clone())
+                .unwrap_or_default();
+            condition(
+                type_,
+                ok,
+                if ok { "Available" } else { "Unavailable" },
+                message,
+                generation,
+            )
+        }
+        None => condition(
+            type_,
             false,
-            "the Deployment reports no Available condition yet".into(),
+            "Unavailable",
+            "the Deployment reports no Available condition yet",
+            generation,
         ),
     }
 }
@@ -166,8 +177,6 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
         .await?;
 
     let stream_result = ensure_stream(pipeline, &config, ctx).await;
-    let (collector_ok, collector_msg) = deployment_available(&collector);
-    let (processor_ok, processor_msg) = deployment_available(&processor);
     let mut conditions = vec![
         match &stream_result {
             Ok(stream) => condition(
@@ -185,28 +194,8 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
                 generation,
             ),
         },
-        condition(
-            "CollectorAvailable",
-            collector_ok,
-            if collector_ok {
-                "Available"
-            } else {
-                "Unavailable"
-            },
-            collector_msg,
-            generation,
-        ),
-        condition(
-            "ProcessorAvailable",
-            processor_ok,
-            if processor_ok {
-                "Available"
-            } else {
-                "Unavailable"
-            },
-            processor_msg,
-            generation,
-        ),
+        availability("CollectorAvailable", &collector, generation),
+        availability("ProcessorAvailable", &processor, generation),
     ];
     let waiting: Vec<&str> = conditions
         .iter()
