@@ -46,6 +46,31 @@ pub fn crd_files() -> Vec<(&'static str, String)> {
 fn render(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> String {
-    let yaml = serde_yaml::to_string(crd).expect("a CRD always serializes to YAML");
+    let mut value = serde_json::to_value(crd).expect("a CRD always serializes");
+    unwrap_descriptions(&mut value);
+    let yaml = serde_yaml::to_string(&value).expect("a CRD always serializes to YAML");
     format!("# Generated from the Rust types in crds/src by `make crds`; do not edit.\n---\n{yaml}")
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps again. Join the lines of
+/// each paragraph so that descriptions read as prose, keeping blank-line paragraph breaks.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| paragraph.split('\n').collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
