@@ -165,11 +165,64 @@ impl NatsPool {
     }
 }
 
+/// Per-object retry delays after failed reconciles: 5 s doubling to 5 minutes, forgotten
+/// after a success.
+#[derive(Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(300);
+
+    /// Records a failure of `key` and returns how long to wait before the next attempt.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("never poisoned");
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(2u32.saturating_pow(*n - 1))
+            .min(Self::MAX)
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("never poisoned").remove(key);
+    }
+}
+
+/// The key of `object` in [`Backoff`].
+pub fn backoff_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Shared by every reconcile.
 pub struct Context {
+    pub backoff: Backoff,
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub nats: NatsPool,
     pub images: Images,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_and_resets() {
+        let b = Backoff::default();
+        let delays: Vec<u64> = (0..9).map(|_| b.failed("p").as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(b.failed("other").as_secs(), 5);
+        b.succeeded("p");
+        assert_eq!(b.failed("p").as_secs(), 5);
+    }
 }

@@ -53,6 +53,7 @@ pub fn scripted(steps: Vec<Step>) -> (Arc<Context>, tokio::task::JoinHandle<()>)
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let ctx = Arc::new(Context {
+        backoff: crate::context::Backoff::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

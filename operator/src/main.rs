@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(axum::serve(listener, http_router(health.clone())).into_future());
 
     let ctx = Arc::new(context::Context {
+        backoff: context::Backoff::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -22,7 +22,7 @@ use tally_crds::{AnalyticsPipeline, AnalyticsPipelineStatus, AnalyticsSite, Stre
 
 use crate::acceptance;
 use crate::conditions::{carry_transition_times, condition, find};
-use crate::context::{Context, Error};
+use crate::context::{Context, Error, backoff_key};
 use crate::render;
 
 /// Keeps the pipeline until its stream has been dealt with.
@@ -38,20 +38,24 @@ pub async fn reconcile(
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<AnalyticsPipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, pipeline, |event| async {
+    let key = backoff_key(pipeline.as_ref());
+    let action = finalizer(&api, FINALIZER, pipeline, |event| async {
         match event {
             Finalizer::Apply(p) => apply(&p, &ctx).await,
             Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.backoff.succeeded(&key);
+    Ok(action)
 }
 
 pub fn error_policy(pipeline: Arc<AnalyticsPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed");
     ctx.metrics.failed(CONTROLLER, error);
-    Action::requeue(Duration::from_secs(10))
+    let delay = ctx.backoff.failed(&backoff_key(pipeline.as_ref()));
+    Action::requeue(delay)
 }
 
 /// The names and keys of the Secrets that `sites` reference.

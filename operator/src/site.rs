@@ -16,7 +16,7 @@ use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteStatus};
 
 use crate::acceptance::{self, Verdict};
 use crate::conditions::{carry_transition_times, condition, find, is_true};
-use crate::context::{Context, Error};
+use crate::context::{Context, Error, backoff_key};
 use crate::pipeline::{publish, referenced_secrets};
 use crate::render;
 
@@ -116,6 +116,7 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
             })),
         )
         .await?;
+    ctx.backoff.succeeded(&backoff_key(site.as_ref()));
     Ok(Action::requeue(if ready {
         Duration::from_secs(300)
     } else {
@@ -126,7 +127,8 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
 pub fn error_policy(site: Arc<AnalyticsSite>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(site = %site.name_any(), %error, "reconcile failed");
     ctx.metrics.failed(CONTROLLER, error);
-    Action::requeue(Duration::from_secs(10))
+    let delay = ctx.backoff.failed(&backoff_key(site.as_ref()));
+    Action::requeue(delay)
 }
 
 #[cfg(test)]
