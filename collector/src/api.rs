@@ -34,6 +34,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// Load shedding: the collector holds as many events as it admits at once.
+    #[error("the collector is at its limit of {0} events in flight; retry shortly")]
+    Overloaded(u32),
 }
 
 fn summary(problems: &[Problem]) -> String {
@@ -59,6 +62,7 @@ impl ApiError {
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
             Self::ForbiddenOrigin { .. } => (StatusCode::FORBIDDEN, "forbidden_origin"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
     }
 }

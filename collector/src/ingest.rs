@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tally_contracts::Event;
 use time::OffsetDateTime;
 
+use crate::admission::Admission;
 use crate::api::{ApiError, IngestResponse, ItemResult};
 use crate::metrics::Outcome;
 use crate::payload::{Shape, decode_body, split_items};
@@ -25,12 +26,22 @@ pub async fn post_events(
     let max_body = state.max_body_bytes;
     let too_large =
         || ApiError::PayloadTooLarge(format!("body exceeds the limit of {max_body} bytes"));
-    if header_str(&headers, header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|len| len > max_body)
-    {
+    let content_length =
+        header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if content_length.is_some_and(|len| len > max_body) {
         return Err(too_large());
     }
+    // Load shedding: reserve this request's share of the events budget before buffering its
+    // body (estimated from its size, settled once parsed); held until the answer is built.
+    let overloaded = || ApiError::Overloaded(state.admission.limit());
+    let Some(mut admitted) = state
+        .admission
+        .try_admit(Admission::estimate(content_length))
+    else {
+        // Read the body through without keeping it, so the connection stays usable.
+        drain(body, max_body).await;
+        return Err(overloaded());
+    };
     let raw = axum::body::to_bytes(body, max_body)
         .await
         .map_err(|_| too_large())?;
@@ -57,12 +68,17 @@ pub async fn post_events(
             state.max_batch_events
         )));
     }
+    if !admitted.settle(&state.admission, items.len()) {
+        return Err(overloaded());
+    }
 
     let origin_host = origin_host(&headers);
     let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let mut valid: Vec<Event> = Vec::with_capacity(items.len());
     let mut valid_index = Vec::with_capacity(items.len());
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
+    // Outcomes are counted once per request, not once per event.
+    let mut counts = OutcomeCounts::default();
     for (index, item) in items.into_iter().enumerate() {
         let checked = match item {
             Ok(raw) => validate_event(
@@ -84,10 +100,11 @@ pub async fn post_events(
                 results.push(None);
             }
             Err(rejection) => {
-                state.metrics.count(Outcome::from(&rejection), 1);
                 if shape == Shape::Single {
+                    state.metrics.count(Outcome::from(&rejection), 1);
                     return Err(rejection.into());
                 }
+                counts.add(Outcome::from(&rejection));
                 results.push(Some(ItemResult::failed(index, rejection.into(), None)));
             }
         }
@@ -98,24 +115,22 @@ pub async fn post_events(
     for ((event, index), outcome) in valid.iter().zip(valid_index).zip(outcomes) {
         results[index] = Some(match outcome {
             Ok(stored) => {
-                state.metrics.count(
-                    if stored.duplicate {
-                        Outcome::Duplicate
-                    } else {
-                        Outcome::Accepted
-                    },
-                    1,
-                );
+                counts.add(if stored.duplicate {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Accepted
+                });
                 ItemResult::stored(index, event.event_id, stored.duplicate)
             }
             Err(why) => {
                 failed += 1;
-                state.metrics.count(Outcome::Failed, 1);
+                counts.add(Outcome::Failed);
                 tracing::warn!(error = %why, event_id = %event.event_id, "event not stored");
                 ItemResult::failed(index, ApiError::Unavailable(why), Some(event.event_id))
             }
         });
     }
+    counts.record(&state.metrics);
     let results: Vec<ItemResult> = results.into_iter().flatten().collect();
     if shape == Shape::Single && failed > 0 {
         let message = results[0].message.clone().unwrap_or_default();
@@ -145,6 +160,38 @@ pub async fn post_events(
         results,
     };
     Ok((status, Json(body)).into_response())
+}
+
+/// Per-request tallies of event outcomes, recorded in the metrics in one go.
+#[derive(Default)]
+struct OutcomeCounts(Vec<(Outcome, u64)>);
+
+impl OutcomeCounts {
+    fn add(&mut self, outcome: Outcome) {
+        match self.0.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((outcome, 1)),
+        }
+    }
+
+    fn record(&self, metrics: &crate::metrics::Metrics) {
+        for (outcome, n) in &self.0 {
+            metrics.count(*outcome, *n);
+        }
+    }
+}
+
+/// Reads a body through without keeping it (at most `limit` bytes).
+async fn drain(body: Body, limit: usize) {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > limit {
+            break;
+        }
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

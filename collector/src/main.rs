@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use tally_contracts::service::{CommonArgs, shutdown_signal};
 
+mod admission;
 mod api;
+#[cfg(test)]
+mod hostile_input;
 mod ingest;
 mod metrics;
 mod payload;
@@ -27,6 +30,17 @@ struct Cli {
     /// Address to listen on for HTTP.
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Load shedding: the most events that requests in progress may hold at once (being
+    /// validated, published or awaiting JetStream's acknowledgement). A POST whose events do
+    /// not fit is answered at once with 503 `overloaded` and `Retry-After: 1`, so overload
+    /// costs bounded memory instead of growing queues. 0 disables the limit.
+    #[arg(
+        long,
+        env = "TALLY_MAX_IN_FLIGHT_EVENTS",
+        value_name = "EVENTS",
+        default_value_t = admission::DEFAULT_MAX_IN_FLIGHT_EVENTS
+    )]
+    max_in_flight_events: u32,
 }
 
 #[tokio::main]
@@ -39,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
     );
-    let state = Arc::new(router::AppState::new(config, sink.clone()));
+    let state = Arc::new(
+        router::AppState::new(config, sink.clone())
+            .with_max_in_flight_events(cli.max_in_flight_events),
+    );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use tally_contracts::RuntimeConfig;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::admission::{Admission, DEFAULT_MAX_IN_FLIGHT_EVENTS};
 use crate::metrics::{self, Metrics};
 use crate::sink::EventSink;
 use crate::validate::Limits;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub metrics: Metrics,
+    /// Load shedding: the events requests in progress may hold.
+    pub admission: Admission,
 }
 
 impl AppState {
@@ -41,7 +44,14 @@ impl AppState {
             sink,
             config,
             metrics: Metrics::default(),
+            admission: Admission::new(DEFAULT_MAX_IN_FLIGHT_EVENTS),
         }
+    }
+
+    /// Sets the events budget (`--max-in-flight-events`; 0: no limit).
+    pub fn with_max_in_flight_events(mut self, max: u32) -> Self {
+        self.admission = Admission::new(max);
+        self
     }
 }
 

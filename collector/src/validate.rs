@@ -129,7 +129,10 @@ impl<'a> RawFields<'a> {
     /// A string field: absent (or null) gives `None`; anything but a string is a problem.
     fn text(&mut self, field: &'static str) -> Option<Cow<'a, str>> {
         let raw = self.get(field)?;
-        match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+        match unescaped_str(raw).map_or_else(
+            || serde_json::from_str::<Cow<'a, str>>(raw.get()),
+            |s| Ok(Cow::Borrowed(s)),
+        ) {
             Ok(s) if s.len() > max_len(field) => {
                 self.problem(field, format!("is longer than {} bytes", max_len(field)));
                 None
@@ -141,6 +144,45 @@ impl<'a> RawFields<'a> {
             }
         }
     }
+}
+
+/// The text of a JSON string without escapes, borrowed as it is; `None` for anything else
+/// (which then goes through the full parser). The value is already known to be valid JSON,
+/// so a string without a backslash holds exactly the characters between its quotes.
+fn unescaped_str(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// A fresh UUIDv7 for an event received at `now_ms`. The 74 random bits come from a
+/// per-thread SplitMix64 generator seeded once from the operating system, instead of a
+/// `getrandom` system call per id (`Uuid::now_v7`), which the profile showed at ~5 % of a
+/// batch's cost. Within a thread the generator never repeats (its state is a counter with
+/// period 2^64 and its output a bijection of it); across threads and processes the seeds
+/// differ, so ids stay unique for every practical purpose. Event ids only need uniqueness.
+fn new_event_id(now_ms: i64) -> Uuid {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let seed = Uuid::new_v4().as_u64_pair();
+            seed.0 ^ seed.1.rotate_left(32)
+        });
+    }
+    let next = || {
+        STATE.with(|state| {
+            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let (a, b) = (next(), next());
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&a.to_le_bytes());
+    random[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now_ms).unwrap_or(0), &random)
+        .into_uuid()
 }
 
 /// Parses and validates one event. `now_ms` is the server time used for absent timestamps;
@@ -238,7 +280,7 @@ pub fn validate_event(
     };
 
     let event_id = match f.text("event_id") {
-        None => Some(Uuid::now_v7()),
+        None => Some(new_event_id(now_ms)),
         Some(text) => match Uuid::try_parse(&text) {
             Ok(id) if !id.is_nil() => Some(id),
             Ok(_) => {
@@ -495,6 +537,25 @@ mod tests {
             problems(r#"{"site_id":"shop","type":"x","timestamp":"1999-12-31T23:59:59Z"}"#),
             ["timestamp"]
         );
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_v7_at_the_server_time() {
+        let ids: std::collections::HashSet<Uuid> = (0..10_000).map(|_| new_event_id(NOW)).collect();
+        assert_eq!(ids.len(), 10_000);
+        let id = *ids.iter().next().unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs as i64 * 1000 + i64::from(nanos / 1_000_000), NOW);
+    }
+
+    #[test]
+    fn strings_with_and_without_escapes_read_the_same() {
+        let e =
+            check(r#"{"site_id":"shop","type":"x","title":"caf\u00e9 \"a\"","user_id":"plain"}"#)
+                .unwrap();
+        assert_eq!(e.title, "café \"a\"");
+        assert_eq!(e.user_id, "plain");
     }
 
     #[test]

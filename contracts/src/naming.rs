@@ -33,6 +33,38 @@ pub fn event_subjects(pipeline: &str) -> String {
     format!("tally.{}.events.>", subject_token(pipeline))
 }
 
+/// The site token of a dead letter whose payload names no usable site (not an envelope).
+pub const UNKNOWN_SITE: &str = "unknown";
+
+/// `TALLY_<PIPELINE>_DLQ`: the stream that keeps a pipeline's dead letters — messages the
+/// processor gave up on after `spec.processor.maxDeliver` deliveries. Its subjects are not
+/// event subjects, so the events stream never captures a dead letter.
+pub fn dead_letter_stream_name(pipeline: &str) -> String {
+    format!("{}_DLQ", stream_name(pipeline))
+}
+
+/// `tally.<pipeline>.dlq.<site_id>`: where a dead letter of one site is published. A site id
+/// that cannot be one subject token (empty, or holding `.`, `*`, `>` or white space) and a
+/// payload that names no site give [`UNKNOWN_SITE`].
+pub fn dead_letter_subject(pipeline: &str, site_id: Option<&str>) -> String {
+    let site = site_id
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 256
+                && !s
+                    .chars()
+                    .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+        })
+        .unwrap_or(UNKNOWN_SITE);
+    format!("tally.{}.dlq.{site}", subject_token(pipeline))
+}
+
+/// `tally.<pipeline>.dlq.>`: every dead-letter subject of a pipeline (the DLQ stream's
+/// subjects).
+pub fn dead_letter_subjects(pipeline: &str) -> String {
+    format!("tally.{}.dlq.>", subject_token(pipeline))
+}
+
 /// `tally_<pipeline>`: the default ClickHouse database of a pipeline.
 pub fn default_database(pipeline: &str) -> String {
     format!("tally_{}", identifier(pipeline))
@@ -51,5 +83,28 @@ mod tests {
         );
         assert_eq!(event_subjects("web"), "tally.web.events.>");
         assert_eq!(default_database("web-prod"), "tally_web_prod");
+    }
+
+    #[test]
+    fn dead_letters_live_outside_the_event_subjects() {
+        assert_eq!(
+            dead_letter_stream_name("web-prod.eu"),
+            "TALLY_WEB_PROD_EU_DLQ"
+        );
+        assert_eq!(
+            dead_letter_subject("web-prod.eu", Some("shop")),
+            "tally.web-prod_eu.dlq.shop"
+        );
+        assert_eq!(dead_letter_subject("web", None), "tally.web.dlq.unknown");
+        for bad in ["", "a.b", "a b", "*", ">", "a\r\nb"] {
+            assert_eq!(
+                dead_letter_subject("web", Some(bad)),
+                "tally.web.dlq.unknown",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(dead_letter_subjects("web"), "tally.web.dlq.>");
+        // The events stream's filter `tally.web.events.>` never matches a dead letter.
+        assert!(!dead_letter_subject("web", Some("events")).starts_with("tally.web.events."));
     }
 }

@@ -35,6 +35,79 @@ pub async fn ensure_stream(
     Ok(js.get_stream(&wanted.name).await?)
 }
 
+/// The stream that keeps the pipeline's dead letters (`TALLY_<PIPELINE>_DLQ` on
+/// `tally.<pipeline>.dlq.>`), with the events stream's storage, replicas, age limit and
+/// duplicate window. The processor creates it when it writes its first dead letter (see
+/// [`ensure_dead_letter_stream`]), so a pipeline that never had one has no extra stream.
+pub fn dead_letter_stream_config(config: &RuntimeConfig) -> stream::Config {
+    let events = stream_config(config);
+    stream::Config {
+        name: naming::dead_letter_stream_name(config.name()),
+        subjects: vec![naming::dead_letter_subjects(config.name())],
+        description: Some(format!(
+            "Tally: messages of {} the processor could not store",
+            events.name
+        )),
+        ..events
+    }
+}
+
+/// Creates the dead-letter stream when missing and brings an existing one to the declared
+/// settings.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    config: &RuntimeConfig,
+) -> Result<(), async_nats::Error> {
+    js.create_or_update_stream(dead_letter_stream_config(config))
+        .await?;
+    Ok(())
+}
+
+/// The headers of a dead letter. Its payload is the original message's payload, unchanged.
+pub mod dead_letter {
+    /// Why the message could not be stored, in words (one line, at most 1024 bytes).
+    pub const REASON: &str = "Tally-Dead-Letter-Reason";
+    /// The kind of failure, one of [`NOT_AN_EVENT`], [`INVALID_EVENT`], [`REJECTED`].
+    pub const KIND: &str = "Tally-Dead-Letter-Kind";
+    /// The subject the message was published on.
+    pub const ORIGINAL_SUBJECT: &str = "Tally-Original-Subject";
+    /// The stream that held it.
+    pub const ORIGINAL_STREAM: &str = "Tally-Original-Stream";
+    /// Its sequence number in that stream.
+    pub const ORIGINAL_SEQUENCE: &str = "Tally-Original-Sequence";
+    /// How many times JetStream had delivered it when it was dead-lettered.
+    pub const DELIVERIES: &str = "Tally-Deliveries";
+    /// The `event_id` of the envelope, when the payload is one.
+    pub const EVENT_ID: &str = "Tally-Event-Id";
+
+    /// The payload is not a Tally event envelope (not JSON, or fields missing or mistyped).
+    pub const NOT_AN_EVENT: &str = "not_an_event";
+    /// The envelope decodes but holds a value no table can store (a timestamp outside the
+    /// range of ClickHouse's `DateTime`).
+    pub const INVALID_EVENT: &str = "invalid_event";
+    /// ClickHouse refused to insert the event (a data error, such as a violated constraint).
+    pub const REJECTED: &str = "rejected_by_clickhouse";
+}
+
+/// The NATS servers of a `spec.nats.url`: one URL or a comma-separated list of them
+/// (`nats://a:4222,nats://b:4222`). `async_nats` reads a single string as one URL, so a list
+/// must be split before connecting.
+pub fn nats_servers(url: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::parse::<async_nats::ServerAddr>)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    if servers.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no NATS server URL in {url:?}"),
+        ));
+    }
+    Ok(servers)
+}
+
 /// The durable pull consumer shared by every processor replica of the pipeline.
 pub fn consumer_config(config: &RuntimeConfig) -> consumer::pull::Config {
     let spec = &config.pipeline.spec.processor;
@@ -44,10 +117,75 @@ pub fn consumer_config(config: &RuntimeConfig) -> consumer::pull::Config {
         filter_subject: naming::event_subjects(config.name()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.timings.ack_wait,
-        max_deliver: spec.max_deliver.into(),
+        // JetStream itself never gives up on a message: a message it stops delivering would
+        // sit in the stream, neither stored nor recorded anywhere. The processor applies
+        // `spec.processor.maxDeliver` instead, to messages that fail for a reason of their own
+        // (not an envelope, refused by ClickHouse), and dead-letters them to
+        // `TALLY_<PIPELINE>_DLQ` (see [`dead_letter_stream_config`]).
+        max_deliver: -1,
         // Room for a full batch being written plus the next one being fetched, per replica.
         max_ack_pending: i64::from(spec.batch_max_rows).saturating_mul(4).max(1024),
-        max_batch: spec.batch_max_rows.try_into().unwrap_or(i64::MAX),
+        max_batch: i64::from(spec.batch_max_rows),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RuntimeConfig {
+        RuntimeConfig::parse(
+            "test",
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\n\
+             spec: {nats: {stream: {replicas: 3, storage: Memory}}}\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_comma_separated_url_is_a_list_of_servers() {
+        let one = nats_servers("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(one.len(), 1);
+        let three = nats_servers("nats://10.0.0.1:4222, nats://10.0.0.2:4223,10.0.0.3").unwrap();
+        let ports: Vec<u16> = three.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4222]);
+        assert!(nats_servers(" , ").is_err());
+        assert!(nats_servers("nats://a:1,nats://b:notaport").is_err());
+        // What the list would be to async_nats unsplit: one malformed URL.
+        assert!(
+            "nats://a:1,nats://b:2"
+                .parse::<async_nats::ServerAddr>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_dead_letter_stream_mirrors_the_events_stream_on_its_own_subjects() {
+        let config = config();
+        let events = stream_config(&config);
+        let dlq = dead_letter_stream_config(&config);
+        assert_eq!(dlq.name, "TALLY_WEB_DLQ");
+        assert_eq!(dlq.subjects, ["tally.web.dlq.>"]);
+        assert_eq!(
+            (
+                dlq.num_replicas,
+                dlq.storage,
+                dlq.max_age,
+                dlq.duplicate_window
+            ),
+            (
+                3,
+                stream::StorageType::Memory,
+                events.max_age,
+                events.duplicate_window
+            )
+        );
+        assert_eq!(events.subjects, ["tally.web.events.>"]);
+    }
+
+    #[test]
+    fn jetstream_never_abandons_a_message_on_its_own() {
+        assert_eq!(consumer_config(&config()).max_deliver, -1);
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod cluster;
+pub mod nats_cluster;
 
 /// The sites every test stack declares.
 pub const SITES: [&str; 2] = ["shop", "docs"];
@@ -25,12 +26,27 @@ pub const SITES: [&str; 2] = ["shop", "docs"];
 pub const PIPELINE: &str = "e2e";
 pub const DATABASE: &str = "tally_e2e";
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port free on 127.0.0.1, never handed out before by this process. Ports come from below
+/// the kernel's ephemeral range (which starts at 32768), so neither outgoing connections nor
+/// another test of this process can take a port that a stopped server will bind again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start where this process's id points, so concurrent test processes rarely meet.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
 fn env_path(name: &str) -> anyhow::Result<PathBuf> {
@@ -234,7 +250,7 @@ impl Stack {
         let nats = Self::spawn_nats(&dir, nats_port, nats_monitor_port)?;
         let clickhouse = Self::spawn_clickhouse(&dir, clickhouse_port, clickhouse_tcp_port)?;
         let http = reqwest::Client::new();
-        let stack = Self {
+        let mut stack = Self {
             processor: Process {
                 name: "processor".into(),
                 child: None,
@@ -259,6 +275,7 @@ impl Stack {
         };
         stack.wait_nats().await?;
         stack.wait_clickhouse().await?;
+        stack.check_alive()?;
         Ok(stack)
     }
 
@@ -365,7 +382,7 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if http_ok(&self.http, &ready).await {
-                return Ok(());
+                return self.check_alive();
             }
             if !self.processor.is_running() {
                 bail!("the processor exited during start-up");
@@ -385,7 +402,25 @@ impl Stack {
                 .args(["--listen", &format!("127.0.0.1:{}", self.collector_port)]),
             self.dir.join("collector.log"),
         )?;
-        self.wait_collector_ready(Duration::from_secs(60)).await
+        self.wait_collector_ready(Duration::from_secs(60)).await?;
+        self.check_alive()
+    }
+
+    /// Fails when a server this stack started has exited. A server that lost its port to
+    /// another process exits at once, while the other process answers the readiness probe:
+    /// without this check the test would silently talk to somebody else's server.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for process in [
+            &mut self.nats,
+            &mut self.clickhouse,
+            &mut self.processor,
+            &mut self.collector,
+        ] {
+            if process.child.is_some() && !process.is_running() {
+                bail!("{} exited; see {}", process.name, process.log.display());
+            }
+        }
+        Ok(())
     }
 
     pub async fn wait_collector_ready(&self, timeout: Duration) -> anyhow::Result<()> {
@@ -544,4 +579,28 @@ spec:
 /// Today's UTC date as `YYYY-MM-DD`.
 pub fn today() -> String {
     time::OffsetDateTime::now_utc().date().to_string()
+}
+
+/// Counts, after the fact, what the data path stored: the raw rows, their distinct event ids
+/// and every rollup's event count must all equal `n` (each accepted event exactly once).
+pub async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
+    let raw = stack
+        .sql(&format!(
+            "SELECT count(), uniqExact(event_id) FROM {DATABASE}.events"
+        ))
+        .await?;
+    assert_eq!(raw, format!("{n}\t{n}"), "raw rows and distinct event ids");
+    for (table, column) in [
+        ("site_daily", "page_views"),
+        ("site_daily", "events"),
+        ("site_hourly", "events"),
+        ("path_daily", "page_views"),
+        ("event_type_daily", "events"),
+    ] {
+        let total = stack
+            .sql_u64(&format!("SELECT sum({column}) FROM {DATABASE}.{table}"))
+            .await?;
+        assert_eq!(total, n, "{table}.{column}");
+    }
+    Ok(())
 }

@@ -28,12 +28,20 @@ fn helm_installs_the_operator_with_its_crds_and_rbac() -> anyhow::Result<()> {
     cluster.wait_condition("crd/analyticspipelines.tally.dev", "Established", WAIT)?;
     cluster.wait_condition("crd/analyticssites.tally.dev", "Established", WAIT)?;
     cluster.kubectl(&[
-        "wait", "--for=condition=Available", "-n", "tally-system",
-        "deployment/tally-operator", "--timeout=180s",
+        "wait",
+        "--for=condition=Available",
+        "-n",
+        "tally-system",
+        "deployment/tally-operator",
+        "--timeout=180s",
     ])?;
     let image = cluster.kubectl(&[
-        "get", "-n", "tally-system", "deployment/tally-operator",
-        "-o", "jsonpath={.spec.template.spec.containers[0].image}",
+        "get",
+        "-n",
+        "tally-system",
+        "deployment/tally-operator",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
     ])?;
     assert_eq!(image, "tally/operator:0.1.0");
 
@@ -58,7 +66,10 @@ fn helm_installs_the_operator_with_its_crds_and_rbac() -> anyhow::Result<()> {
         ("create", "events.events.k8s.io"),
         ("get", "secrets"),
     ] {
-        assert!(can(verb, resource, "default")?, "the operator needs {verb} {resource}");
+        assert!(
+            can(verb, resource, "default")?,
+            "the operator needs {verb} {resource}"
+        );
     }
     for (verb, resource) in [
         ("create", "secrets"),
@@ -67,15 +78,33 @@ fn helm_installs_the_operator_with_its_crds_and_rbac() -> anyhow::Result<()> {
         ("patch", "nodes"),
         ("patch", "deployments.apps#scale"),
     ] {
-        assert!(!can(verb, resource, "default")?, "the operator must not {verb} {resource}");
+        assert!(
+            !can(verb, resource, "default")?,
+            "the operator must not {verb} {resource}"
+        );
     }
     // The leader-election Lease: only its own, only in its own namespace.
     let lease = "leases.coordination.k8s.io/tally-operator";
-    assert!(can("patch", lease, "tally-system")? && can("create", "leases.coordination.k8s.io", "tally-system")?);
-    assert!(!can("patch", "leases.coordination.k8s.io/other", "tally-system")?, "no other Lease");
-    assert!(!can("patch", lease, "default")?, "Leases only in its own namespace");
+    assert!(
+        can("patch", lease, "tally-system")?
+            && can("create", "leases.coordination.k8s.io", "tally-system")?
+    );
+    assert!(
+        !can("patch", "leases.coordination.k8s.io/other", "tally-system")?,
+        "no other Lease"
+    );
+    assert!(
+        !can("patch", lease, "default")?,
+        "Leases only in its own namespace"
+    );
 
-    cluster.helm(&["uninstall", "tally", "--namespace", "tally-system", "--wait"])?;
+    cluster.helm(&[
+        "uninstall",
+        "tally",
+        "--namespace",
+        "tally-system",
+        "--wait",
+    ])?;
     // Helm keeps CRDs on uninstall (deleting them would delete every resource).
     cluster.kubectl(&["get", "crd/analyticssites.tally.dev"])?;
     Ok(())

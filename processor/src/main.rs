@@ -68,7 +68,8 @@ async fn start(
     let nats = async_nats::ConnectOptions::new()
         .name("tally-processor")
         .retry_on_initial_connect()
-        .connect(spec.nats.url.as_str())
+        // `spec.nats.url` may list several servers (a JetStream cluster), comma-separated.
+        .connect(stream::nats_servers(&spec.nats.url).context("spec.nats.url")?)
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?;
     let js = jetstream::new(nats);
@@ -108,9 +109,11 @@ async fn start(
             max_rows: spec.processor.batch_max_rows as usize,
             max_wait: config.timings.batch_max_wait,
             ack_wait,
+            max_deliver: spec.processor.max_deliver.into(),
             crash_after_inserts: cli.crash_after_inserts,
         },
         metrics,
+        dead_letters: consume::DeadLetters::new(js, config.clone()),
     })
 }
 

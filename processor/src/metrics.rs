@@ -18,7 +18,10 @@ pub struct Metrics {
     registry: Registry,
     written: Counter,
     skipped: Counter,
+    skipped_first_delivery: Counter,
     poison: Counter,
+    dead_lettered: Counter,
+    dead_letter_failures: Counter,
     batches: Counter,
     insert_failures: Counter,
     insert_seconds: Histogram,
@@ -33,7 +36,10 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tally_processor");
         let written = Counter::default();
         let skipped = Counter::default();
+        let skipped_first_delivery = Counter::default();
         let poison = Counter::default();
+        let dead_lettered = Counter::default();
+        let dead_letter_failures = Counter::default();
         let batches = Counter::default();
         let insert_failures = Counter::default();
         let insert_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -44,13 +50,30 @@ impl Default for Metrics {
         );
         registry.register(
             "events_skipped_duplicate",
-            "Redelivered events skipped because ClickHouse held them already",
+            "Events skipped because ClickHouse held them already (redelivered, or retried)",
             skipped.clone(),
         );
         registry.register(
+            "events_stored_on_first_delivery",
+            "Of those, events JetStream delivered as if for the first time: it had lost its record \
+             of an earlier delivery (a nats-server crash, a consumer leader change)",
+            skipped_first_delivery.clone(),
+        );
+        registry.register(
             "events_poison",
-            "Messages dropped because they are not Tally events",
+            "Deliveries of messages that cannot be stored (not an event, or refused by ClickHouse): \
+             NAK'd for redelivery, or dead-lettered on their maxDeliver-th delivery",
             poison.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Messages published to the dead-letter stream after maxDeliver deliveries, then acknowledged",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_letter_failures",
+            "Failed attempts to publish a dead letter (the message is NAK'd and tried again)",
+            dead_letter_failures.clone(),
         );
         registry.register(
             "batches",
@@ -71,7 +94,10 @@ impl Default for Metrics {
             registry,
             written,
             skipped,
+            skipped_first_delivery,
             poison,
+            dead_lettered,
+            dead_letter_failures,
             batches,
             insert_failures,
             insert_seconds,
@@ -90,8 +116,17 @@ impl Metrics {
         self.batches.inc();
         self.insert_seconds.observe(took.as_secs_f64());
     }
+    pub fn count_stored_on_first_delivery(&self, events: usize) {
+        self.skipped_first_delivery.inc_by(events as u64);
+    }
     pub fn count_poison(&self) {
         self.poison.inc();
+    }
+    pub fn count_dead_lettered(&self) {
+        self.dead_lettered.inc();
+    }
+    pub fn count_dead_letter_failure(&self) {
+        self.dead_letter_failures.inc();
     }
     pub fn count_insert_failure(&self) {
         self.insert_failures.inc();
