@@ -45,7 +45,10 @@ impl JetStreamSink {
         let client = async_nats::ConnectOptions::new()
             .name("tally-collector")
             .retry_on_initial_connect()
-            .connect(config.pipeline.spec.nats.url.as_str())
+            .connect(
+                stream::nats_servers(&config.pipeline.spec.nats.url)
+                    .map_err(|e| format!("spec.nats.url: {e}"))?,
+            )
             .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.timings.publish_timeout)

@@ -152,7 +152,10 @@ impl NatsPool {
                 let client = async_nats::ConnectOptions::new()
                     .name("tally-operator")
                     .connection_timeout(NATS_TIMEOUT)
-                    .connect(url)
+                    .connect(
+                        tally_contracts::stream::nats_servers(url)
+                            .map_err(|e| Error::Stream(format!("spec.nats.url {url:?}: {e}")))?,
+                    )
                     .await
                     .map_err(|e| Error::Stream(format!("cannot connect to NATS at {url}: {e}")))?;
                 clients.insert(url.to_owned(), client.clone());

@@ -291,13 +291,15 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
         }
         StreamDeletionPolicy::Delete => {
             let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
-            match js.delete_stream(&stream_name).await {
-                Ok(_) => {}
-                Err(e) if e.to_string().contains("not found") => {}
-                Err(e) => {
-                    return Err(Error::Stream(format!(
-                        "cannot delete stream {stream_name}: {e}"
-                    )));
+            let dead_letters =
+                tally_contracts::naming::dead_letter_stream_name(&pipeline.name_any());
+            for name in [&stream_name, &dead_letters] {
+                match js.delete_stream(name).await {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("not found") => {}
+                    Err(e) => {
+                        return Err(Error::Stream(format!("cannot delete stream {name}: {e}")));
+                    }
                 }
             }
             publish(
@@ -305,7 +307,7 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
                 pipeline,
                 EventType::Normal,
                 "StreamDeleted",
-                format!("stream {stream_name} deleted (deletionPolicy Delete)"),
+                format!("streams {stream_name} and {dead_letters} deleted (deletionPolicy Delete)"),
             )
             .await;
         }
