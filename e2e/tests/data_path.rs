@@ -111,7 +111,8 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
         .await?;
     stack
         .wait_sql(
-            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'docs'"),
+            // The rollups are written after the raw part becomes visible: wait on what stats read.
+            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'docs'"),
             "2",
             WAIT,
         )
@@ -231,7 +232,7 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
     assert_eq!(status, 202);
     stack
         .wait_sql(
-            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"),
+            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'shop'"),
             "4",
             WAIT,
         )

@@ -364,10 +364,10 @@ async fn a_nats_restart_under_load_loses_no_acknowledged_event() -> anyhow::Resu
     // and the acknowledgement. After the restart it delivers those events again as if for the
     // first time; they must be recognised as stored all the same.
     let client = Client::of(&stack);
-    let mut crashes = 0u64;
+    let (mut crashes, mut forgotten) = (0u64, 0u64);
     // Whether a crash makes the server forget is a matter of milliseconds: crash again (up
     // to six times) until it did.
-    while crashes < 2 || (crashes < 6 && processor_metric(&stack, FORGOTTEN).await? == 0) {
+    while crashes < 2 || (crashes < 6 && forgotten == 0) {
         client
             .post_until_accepted(&batch("crash", 1000), 1000, &mut posted)
             .await?;
@@ -376,8 +376,17 @@ async fn a_nats_restart_under_load_loses_no_acknowledged_event() -> anyhow::Resu
         stack.restart_nats().await?;
         stack.wait_collector_ready(WAIT).await?;
         crashes += 1;
-        // The processor has caught up (and is fetching again) before the next crash.
+        // The processor has caught up (and is fetching again) before the next crash, and has
+        // had the time to be handed what the server delivers again.
         wait_stored_at_least(&stack, posted.events).await?;
+        let settled = Instant::now() + Duration::from_secs(4);
+        loop {
+            forgotten = processor_metric(&stack, FORGOTTEN).await?;
+            if forgotten > 0 || Instant::now() > settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     settle_and_count(&stack, posted.events).await;
     let skipped =

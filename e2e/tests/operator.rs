@@ -104,7 +104,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     assert_eq!(status, 202, "{answer}");
     stack
         .wait_sql(
-            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'shop'"),
+            &format!("SELECT sum(page_views) FROM {DATABASE}.path_daily WHERE site_id = 'shop'"),
             "3",
             WAIT,
         )
