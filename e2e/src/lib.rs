@@ -476,6 +476,27 @@ impl Stack {
         Ok((response.status().as_u16(), response.json().await?))
     }
 
+    /// Polls `/v1/stats?{query}` until `done` accepts the answer, and returns it. Each
+    /// materialized view's part becomes visible a moment after the raw rows' part (one
+    /// insert writes them in turn), so a test waits on what the stats API shows.
+    pub async fn wait_stats(
+        &self,
+        query: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, stats) = self.stats(query).await?;
+            if status == 200 && done(&stats) {
+                return Ok(stats);
+            }
+            if Instant::now() > deadline {
+                bail!("/v1/stats?{query} never matched; last answer ({status}): {stats}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
         let response = self

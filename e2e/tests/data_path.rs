@@ -41,17 +41,12 @@ async fn five_page_views_give_the_documented_stats() -> anyhow::Result<()> {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 4);
 
-    stack
-        .wait_sql(
-            &format!("SELECT sum(page_views) FROM {DATABASE}.site_daily WHERE site_id = 'shop'"),
-            "5",
-            WAIT,
-        )
+    let query = format!("site_id=shop&date={}", today());
+    let stats = stack
+        .wait_stats(&query, |s| {
+            s["top_paths"].as_array().map(Vec::len) == Some(3) && s["total_views"] == 5
+        })
         .await?;
-    let (status, stats) = stack
-        .stats(&format!("site_id=shop&date={}", today()))
-        .await?;
-    assert_eq!(status, 200);
     assert_eq!(
         stats,
         json!({
@@ -117,8 +112,10 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
             WAIT,
         )
         .await?;
-    let (_, stats) = stack
-        .stats(&format!("site_id=docs&date={}", today()))
+    let stats = stack
+        .wait_stats(&format!("site_id=docs&date={}", today()), |s| {
+            s["top_paths"].as_array().map(Vec::len) == Some(2)
+        })
         .await?;
     assert_eq!(stats["total_views"], 2);
     assert_eq!(stats["top_paths"][0], json!({"path": "/guide", "views": 1}));
@@ -237,8 +234,10 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
             WAIT,
         )
         .await?;
-    let (_, stats) = stack
-        .stats(&format!("site_id=shop&date={}", today()))
+    let stats = stack
+        .wait_stats(&format!("site_id=shop&date={}", today()), |s| {
+            s["top_paths"].as_array().map(Vec::len) == Some(2)
+        })
         .await?;
     assert_eq!(stats["total_views"], 4);
     Ok(())

@@ -109,8 +109,10 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
             WAIT,
         )
         .await?;
-    let (_, stats) = stack
-        .stats(&format!("site_id=shop&date={}", today()))
+    let stats = stack
+        .wait_stats(&format!("site_id=shop&date={}", today()), |s| {
+            s["total_views"] == 3
+        })
         .await?;
     assert_eq!(stats["top_paths"][0], json!({"path": "/a", "views": 2}));
 
