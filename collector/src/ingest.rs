@@ -159,7 +159,14 @@ pub async fn post_events(
         failed,
         results,
     };
-    Ok((status, Json(body)).into_response())
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    Ok(response)
 }
 
 /// Per-request tallies of event outcomes, recorded in the metrics in one go.

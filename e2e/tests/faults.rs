@@ -6,7 +6,6 @@
 //! collector acknowledged is in the raw table and in every rollup exactly once.
 
 use std::fs;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use async_nats::jetstream;
 use serde_json::{Value, json};
 use tally_contracts::{naming, stream::dead_letter};
 use tally_e2e::nats_cluster::NatsCluster;
-use tally_e2e::{DATABASE, Options, PIPELINE, Process, Stack, assert_exact, eventually, today};
+use tally_e2e::{DATABASE, Options, PIPELINE, Stack, assert_exact, eventually, today};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -420,7 +419,8 @@ async fn a_jetstream_cluster_node_killed_under_load_loses_no_acknowledged_event(
         cluster.url_list()
     );
     edit_config(&stack, |yaml| yaml.replace(&single, &replicated))?;
-    // The processor takes the comma-separated list and creates the stream with 3 replicas.
+    // The processor connects to one of the listed nodes and creates the stream with 3
+    // replicas.
     stack.start_processor(&[]).await?;
     let stream = naming::stream_name(PIPELINE);
     let leader_name = cluster.wait_stream_leader(0, &stream, None, WAIT).await?;
@@ -432,17 +432,8 @@ async fn a_jetstream_cluster_node_killed_under_load_loses_no_acknowledged_event(
         .map(|s| s["cluster"]["replicas"].as_array().map_or(0, Vec::len) + 1);
     assert_eq!(replicas, Some(3), "{jsz}");
 
-    // The collector is given the leader's node; it learns the other nodes from the cluster.
-    stack.collector = Process::spawn(
-        "collector",
-        Command::new(Stack::binary("tally-collector")?)
-            .arg("--config")
-            .arg(&stack.config)
-            .args(["--listen", &format!("127.0.0.1:{}", stack.collector_port)])
-            .args(["--nats-url", &cluster.nodes[leader].url()]),
-        stack.dir.join("collector.log"),
-    )?;
-    stack.wait_collector_ready(WAIT).await?;
+    // The collector reads the same comma-separated list.
+    stack.start_collector().await?;
     let (stop, posting) = start_posting(&stack, "r3", 1000, Duration::ZERO, usize::MAX);
     wait_stored_at_least(&stack, 5000).await?;
 
