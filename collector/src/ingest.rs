@@ -29,6 +29,10 @@ pub async fn post_events(
     let content_length =
         header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if content_length.is_some_and(|len| len > max_body) {
+        // Read a moderately oversized body through before answering, so the client (still
+        // writing it) gets to read the 413 instead of a reset connection; beyond 4× the
+        // limit the connection is simply closed.
+        drain(body, max_body.saturating_mul(4)).await;
         return Err(too_large());
     }
     // Load shedding: reserve this request's share of the events budget before buffering its
