@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures::future::{BoxFuture, join_all};
 use tally_contracts::{Event, RuntimeConfig, stream};
+use tokio::sync::Semaphore;
 
 /// The outcome of one stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,11 @@ pub struct JetStreamSink {
     js: jetstream::Context,
     subjects: HashMap<String, async_nats::Subject>,
     stream_ready: Arc<AtomicBool>,
+    /// The JetStream publish window (`maxInFlightPublishes`). A request takes the slots of
+    /// all the events it is about to send at once, before sending any (see `store`).
+    window: Arc<Semaphore>,
+    window_size: usize,
+    publish_timeout: Duration,
 }
 
 impl JetStreamSink {
@@ -42,6 +48,7 @@ impl JetStreamSink {
     /// the pipeline's stream exists.
     pub async fn connect(config: &RuntimeConfig) -> Result<Self, async_nats::Error> {
         let collector = &config.pipeline.spec.collector;
+        let window_size = (collector.max_in_flight_publishes as usize).max(1);
         let client = async_nats::ConnectOptions::new()
             .name("tally-collector")
             .retry_on_initial_connect()
@@ -52,7 +59,7 @@ impl JetStreamSink {
             .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.timings.publish_timeout)
-            .max_ack_inflight(collector.max_in_flight_publishes as usize)
+            .max_ack_inflight(window_size)
             .backpressure_on_inflight(true)
             .build(client.clone());
         let subjects = config
@@ -75,6 +82,9 @@ impl JetStreamSink {
             js,
             subjects,
             stream_ready,
+            window: Arc::new(Semaphore::new(window_size)),
+            window_size,
+            publish_timeout: config.timings.publish_timeout,
         })
     }
 
@@ -87,8 +97,8 @@ impl JetStreamSink {
 }
 
 impl JetStreamSink {
-    /// Publishes one event and waits for JetStream's acknowledgement.
-    async fn publish(&self, event: &Event) -> Result<Stored, String> {
+    /// Sends one event; the returned future is its acknowledgement.
+    async fn send(&self, event: &Event) -> Result<PublishAckFuture, String> {
         let subject = self
             .subjects
             .get(&event.site_id)
@@ -98,16 +108,10 @@ impl JetStreamSink {
         let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(&*event.event_id.hyphenated().encode_lower(&mut id));
-        let ack = self
-            .js
+        self.js
             .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| format!("JetStream publish failed: {e}"))?
-            .await
-            .map_err(|e| format!("JetStream did not acknowledge the event: {e}"))?;
-        Ok(Stored {
-            duplicate: ack.duplicate,
-        })
+            .map_err(|e| format!("JetStream publish failed: {e}"))
     }
 }
 
@@ -136,15 +140,46 @@ impl EventSink for JetStreamSink {
             if let Err(why) = self.ready() {
                 return events.iter().map(|_| Err(why.clone())).collect();
             }
-            // Every event is published, and its acknowledgement awaited, by a future of its
-            // own; all are driven together. A publish holds one slot of the JetStream window
-            // (`maxInFlightPublishes`) from its send until its acknowledgement has been
-            // awaited, so acknowledgements must be awaited while later events of the request
-            // still wait for a slot. Sending every event first and awaiting the
-            // acknowledgements afterwards deadlocked as soon as concurrent requests together
-            // wanted more than the window: each held a part of it and waited for more, and
-            // none ever got to releasing its part (the benchmark's overload found it).
-            join_all(events.iter().map(|event| self.publish(event))).await
+            // A request takes the window slots for all the events it sends at once (a FIFO
+            // semaphore: only the first waiter collects slots as they free up, the others
+            // hold none), then sends them all and awaits their acknowledgements together, so
+            // a batch costs one round trip and one wake-up, not one per event. Taking the
+            // slots one publish at a time, as the JetStream context's own window does,
+            // deadlocked as soon as concurrent requests together wanted more than the
+            // window: each held a part of it while waiting for more, and none got to
+            // awaiting its acknowledgements (the benchmark's overload found it).
+            let mut results = Vec::with_capacity(events.len());
+            for chunk in events.chunks(self.window_size) {
+                let slots = chunk.len() as u32;
+                let Ok(Ok(permits)) = tokio::time::timeout(
+                    self.publish_timeout,
+                    self.window.clone().acquire_many_owned(slots),
+                )
+                .await
+                else {
+                    results.extend(chunk.iter().map(|_| {
+                        Err("the JetStream publish window stayed full; retry".to_owned())
+                    }));
+                    continue;
+                };
+                let mut pending = Vec::with_capacity(chunk.len());
+                for event in chunk {
+                    pending.push(self.send(event).await);
+                }
+                results.extend(
+                    join_all(pending.into_iter().map(|sent| async move {
+                        let ack = sent?
+                            .await
+                            .map_err(|e| format!("JetStream did not acknowledge the event: {e}"))?;
+                        Ok(Stored {
+                            duplicate: ack.duplicate,
+                        })
+                    }))
+                    .await,
+                );
+                drop(permits);
+            }
+            results
         })
     }
 

@@ -28,6 +28,15 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in YAML.
 pub const API_VERSION: &str = "tally.dev/v1alpha1";
 
+/// This crate's source directory, where the CRD YAML is committed. Read at run time when
+/// cargo provides it (`cargo run`, `cargo test`), so a binary built from another checkout
+/// that shares the target directory still looks at this one.
+pub fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
+}
+
 /// Every CRD of this crate, rendered as YAML documents in a stable order, with the file
 /// name each one is committed under in `crds/`.
 pub fn crd_files() -> Vec<(&'static str, String)> {

@@ -1,10 +1,8 @@
 //! The CRD YAML committed in `crds/` must be exactly what the Rust types generate.
 
-use std::path::Path;
-
 #[test]
 fn committed_crd_yaml_matches_the_types() {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = tally_crds::crate_dir();
     let mut stale = Vec::new();
     for (name, expected) in tally_crds::crd_files() {
         let committed = std::fs::read_to_string(crate_dir.join(name)).unwrap_or_default();

@@ -9,12 +9,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+    e2e_dir().join("scripts")
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    e2e_dir().join("..")
+}
+
+/// This crate's directory, read at run time when cargo provides it, so a test binary built
+/// from another checkout that shares the target directory uses this checkout's scripts.
+fn e2e_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }
 
 pub struct Cluster {

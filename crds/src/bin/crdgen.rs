@@ -1,10 +1,8 @@
 //! Writes the CRD YAML generated from the Rust types into `crds/` (and the Helm chart's copy
 //! when the chart exists). Run with `make crds` after changing the types.
 
-use std::path::Path;
-
 fn main() -> std::io::Result<()> {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = tally_crds::crate_dir();
     let chart_crds = crate_dir.join("../charts/tally/crds");
     for (name, yaml) in tally_crds::crd_files() {
         std::fs::write(crate_dir.join(name), &yaml)?;

@@ -158,8 +158,11 @@ pub struct Overload {
     pub latency_all: Latency,
     pub rss_before_mib: Option<f64>,
     pub rss_peak_mib: Option<f64>,
-    pub rss_peak_first_half_mib: Option<f64>,
-    pub rss_peak_second_half_mib: Option<f64>,
+    /// Peak RSS in the middle third of the overload, and in the last third: memory is
+    /// bounded when it has stopped growing (the first third is the warm-up, as connections
+    /// open and their buffers grow).
+    pub rss_peak_middle_third_mib: Option<f64>,
+    pub rss_peak_last_third_mib: Option<f64>,
     pub rss_after_mib: Option<f64>,
     pub collector_vm_hwm_mib: Option<f64>,
     pub sheds_load: bool,
@@ -245,8 +248,8 @@ pub async fn overload(
         },
         rss_before_mib: rss_before,
         rss_peak_mib: peak(0.0, f64::MAX),
-        rss_peak_first_half_mib: peak(0.0, secs / 2.0),
-        rss_peak_second_half_mib: peak(secs / 2.0, f64::MAX),
+        rss_peak_middle_third_mib: peak(secs / 3.0, secs * 2.0 / 3.0),
+        rss_peak_last_third_mib: peak(secs * 2.0 / 3.0, f64::MAX),
         rss_after_mib: collector_pid.and_then(rss_mib),
         collector_vm_hwm_mib: collector_pid.and_then(peak_mib),
         sheds_load: shed > 0,

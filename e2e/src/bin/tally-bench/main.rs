@@ -474,7 +474,8 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                     connections: cli.overload_connections(),
                     max_rps: batch_max_rps,
                     factor: cli.overload_factor,
-                    duration: duration.max(Duration::from_secs(5)),
+                    // Twice as long as the other phases: memory must be seen to level off.
+                    duration: (duration * 2).max(Duration::from_secs(6)),
                 },
                 pid,
                 procs(target),

@@ -232,11 +232,11 @@ pub fn print(r: &Report) {
             f(o.latency_all.p99_ms, 1)
         );
         println!(
-            "  collector RSS MiB: before {}, peak {} (first half {}, second half {}), after {}",
+            "  collector RSS MiB: before {}, peak {} (middle third {}, last third {}), after {}",
             opt(o.rss_before_mib),
             opt(o.rss_peak_mib),
-            opt(o.rss_peak_first_half_mib),
-            opt(o.rss_peak_second_half_mib),
+            opt(o.rss_peak_middle_third_mib),
+            opt(o.rss_peak_last_third_mib),
             opt(o.rss_after_mib)
         );
         println!("{}", cpu(&o.cpu));
@@ -383,8 +383,9 @@ pub fn print(r: &Report) {
         }),
         r.overload.as_ref().map(|o| {
             o.sheds_load
-                && match (o.rss_peak_first_half_mib, o.rss_peak_second_half_mib) {
-                    (Some(a), Some(b)) => b <= a * 1.25 + 16.0,
+                && match (o.rss_peak_middle_third_mib, o.rss_peak_last_third_mib) {
+                    // Stopped growing: the last third within 10 % (+32 MiB) of the middle.
+                    (Some(a), Some(b)) => b <= a * 1.1 + 32.0,
                     _ => true,
                 }
         }),
