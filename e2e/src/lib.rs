@@ -191,6 +191,8 @@ pub struct Options {
     pub batch_max_rows: u32,
     pub batch_max_wait: &'static str,
     pub ack_wait: &'static str,
+    /// The stream's `duplicateWindow` (the pipeline's default when `None`).
+    pub duplicate_window: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -199,6 +201,7 @@ impl Default for Options {
             batch_max_rows: 5000,
             batch_max_wait: "100ms",
             ack_wait: "3s",
+            duplicate_window: None,
         }
     }
 }
@@ -466,6 +469,12 @@ impl Stack {
     }
 
     /// GETs `/v1/stats` with the given query string.
+    /// The processor's `/metrics` text.
+    pub async fn processor_metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.processor_port);
+        Ok(self.http.get(url).send().await?.text().await?)
+    }
+
     pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
             .http
@@ -566,7 +575,7 @@ metadata:
   name: {PIPELINE}
 spec:
   nats:
-    url: nats://127.0.0.1:{nats_port}
+    url: nats://127.0.0.1:{nats_port}{stream}
   clickhouse:
     url: http://127.0.0.1:{clickhouse_port}
   collector:
@@ -579,6 +588,10 @@ spec:
         rows = options.batch_max_rows,
         wait = options.batch_max_wait,
         ack = options.ack_wait,
+        stream = options
+            .duplicate_window
+            .map(|w| format!("\n    stream:\n      duplicateWindow: {w}"))
+            .unwrap_or_default(),
     );
     for site in SITES {
         yaml.push_str(&format!(

@@ -122,6 +122,68 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A re-post after the stream's duplicate window is a new message to JetStream; the processor
+/// still stores the event once, whether the copies arrive in one batch or in two.
+#[tokio::test]
+async fn a_repost_after_the_duplicate_window_counts_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start(Options {
+        duplicate_window: Some("1s"),
+        ..Options::default()
+    })
+    .await?;
+    stack.processor.stop();
+    let same_batch = page_view("docs", "/same-batch", Some("reader"), "09:00:00");
+    let later_batch = page_view("docs", "/later-batch", Some("reader"), "09:30:00");
+    for event in [&same_batch, &later_batch] {
+        let (status, answer) = stack.post(event.to_string()).await?;
+        assert_eq!(status, 202, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, answer) = stack.post(same_batch.to_string()).await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_ne!(
+        answer["results"][0]["duplicate"],
+        json!(true),
+        "past the window JetStream stores the copy: {answer}"
+    );
+    // Both copies of the first event wait in the stream: the processor gets them in one batch.
+    stack.start_processor(&[]).await?;
+    stack
+        .wait_sql(
+            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'docs'"),
+            "2",
+            WAIT,
+        )
+        .await?;
+    // The second event's copy comes after its original was written.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, answer) = stack.post(later_batch.to_string()).await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_ne!(answer["results"][0]["duplicate"], json!(true), "{answer}");
+    stack
+        .post(page_view("docs", "/marker", None, "10:00:00").to_string())
+        .await?;
+    stack
+        .wait_sql(
+            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'docs'"),
+            "3",
+            WAIT,
+        )
+        .await?;
+    let raw = stack
+        .sql(&format!(
+            "SELECT count(), uniqExact(event_id) FROM {DATABASE}.events WHERE site_id = 'docs'"
+        ))
+        .await?;
+    assert_eq!(raw.trim(), "3\t3", "one row per event");
+    let skipped = stack.processor_metrics().await?;
+    assert!(
+        skipped.contains("tally_processor_events_skipped_duplicate_total 2"),
+        "both copies skipped: {skipped}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn invalid_payloads_are_refused_with_details_and_store_nothing() -> anyhow::Result<()> {
     let stack = Stack::start(Options::default()).await?;
@@ -292,13 +354,7 @@ async fn a_crash_between_insert_and_ack_counts_nothing_twice() -> anyhow::Result
     // Give a wrong double insert time to show up before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_exact(&stack, 450).await?;
-    let metrics = stack
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", stack.processor_port))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = stack.processor_metrics().await?;
     assert!(
         metrics.contains("tally_processor_events_skipped_duplicate_total 100"),
         "the redelivered batch was recognised as stored:\n{metrics}"

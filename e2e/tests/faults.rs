@@ -203,13 +203,7 @@ const FORGOTTEN: &str = "tally_processor_events_stored_on_first_delivery_total";
 
 /// A counter of the processor's `/metrics`.
 async fn processor_metric(stack: &Stack, name: &str) -> anyhow::Result<u64> {
-    let text = stack
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", stack.processor_port))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = stack.processor_metrics().await?;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .with_context(|| format!("{name} not in:\n{text}"))?

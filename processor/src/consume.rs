@@ -27,6 +27,7 @@
 //!   (`TALLY_<PIPELINE>_DLQ`, subject `tally.<pipeline>.dlq.<site>`) with headers saying why,
 //!   and then acknowledged. It is acknowledged only after the dead-letter stream confirmed it.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use tally_contracts::stream::dead_letter;
 use tally_contracts::{Event, RuntimeConfig, naming, stream};
 use uuid::Uuid;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::store::Store;
 
 /// Batching and fault-injection settings of the loop.
@@ -65,6 +66,9 @@ pub struct Processor {
 
 /// Asked to stop while a batch was still unwritten; its messages will be redelivered.
 struct Interrupted;
+
+/// A batch written: the messages that cannot be stored (by index in the batch), with why.
+type Outcome = Result<Vec<(usize, Poison)>, Interrupted>;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -90,39 +94,58 @@ struct Candidate {
 impl Processor {
     /// Runs until `shutdown` resolves; a batch being written when it does is finished first
     /// (or abandoned unacknowledged if ClickHouse is failing).
+    ///
+    /// The stages overlap where order does not matter: the next batch is fetched while one is
+    /// written, and a batch's acknowledgements go out while the next is written. Writes stay
+    /// strictly one after the other, so a batch's look-up sees everything written before it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         let mut inserts = 0u64;
         let mut backoff = MIN_BACKOFF;
+        // The batch fetched while the last one was written.
+        let mut ahead: Option<Vec<Message>> = None;
+        // The acknowledgements of the last batch written (at most one batch in flight).
+        let mut acking: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            let fetched = tokio::select! {
-                _ = &mut shutdown => return,
-                fetched = self.fetch() => fetched,
-            };
-            let messages = match fetched {
-                Ok(messages) => {
-                    self.metrics.set_nats_ok(true);
-                    backoff = MIN_BACKOFF;
-                    messages
-                }
-                Err(e) => {
-                    self.metrics.set_nats_ok(false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "fetching from JetStream failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
+            let messages = match ahead.take() {
+                Some(messages) => messages,
+                None => {
+                    let fetched = tokio::select! {
+                        _ = &mut shutdown => break,
+                        fetched = self.fetch() => fetched,
+                    };
+                    match fetched {
+                        Ok(messages) => {
+                            self.metrics.set_nats_ok(true);
+                            backoff = MIN_BACKOFF;
+                            messages
+                        }
+                        Err(e) => {
+                            self.metrics.set_nats_ok(false);
+                            tracing::warn!(error = %e, retry_in = ?backoff, "fetching from JetStream failed");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
                 }
             };
             if messages.is_empty() {
                 continue;
             }
-            let Ok(poison) = self.process(&messages, &mut shutdown).await else {
+            let (outcome, next) = self.process_fetching_ahead(&messages, &mut shutdown).await;
+            let Ok(poison) = outcome else {
                 tracing::info!(
                     messages = messages.len(),
                     "stopping with a batch unwritten; JetStream will redeliver it"
                 );
-                return;
+                if let Some(next) = next {
+                    // Not started: hand it back at once rather than after the ack wait.
+                    join_all(next.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+                }
+                break;
             };
+            ahead = next;
             inserts += 1;
             if self
                 .settings
@@ -139,29 +162,76 @@ impl Processor {
             for (index, _) in &poison {
                 stored[*index] = false;
             }
-            let acks = join_all(
-                messages
-                    .iter()
-                    .zip(&stored)
-                    .filter(|(_, stored)| **stored)
-                    .map(|(m, _)| m.ack()),
-            )
-            .await;
-            if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
-                // Unacknowledged messages come back and are then found stored: no double count.
-                tracing::warn!(error = %e, "acknowledging a batch failed");
-            }
             join_all(
                 poison
                     .iter()
                     .map(|(index, poison)| self.give_back(&messages[*index], poison)),
             )
             .await;
+            if let Some(previous) = acking.take() {
+                let _ = previous.await;
+            }
+            let to_ack: Vec<Message> = messages
+                .into_iter()
+                .zip(stored)
+                .filter_map(|(m, stored)| stored.then_some(m))
+                .collect();
+            acking = Some(tokio::spawn(acknowledge(to_ack, self.metrics.clone())));
         }
+        if let Some(last) = acking {
+            let _ = last.await;
+        }
+    }
+
+    /// Writes `messages` (see [`Self::process`]) while the next batch is fetched, telling
+    /// JetStream often enough (every third of the ack wait) that both are being worked on:
+    /// however long the inserts take — retried through an outage, or halved around refused
+    /// events — no message of either is handed to another replica, or delivered again,
+    /// meanwhile. Returns the outcome and the next batch, if one came (a failed fetch is
+    /// left to the next plain fetch, which reports it).
+    async fn process_fetching_ahead(
+        &self,
+        messages: &[Message],
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> (Outcome, Option<Vec<Message>>) {
+        let tick = (self.settings.ack_wait / 3).max(Duration::from_millis(50));
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut work = pin!(self.process(messages, shutdown));
+        let mut fetch = pin!(self.fetch());
+        let mut ahead: Option<Vec<Message>> = None;
+        let mut fetching = true;
+        let outcome = loop {
+            tokio::select! {
+                done = &mut work => break done,
+                fetched = &mut fetch, if fetching => {
+                    fetching = false;
+                    match fetched {
+                        Ok(next) if !next.is_empty() => ahead = Some(next),
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "fetching ahead failed"),
+                    }
+                }
+                _ = progress.tick() => {
+                    let held = messages.iter().chain(ahead.iter().flatten());
+                    join_all(held.map(|m| m.ack_with(AckKind::Progress))).await;
+                }
+            }
+        };
+        if fetching && outcome.is_ok() {
+            // Dropping a fetch half-way would strand the messages it has received until their
+            // ack wait ends; it ends by itself within `batchMaxWait`.
+            if let Ok(next) = fetch.await
+                && !next.is_empty()
+            {
+                ahead = Some(next);
+            }
+        }
+        (outcome, ahead)
     }
 
     /// Up to `max_rows` messages, waiting at most `max_wait` for them.
     async fn fetch(&self) -> Result<Vec<Message>, async_nats::Error> {
+        let started = Instant::now();
         let mut batch = self
             .consumer
             .batch()
@@ -180,6 +250,9 @@ impl Processor {
                 }
             }
         }
+        if !messages.is_empty() {
+            self.metrics.record_stage(Stage::Fetch, started.elapsed());
+        }
         Ok(messages)
     }
 
@@ -190,7 +263,7 @@ impl Processor {
         &self,
         messages: &[Message],
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Vec<(usize, Poison)>, Interrupted> {
+    ) -> Outcome {
         let mut candidates = Vec::with_capacity(messages.len());
         let mut poison = Vec::new();
         for (index, message) in messages.iter().enumerate() {
@@ -210,10 +283,7 @@ impl Processor {
         }
         let started = Instant::now();
         let (written, skipped, rejected) = self
-            .keeping_messages(
-                messages,
-                self.store_isolating_rejections(&candidates, shutdown),
-            )
+            .store_isolating_rejections(&candidates, shutdown)
             .await?;
         self.metrics
             .record_batch(written, skipped, started.elapsed());
@@ -306,13 +376,20 @@ impl Processor {
         nothing_failed_yet: bool,
     ) -> clickhouse::error::Result<(usize, usize)> {
         let events: Vec<&Event> = chunk.iter().map(|&i| &candidates[i].event).collect();
+        let started = Instant::now();
         let stored = self.store.stored_ids(&events).await?;
+        self.metrics.record_stage(Stage::Lookup, started.elapsed());
+        // Neither stored already nor a second copy within the batch (a re-post after the
+        // duplicate window, both copies still waiting in the stream).
+        let mut seen = HashSet::with_capacity(events.len());
         let fresh: Vec<&Event> = events
             .into_iter()
-            .filter(|e| !stored.contains(&e.event_id))
+            .filter(|e| !stored.contains(&e.event_id) && seen.insert(e.event_id))
             .collect();
         if !fresh.is_empty() {
+            let started = Instant::now();
             self.store.insert(&fresh).await?;
+            self.metrics.record_stage(Stage::Insert, started.elapsed());
         }
         // Stored already, yet delivered as if for the first time (and not by an insert of
         // this batch whose outcome was unknown): JetStream lost its record of an earlier
@@ -372,23 +449,17 @@ impl Processor {
             }
         }
     }
+}
 
-    /// Runs `work` on a batch, telling JetStream often enough (every third of the ack wait)
-    /// that the batch is still being worked on: however long its inserts take — retried
-    /// through an outage, or halved around refused events — no message of it is handed to
-    /// another replica, or delivered again, meanwhile.
-    async fn keeping_messages<T>(&self, messages: &[Message], work: impl Future<Output = T>) -> T {
-        let tick = (self.settings.ack_wait / 3).max(Duration::from_millis(50));
-        let mut work = pin!(work);
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = tokio::time::sleep(tick) => {
-                    join_all(messages.iter().map(|m| m.ack_with(AckKind::Progress))).await;
-                }
-            }
-        }
+/// Acknowledges the messages of a written batch.
+async fn acknowledge(messages: Vec<Message>, metrics: Arc<Metrics>) {
+    let started = Instant::now();
+    let acks = join_all(messages.iter().map(|m| m.ack())).await;
+    if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
+        // Unacknowledged messages come back and are then found stored: no double count.
+        tracing::warn!(error = %e, "acknowledging a batch failed");
     }
+    metrics.record_stage(Stage::Ack, started.elapsed());
 }
 
 /// Sleeps for `delay`; returns early with `Interrupted` when asked to stop.

@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,7 @@ pub struct Metrics {
     batches: Counter,
     insert_failures: Counter,
     insert_seconds: Histogram,
+    stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     nats_ok: AtomicBool,
     storage_ok: AtomicBool,
     started: AtomicBool,
@@ -43,6 +45,8 @@ impl Default for Metrics {
         let batches = Counter::default();
         let insert_failures = Counter::default();
         let insert_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let stage_seconds: Family<_, _, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
         registry.register(
             "events_written",
             "Events inserted into ClickHouse",
@@ -90,6 +94,12 @@ impl Default for Metrics {
             "Time to write one batch",
             insert_seconds.clone(),
         );
+        registry.register(
+            "stage_seconds",
+            "Time a batch spends in each stage of the loop: fetch (from JetStream), lookup (of \
+             its event ids in ClickHouse), insert, ack",
+            stage_seconds.clone(),
+        );
         Self {
             registry,
             written,
@@ -101,6 +111,7 @@ impl Default for Metrics {
             batches,
             insert_failures,
             insert_seconds,
+            stage_seconds,
             nats_ok: AtomicBool::new(false),
             storage_ok: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -115,6 +126,12 @@ impl Metrics {
         self.skipped.inc_by(skipped as u64);
         self.batches.inc();
         self.insert_seconds.observe(took.as_secs_f64());
+    }
+    /// One batch's time in `stage` (see [`Stage`]).
+    pub fn record_stage(&self, stage: Stage, took: Duration) {
+        self.stage_seconds
+            .get_or_create(&[("stage", stage.label())])
+            .observe(took.as_secs_f64());
     }
     pub fn count_stored_on_first_delivery(&self, events: usize) {
         self.skipped_first_delivery.inc_by(events as u64);
@@ -161,6 +178,28 @@ impl Metrics {
             return Err("cannot fetch from JetStream");
         }
         Ok(())
+    }
+}
+
+type StageLabel = [(&'static str, &'static str); 1];
+
+/// The stages of the processor's loop, timed per batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Fetch,
+    Lookup,
+    Insert,
+    Ack,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Lookup => "lookup",
+            Stage::Insert => "insert",
+            Stage::Ack => "ack",
+        }
     }
 }
 

@@ -182,6 +182,7 @@ impl Target {
             batch_max_rows: settings.batch_max_rows,
             batch_max_wait: "1s",
             ack_wait: "30s",
+            duplicate_window: None,
         };
         let stack = Stack::start_servers(options).await?;
         let yaml = pipeline_yaml(settings, stack.nats_port, stack.clickhouse_port);
