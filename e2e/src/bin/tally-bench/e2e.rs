@@ -26,6 +26,66 @@ pub struct Capacity {
     pub ingest_events_per_second: f64,
     /// Cores used from the first POST until all was visible, per process.
     pub cpu: Vec<crate::memory::CpuUse>,
+    /// Where the processor's time went meanwhile (from its `tally_processor_stage_seconds`).
+    pub processor_stages: Option<ProcessorStages>,
+}
+
+/// The processor's batches during a phase, and their mean time in each stage of its loop.
+/// The stages overlap: the next fetch runs during the write (lookup + insert), the acks
+/// during the next write.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessorStages {
+    pub batches: u64,
+    pub rows_per_batch: f64,
+    /// (stage, mean ms per batch)
+    pub mean_ms: Vec<(String, f64)>,
+}
+
+/// The processor's counters and stage histograms: (name with labels, value).
+fn processor_counters(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn processor_stages(before: &str, after: &str) -> ProcessorStages {
+    let (before, after) = (processor_counters(before), processor_counters(after));
+    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+    let batches = delta("tally_processor_batches_total");
+    let mean_ms = ["fetch", "lookup", "insert", "ack"]
+        .into_iter()
+        .map(|stage| {
+            let sum = delta(&format!(
+                "tally_processor_stage_seconds_sum{{stage=\"{stage}\"}}"
+            ));
+            let count = delta(&format!(
+                "tally_processor_stage_seconds_count{{stage=\"{stage}\"}}"
+            ));
+            (
+                stage.to_owned(),
+                if count > 0.0 {
+                    sum * 1000.0 / count
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
+    ProcessorStages {
+        batches: batches as u64,
+        rows_per_batch: if batches > 0.0 {
+            (delta("tally_processor_events_written_total")
+                + delta("tally_processor_events_skipped_duplicate_total"))
+                / batches
+        } else {
+            0.0
+        },
+        mean_ms,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +120,7 @@ pub async fn capacity(
     processes: Vec<(String, u32)>,
 ) -> anyhow::Result<Capacity> {
     let before = rollup_total(target).await?;
+    let metrics_before = target.processor_metrics().await;
     let meter = crate::memory::CpuMeter::start(processes);
     let start = Instant::now();
     let result = load::run(
@@ -93,6 +154,8 @@ pub async fn capacity(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let cpu = meter.finish();
+    let metrics_after = target.processor_metrics().await;
     Ok(Capacity {
         connections,
         events_per_request: requests[0].events as usize,
@@ -101,7 +164,10 @@ pub async fn capacity(
         seconds_until_visible: visible.as_secs_f64(),
         sustained_events_per_second: accepted as f64 / visible.as_secs_f64(),
         ingest_events_per_second: accepted as f64 / posted.as_secs_f64(),
-        cpu: meter.finish(),
+        cpu,
+        processor_stages: metrics_before
+            .zip(metrics_after)
+            .map(|(before, after)| processor_stages(&before, &after)),
     })
 }
 

@@ -263,6 +263,19 @@ pub fn print(r: &Report) {
             n(c.ingest_events_per_second)
         );
         println!("{}", cpu(&c.cpu));
+        if let Some(p) = &c.processor_stages {
+            let stages: Vec<String> = p
+                .mean_ms
+                .iter()
+                .map(|(stage, ms)| format!("{stage} {}", f(*ms, 1)))
+                .collect();
+            println!(
+                "      processor: {} batches of {} rows; mean ms per batch: {} (fetch overlaps the write, acks the next write)",
+                p.batches,
+                n(p.rows_per_batch),
+                stages.join(", ")
+            );
+        }
     }
     if let Some(l) = &r.e2e_lag {
         println!(

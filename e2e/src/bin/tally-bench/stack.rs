@@ -325,6 +325,13 @@ impl Target {
         self.local.as_ref()?.processor.as_ref()?.pid()
     }
 
+    /// The `/metrics` text of the processor the bench started (none with `--target`).
+    pub async fn processor_metrics(&self) -> Option<String> {
+        let port = self.local.as_ref()?.processor_port;
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
     /// The processes whose CPU the bench follows: itself, and those of the stack it knows.
     pub fn processes(
         &self,
