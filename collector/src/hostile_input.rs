@@ -1,9 +1,10 @@
-//! Hostile input against the collector's parsing, as `POST /v1/events` composes it:
-//! [`decode_body`] (gzip with its size cap), [`split_items`] (object, array or NDJSON), the
-//! batch-size limit, and [`validate_event`] on every item. Property tests feed it well over
-//! 10,000 malformed, oversized, deeply nested, invalid UTF-8, gzip-bomb and wrong-type
+//! Hostile input against the collector's parsing, as `POST /v1/events` runs it:
+//! [`parse_events`] — gzip decoding with its size cap, the three body shapes (object, array
+//! or NDJSON), the batch-size limit and every item's validation. Property tests feed it well
+//! over 10,000 malformed, oversized, deeply nested, invalid UTF-8, gzip-bomb and wrong-type
 //! payloads; none may panic, none may be stored, and every answer must be an error with a
-//! reason and a 4xx status.
+//! reason and a 4xx status. The fuzz target in `collector/fuzz` drives the same function
+//! with coverage-guided input.
 
 use std::io::Write as _;
 use std::sync::OnceLock;
@@ -15,8 +16,7 @@ use serde_json::{Map, Value, json};
 use tally_contracts::{Event, RuntimeConfig};
 
 use crate::api::ApiError;
-use crate::payload::{decode_body, split_items};
-use crate::validate::{Limits, Rejection, validate_event};
+use crate::ingest::parse_events;
 
 /// The server clock of every case: 2026-05-28T20:26:40Z.
 const NOW_MS: i64 = 1_780_000_000_000;
@@ -46,32 +46,13 @@ fn ingest(
     body: Vec<u8>,
     encoding: Option<&str>,
     ndjson: bool,
-) -> Result<Vec<Result<Event, Rejection>>, ApiError> {
-    let body = decode_body(body.into(), encoding, MAX_BODY)?;
-    let (_, items) = split_items(&body, ndjson)?;
-    if items.len() > MAX_BATCH {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} events, more than {MAX_BATCH}",
-            items.len()
-        )));
-    }
-    let limits = Limits {
-        max_properties_bytes: MAX_PROPERTIES,
-    };
-    Ok(items
-        .into_iter()
-        .map(|item| match item {
-            Ok(raw) => validate_event(raw, config(), &limits, NOW_MS, None),
-            Err(message) => Err(Rejection::Invalid(vec![crate::validate::Problem {
-                field: "event",
-                message,
-            }])),
-        })
-        .collect())
+) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
+    let content_type = ndjson.then_some("application/x-ndjson");
+    parse_events(config(), body.into(), content_type, encoding, None, NOW_MS)
 }
 
 /// Every answer is a 4xx error with a reason; no event is accepted.
-fn assert_refused(outcome: Result<Vec<Result<Event, Rejection>>, ApiError>) {
+fn assert_refused(outcome: Result<Vec<Result<Event, ApiError>>, ApiError>) {
     let refusals: Vec<ApiError> = match outcome {
         Err(error) => vec![error],
         Ok(items) => {
@@ -80,20 +61,18 @@ fn assert_refused(outcome: Result<Vec<Result<Event, Rejection>>, ApiError>) {
                 .into_iter()
                 .map(|item| match item {
                     Ok(event) => panic!("a hostile event was accepted: {event:?}"),
-                    Err(rejection) => {
-                        if let Rejection::Invalid(problems) = &rejection {
-                            assert!(!problems.is_empty(), "an invalid event names its problems");
-                            for p in problems {
-                                assert!(!p.field.is_empty() && !p.message.is_empty(), "{p:?}");
-                            }
-                        }
-                        ApiError::from(rejection)
-                    }
+                    Err(error) => error,
                 })
                 .collect()
         }
     };
     for error in refusals {
+        if let ApiError::InvalidEvent(problems) = &error {
+            assert!(!problems.is_empty(), "an invalid event names its problems");
+            for p in problems {
+                assert!(!p.field.is_empty() && !p.message.is_empty(), "{p:?}");
+            }
+        }
         let (status, code) = error.status_and_code();
         assert!(status.is_client_error(), "{status} for {error:?}");
         assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,5 +1,5 @@
 //! `POST /v1/events`: read the body within its limits, validate every event, store the
-//! valid ones, and answer per event.
+//! valid ones, and answer per event. [`parse_events`] runs the same steps short of storing.
 
 use std::sync::Arc;
 
@@ -8,24 +8,129 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tally_contracts::Event;
+use tally_contracts::{Event, RuntimeConfig};
 use time::OffsetDateTime;
 
 use crate::admission::Admission;
 use crate::api::{ApiError, IngestResponse, ItemResult};
 use crate::metrics::Outcome;
-use crate::payload::{Shape, decode_body, split_items};
+use crate::payload::{Item, Shape, decode_body, split_items};
 use crate::router::AppState;
-use crate::validate::{Rejection, validate_event};
+use crate::validate::{Limits, Problem, Rejection, validate_event};
+
+/// The limits of one request, from the pipeline's `spec.collector`.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    /// `maxBodyBytes`: the largest body, before and after decompression.
+    pub max_body_bytes: usize,
+    /// `maxBatchEvents`: the most events in one request.
+    pub max_batch_events: usize,
+    /// Limits on the text of one event.
+    pub event: Limits,
+}
+
+impl IngestLimits {
+    /// The limits `config` sets (or their defaults).
+    pub fn of(config: &RuntimeConfig) -> Self {
+        let collector = &config.pipeline.spec.collector;
+        Self {
+            max_body_bytes: collector.max_body_bytes as usize,
+            max_batch_events: collector.max_batch_events as usize,
+            event: Limits {
+                max_properties_bytes: collector.max_properties_bytes as usize,
+            },
+        }
+    }
+
+    fn body_too_large(&self) -> ApiError {
+        ApiError::PayloadTooLarge(format!(
+            "body exceeds the limit of {} bytes",
+            self.max_body_bytes
+        ))
+    }
+}
+
+/// What `POST /v1/events` makes of a request before it stores anything: the request's own
+/// error, or the outcome of each of its events in order. `body` is the body as received,
+/// the other arguments the request's `Content-Type`, `Content-Encoding` and `Origin`
+/// headers; `now_ms` is the server time given to events without a timestamp. The handler
+/// runs these same steps, with load shedding between reading the body and validating it.
+pub fn parse_events(
+    config: &RuntimeConfig,
+    body: bytes::Bytes,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    origin: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
+    let limits = IngestLimits::of(config);
+    if body.len() > limits.max_body_bytes {
+        return Err(limits.body_too_large());
+    }
+    let body = decode_body(body, content_encoding, limits.max_body_bytes)?;
+    let (_, items) = read_items(&body, content_type, &limits)?;
+    let origin_host = origin_host(origin);
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            check_item(item, config, &limits.event, now_ms, origin_host.as_deref())
+                .map_err(ApiError::from)
+        })
+        .collect())
+}
+
+/// The events of a decoded body, read as NDJSON when `content_type` says so, within the
+/// batch limit.
+fn read_items<'a>(
+    body: &'a [u8],
+    content_type: Option<&str>,
+    limits: &IngestLimits,
+) -> Result<(Shape, Vec<Item<'a>>), ApiError> {
+    let ndjson = content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or_default().trim();
+        [
+            "application/x-ndjson",
+            "application/ndjson",
+            "application/jsonl",
+        ]
+        .iter()
+        .any(|m| mime.eq_ignore_ascii_case(m))
+    });
+    let (shape, items) = split_items(body, ndjson)?;
+    if items.len() > limits.max_batch_events {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch holds {} events; the limit is {}",
+            items.len(),
+            limits.max_batch_events
+        )));
+    }
+    Ok((shape, items))
+}
+
+/// One item of a body, validated: an event to store, or why it is refused.
+fn check_item(
+    item: Item<'_>,
+    config: &RuntimeConfig,
+    limits: &Limits,
+    now_ms: i64,
+    origin_host: Option<&str>,
+) -> Result<Event, Rejection> {
+    match item {
+        Ok(raw) => validate_event(raw, config, limits, now_ms, origin_host),
+        Err(message) => Err(Rejection::Invalid(vec![Problem {
+            field: "event",
+            message,
+        }])),
+    }
+}
 
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let max_body = state.max_body_bytes;
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("body exceeds the limit of {max_body} bytes"));
+    let limits = &state.limits;
+    let max_body = limits.max_body_bytes;
     let content_length =
         header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if content_length.is_some_and(|len| len > max_body) {
@@ -33,7 +138,7 @@ pub async fn post_events(
         // writing it) gets to read the 413 instead of a reset connection; beyond 4× the
         // limit the connection is simply closed.
         drain(body, max_body.saturating_mul(4)).await;
-        return Err(too_large());
+        return Err(limits.body_too_large());
     }
     // Load shedding: reserve this request's share of the events budget before buffering its
     // body (estimated from its size, settled once parsed); held until the answer is built.
@@ -48,35 +153,18 @@ pub async fn post_events(
     };
     let raw = axum::body::to_bytes(body, max_body)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|_| limits.body_too_large())?;
     let body = decode_body(
         raw,
         header_str(&headers, header::CONTENT_ENCODING),
         max_body,
     )?;
-    let ndjson = header_str(&headers, header::CONTENT_TYPE).is_some_and(|ct| {
-        let mime = ct.split(';').next().unwrap_or_default().trim();
-        [
-            "application/x-ndjson",
-            "application/ndjson",
-            "application/jsonl",
-        ]
-        .iter()
-        .any(|m| mime.eq_ignore_ascii_case(m))
-    });
-    let (shape, items) = split_items(&body, ndjson)?;
-    if items.len() > state.max_batch_events {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the batch holds {} events; the limit is {}",
-            items.len(),
-            state.max_batch_events
-        )));
-    }
+    let (shape, items) = read_items(&body, header_str(&headers, header::CONTENT_TYPE), limits)?;
     if !admitted.settle(&state.admission, items.len()) {
         return Err(overloaded());
     }
 
-    let origin_host = origin_host(&headers);
+    let origin_host = origin_host(header_str(&headers, header::ORIGIN));
     let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let mut valid: Vec<Event> = Vec::with_capacity(items.len());
     let mut valid_index = Vec::with_capacity(items.len());
@@ -84,19 +172,13 @@ pub async fn post_events(
     // Outcomes are counted once per request, not once per event.
     let mut counts = OutcomeCounts::default();
     for (index, item) in items.into_iter().enumerate() {
-        let checked = match item {
-            Ok(raw) => validate_event(
-                raw,
-                &state.config,
-                &state.limits,
-                now_ms,
-                origin_host.as_deref(),
-            ),
-            Err(message) => Err(Rejection::Invalid(vec![crate::validate::Problem {
-                field: "event",
-                message,
-            }])),
-        };
+        let checked = check_item(
+            item,
+            &state.config,
+            &limits.event,
+            now_ms,
+            origin_host.as_deref(),
+        );
         match checked {
             Ok(event) => {
                 valid.push(event);
@@ -211,10 +293,65 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 
 /// The host of a browser's `Origin` header. An origin that is not a URL (such as `null`)
 /// is returned as written, so it matches no site domain.
-fn origin_host(headers: &HeaderMap) -> Option<String> {
-    let origin = header_str(headers, header::ORIGIN)?;
+fn origin_host(origin: Option<&str>) -> Option<String> {
+    let origin = origin?;
     Some(match url::Url::parse(origin) {
         Ok(url) => url.host_str().unwrap_or(origin).to_owned(),
         Err(_) => origin.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::config;
+
+    const NOW_MS: i64 = 1_780_000_000_000;
+    const EVENT: &str = r#"{"site_id":"shop","event_type":"click"}"#;
+
+    fn parse(
+        body: &str,
+        content_type: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
+        let body = bytes::Bytes::copy_from_slice(body.as_bytes());
+        parse_events(&config(), body, content_type, None, origin, NOW_MS)
+    }
+
+    #[test]
+    fn parse_events_applies_the_configured_limits() {
+        // The defaults: maxBodyBytes 1 MiB, maxBatchEvents 1000.
+        let long = format!(r#"{{"site_id":"shop","title":"{}"}}"#, "x".repeat(1 << 20));
+        assert!(matches!(
+            parse(&long, None, None),
+            Err(ApiError::PayloadTooLarge(_))
+        ));
+        assert!(matches!(
+            parse(&[EVENT; 1001].join("\n"), None, None),
+            Err(ApiError::PayloadTooLarge(_))
+        ));
+        let most = parse(&[EVENT; 1000].join("\n"), None, None).unwrap();
+        assert!(most.len() == 1000 && most.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn parse_events_reads_the_headers_as_the_handler_does() {
+        // A declared NDJSON body of one line is a batch; the media type may carry parameters.
+        let items = parse(EVENT, Some("Application/X-NDJSON; charset=utf-8"), None).unwrap();
+        assert_eq!(items.len(), 1);
+        let items = parse("{\"a\":\n1}", Some("application/x-ndjson"), None).unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(parse("{\"a\":\n1}", Some("application/json"), None).is_ok());
+        // The origin's host must be one of the site's domains.
+        let from = |origin| parse(EVENT, None, Some(origin)).unwrap().remove(0);
+        assert!(from("https://www.shop.example.com:8443").is_ok());
+        assert!(matches!(
+            from("https://elsewhere.example.net"),
+            Err(ApiError::ForbiddenOrigin { .. })
+        ));
+        assert!(matches!(
+            from("null"),
+            Err(ApiError::ForbiddenOrigin { .. })
+        ));
+    }
 }

@@ -1,24 +1,11 @@
 //! `tally-collector`: accepts analytics events over HTTP and publishes them durably to the
-//! pipeline's NATS JetStream stream; also serves the stats API.
+//! pipeline's NATS JetStream stream; also serves the stats API. The command line is read
+//! here; the service lives in the library (`lib.rs`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
-use tally_contracts::service::{CommonArgs, shutdown_signal};
-
-mod admission;
-mod api;
-#[cfg(test)]
-mod hostile_input;
-mod ingest;
-mod metrics;
-mod payload;
-mod router;
-mod sink;
-mod stats;
-mod validate;
+use tally_contracts::service::CommonArgs;
 
 /// Tally collector: takes events on POST /v1/events, publishes them to NATS JetStream,
 /// and answers GET /v1/stats from ClickHouse.
@@ -38,7 +25,7 @@ struct Cli {
         long,
         env = "TALLY_MAX_IN_FLIGHT_EVENTS",
         value_name = "EVENTS",
-        default_value_t = admission::DEFAULT_MAX_IN_FLIGHT_EVENTS
+        default_value_t = tally_collector::DEFAULT_MAX_IN_FLIGHT_EVENTS
     )]
     max_in_flight_events: u32,
 }
@@ -48,23 +35,5 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.common.init_logging();
     let config = cli.common.load_config()?;
-    let sink = Arc::new(
-        sink::JetStreamSink::connect(&config)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
-    );
-    let state = Arc::new(
-        router::AppState::new(config, sink.clone())
-            .with_max_in_flight_events(cli.max_in_flight_events),
-    );
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    tracing::info!(listen = %cli.listen, pipeline = state.config.name(), sites = state.config.sites.len(), "collector started");
-    axum::serve(listener, router::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    sink.flush().await;
-    tracing::info!("collector stopped");
-    Ok(())
+    tally_collector::serve(config, cli.listen, cli.max_in_flight_events).await
 }

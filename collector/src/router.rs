@@ -11,19 +11,17 @@ use tally_contracts::RuntimeConfig;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::admission::{Admission, DEFAULT_MAX_IN_FLIGHT_EVENTS};
+use crate::ingest::{self, IngestLimits};
 use crate::metrics::{self, Metrics};
 use crate::sink::EventSink;
-use crate::validate::Limits;
-use crate::{ingest, stats};
+use crate::stats;
 
 /// What every handler can reach.
 pub struct AppState {
     pub config: RuntimeConfig,
     pub sink: Arc<dyn EventSink>,
     pub clickhouse: clickhouse::Client,
-    pub limits: Limits,
-    pub max_body_bytes: usize,
-    pub max_batch_events: usize,
+    pub limits: IngestLimits,
     pub metrics: Metrics,
     /// Load shedding: the events requests in progress may hold.
     pub admission: Admission,
@@ -31,15 +29,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
-        let collector = &config.pipeline.spec.collector;
         let clickhouse =
             clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
         Self {
-            limits: Limits {
-                max_properties_bytes: collector.max_properties_bytes as usize,
-            },
-            max_body_bytes: collector.max_body_bytes as usize,
-            max_batch_events: collector.max_batch_events as usize,
+            limits: IngestLimits::of(&config),
             clickhouse,
             sink,
             config,

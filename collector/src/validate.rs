@@ -393,12 +393,13 @@ fn check_properties(raw: &RawValue, limits: &Limits) -> Result<Box<RawValue>, St
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NOW: i64 = 1_780_000_000_000;
 
-    fn config() -> RuntimeConfig {
+    /// The pipeline `web` with default limits and the site `shop` (domain shop.example.com).
+    pub(crate) fn config() -> RuntimeConfig {
         RuntimeConfig::parse(
             "test",
             "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\nspec: {}\n---\n\

@@ -1,0 +1,58 @@
+//! `tally-collector`: accepts analytics events over HTTP and publishes them durably to the
+//! pipeline's NATS JetStream stream; also serves the stats API.
+//!
+//! The binary (`main.rs`) reads its command line and calls [`serve`]. [`parse_events`] is
+//! what `POST /v1/events` makes of a request before it stores anything, open to the fuzz
+//! target in `collector/fuzz`. Everything else stays inside the crate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tally_contracts::RuntimeConfig;
+use tally_contracts::service::shutdown_signal;
+
+mod admission;
+mod api;
+#[cfg(test)]
+mod hostile_input;
+mod ingest;
+mod metrics;
+mod payload;
+mod router;
+mod sink;
+mod stats;
+mod validate;
+
+pub use admission::DEFAULT_MAX_IN_FLIGHT_EVENTS;
+pub use api::ApiError;
+pub use ingest::parse_events;
+pub use validate::Problem;
+
+/// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or
+/// SIGTERM; publishes still in progress are flushed before it returns.
+/// `max_in_flight_events` is the load-shedding budget (0: none).
+pub async fn serve(
+    config: RuntimeConfig,
+    listen: SocketAddr,
+    max_in_flight_events: u32,
+) -> anyhow::Result<()> {
+    let sink = Arc::new(
+        sink::JetStreamSink::connect(&config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
+    );
+    let state = Arc::new(
+        router::AppState::new(config, sink.clone()).with_max_in_flight_events(max_in_flight_events),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, pipeline = state.config.name(), sites = state.config.sites.len(), "collector started");
+    axum::serve(listener, router::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    sink.flush().await;
+    tracing::info!("collector stopped");
+    Ok(())
+}
