@@ -9,7 +9,7 @@ CARGO := $(SCRIPTS)/cargo.sh
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test bench build crds fmt fmt-check lint servers
+.PHONY: help dev test fuzz bench build crds fmt fmt-check lint servers
 
 help: ## Show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -20,6 +20,9 @@ dev: ## Run NATS, ClickHouse, processor and collector locally (e2e/scripts/dev.s
 
 test: ## Install the test servers, then cargo test --workspace --locked
 	$(SCRIPTS)/test.sh $(ARGS)
+
+fuzz: ## Fuzz the collector's request parsing (ARGS=seconds, default 60; needs nightly)
+	$(SCRIPTS)/fuzz.sh $(ARGS)
 
 bench: ## Measure on this machine: throughput, latency, lag, reads, overload (ARGS=--quick: smoke run)
 	$(SCRIPTS)/bench.sh $(ARGS)

@@ -2,7 +2,8 @@
 # The test suite (what `make test` and CI run): installs the pinned servers and
 # builds the pinned Kubernetes control plane (k8s-build.sh),
 # exports TALLY_NATS_SERVER and TALLY_CLICKHOUSE_SERVER (from servers.env) for
-# the tests that start real servers, builds the binaries the e2e tests run, then runs
+# the tests that start real servers, checks the Helm chart, fuzzes the collector's parsing
+# for TALLY_FUZZ_SECONDS (60; fuzz.sh), builds the binaries the e2e tests run, then runs
 #   cargo test --workspace --locked [ARGS...]
 # Extra arguments go to cargo test, e.g. `e2e/scripts/test.sh -p tally-processor`.
 set -euo pipefail
@@ -22,6 +23,9 @@ cd "$TALLY_ROOT"
 # The Helm chart, offline: lint (Helm 3 and 4), template, strict schema validation. The
 # e2e test tests/chart.rs installs it into a real control plane.
 "$TALLY_SCRIPTS/chart-test.sh"
+# The collector's request parsing under coverage-guided fuzzing (cargo-fuzz, nightly), for
+# a bounded time; a crash fails the suite with the input that caused it.
+"$TALLY_SCRIPTS/fuzz.sh" "${TALLY_FUZZ_SECONDS:-60}"
 
 # The e2e tests run the real binaries, which `cargo test` alone does not build.
 log "cargo build --workspace --bins --locked (target dir $CARGO_TARGET_DIR)"
