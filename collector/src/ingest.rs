@@ -96,15 +96,7 @@ fn read_items<'a>(
         .iter()
         .any(|m| mime.eq_ignore_ascii_case(m))
     });
-    let (shape, items) = split_items(body, ndjson)?;
-    if items.len() > limits.max_batch_events {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the batch holds {} events; the limit is {}",
-            items.len(),
-            limits.max_batch_events
-        )));
-    }
-    Ok((shape, items))
+    split_items(body, ndjson, limits.max_batch_events)
 }
 
 /// One item of a body, validated: an event to store, or why it is refused.

@@ -68,11 +68,27 @@ fn max_len(field: &str) -> usize {
     }
 }
 
+/// The most unknown or repeated fields of one event that are named among its problems; the
+/// rest are counted in one more problem. An event of a million unknown fields thus costs no
+/// more memory, and no longer an answer, than its own text.
+const MAX_LISTED_FIELDS: usize = 20;
+
+/// A field name as a message quotes it: its first 64 characters, so that a name a megabyte
+/// long does not make the answer megabytes long.
+fn quoted(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}…", &name[..cut]),
+    }
+}
+
 /// The raw JSON value of each canonical field, borrowed from the body.
 #[derive(Default)]
 struct RawFields<'a> {
     values: [Option<&'a RawValue>; FIELDS.len()],
     problems: Vec<Problem>,
+    /// Unknown or repeated fields past [`MAX_LISTED_FIELDS`].
+    unlisted: usize,
 }
 
 impl<'de> serde::Deserialize<'de> for RawFields<'de> {
@@ -89,22 +105,21 @@ impl<'de> serde::Deserialize<'de> for RawFields<'de> {
                     let Some(index) = FIELDS.iter().position(|(_, names)| names.contains(&&*key))
                     else {
                         map.next_value::<IgnoredAny>()?;
-                        fields.problems.push(Problem {
-                            field: "event",
-                            message: format!("unknown field {key:?}"),
-                        });
+                        fields.field_problem("event", || format!("unknown field {}", quoted(&key)));
                         continue;
                     };
                     let value: &'de RawValue = map.next_value()?;
                     if fields.values[index].replace(value).is_some() {
-                        fields.problems.push(Problem {
-                            field: FIELDS[index].0,
-                            message: format!(
-                                "given more than once (as one of {})",
-                                FIELDS[index].1.join(", ")
-                            ),
+                        let (field, names) = FIELDS[index];
+                        fields.field_problem(field, || {
+                            format!("given more than once (as one of {})", names.join(", "))
                         });
                     }
+                }
+                if fields.unlisted > 0 {
+                    let message =
+                        format!("and {} more unknown or repeated fields", fields.unlisted);
+                    fields.problem("event", message);
                 }
                 Ok(fields)
             }
@@ -117,6 +132,16 @@ impl<'a> RawFields<'a> {
     fn get(&self, field: &str) -> Option<&'a RawValue> {
         let index = FIELDS.iter().position(|(name, _)| *name == field)?;
         self.values[index].filter(|v| v.get() != "null")
+    }
+
+    /// A problem with the fields themselves (unknown, repeated): listed up to
+    /// [`MAX_LISTED_FIELDS`], counted after that.
+    fn field_problem(&mut self, field: &'static str, message: impl FnOnce() -> String) {
+        if self.problems.len() < MAX_LISTED_FIELDS {
+            self.problem(field, message());
+        } else {
+            self.unlisted += 1;
+        }
     }
 
     fn problem(&mut self, field: &'static str, message: impl Into<String>) {
@@ -498,6 +523,41 @@ pub(crate) mod tests {
             fields.iter().filter(|f| **f == "site_id").count(),
             1,
             "{fields:?}"
+        );
+    }
+
+    #[test]
+    fn names_at_most_twenty_unknown_or_repeated_fields() {
+        // 50,000 unknown fields and a path given 50,000 times: a 1 MB event that used to
+        // cost a problem (and a 10 MB list of them) per field.
+        let fields: Vec<String> = (0..50_000)
+            .map(|i| format!(r#""f{i}":0,"path":"/""#))
+            .collect();
+        let json = format!(r#"{{"site_id":"shop",{}}}"#, fields.join(","));
+        let Err(Rejection::Invalid(problems)) = check(&json) else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), MAX_LISTED_FIELDS + 2, "{problems:?}");
+        assert_eq!(problems[0].message, r#"unknown field "f0""#);
+        assert_eq!(problems[1].message, r#"unknown field "f1""#);
+        assert_eq!(problems[2].field, "path");
+        assert_eq!(
+            problems[MAX_LISTED_FIELDS].message,
+            "and 99979 more unknown or repeated fields"
+        );
+        // The fields' own problems are still reported.
+        assert_eq!(problems[MAX_LISTED_FIELDS + 1].field, "event_type");
+        // A long unknown name is quoted in part.
+        let long = format!(
+            r#"{{"site_id":"shop","event_type":"x","{}":0}}"#,
+            "é".repeat(100_000)
+        );
+        let Err(Rejection::Invalid(problems)) = check(&long) else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(
+            problems[0].message,
+            format!("unknown field {:?}…", "é".repeat(64))
         );
     }
 

@@ -8,11 +8,12 @@
 # Needs the nightly toolchain (rustup's `nightly`; instrumented builds use -Z flags).
 # Installs the pinned cargo-fuzz into $TALLY_CACHE/cargo-fuzz-<version> once, and builds
 # the target into $TALLY_CACHE/fuzz-target (instrumented with AddressSanitizer and with
-# debug assertions on, so an arithmetic overflow is a crash too). The fuzzer works on a
-# copy of the corpus in a temporary directory, so the work tree is left as it was. When
-# libFuzzer finds a crash (a panic, a failed assertion, a memory error, a timeout, or more
-# memory than -rss_limit_mb), the script fails with the input's path and base64; replay
-# it with `<binary> <file>` (the binary's path is printed).
+# debug assertions on, so an arithmetic overflow is a crash too). It replays the inputs of
+# collector/fuzz/regressions/ once each, then fuzzes a copy of the corpus in a temporary
+# directory, so the work tree is left as it was. When libFuzzer finds a crash (a panic, a
+# failed assertion, a memory error, a timeout, or more memory than -rss_limit_mb), the
+# script fails with the input's path and base64; replay it with `<binary> <file>` (the
+# binary's path is printed), and once fixed, add it to collector/fuzz/regressions/.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -80,6 +81,26 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/corpus" "$work/artifacts"
 cp "$fuzz_dir/corpus/$FUZZ_TARGET"/* "$work/corpus/"
 
+# excerpt LOG — the end of a libFuzzer log, then the lines that say what failed.
+excerpt() {
+  tail -n 40 "$1" >&2
+  log "what failed:"
+  { grep -E -A1 '^Running: |panicked at |ERROR: ' "$1" | grep -v '^--$' | head -n 20 >&2; } || true
+}
+
+# Inputs that once found a bug are replayed first, each once. They are kept out of the
+# fuzzing corpus: most inflate to a megabyte and would slow every mutation of them.
+regressions=("$fuzz_dir/regressions/$FUZZ_TARGET"/*)
+if [[ -e "${regressions[0]}" ]]; then
+  log "replaying ${#regressions[@]} regression inputs of collector/fuzz/regressions/$FUZZ_TARGET"
+  "$binary" -timeout="$FUZZ_TIMEOUT_SECONDS" -rss_limit_mb="$FUZZ_RSS_LIMIT_MB" \
+    -artifact_prefix="$work/artifacts/" "${regressions[@]}" >"$work/regressions.log" 2>&1 || {
+    trap - EXIT
+    excerpt "$work/regressions.log"
+    die "a regression input fails again (the last 'Running:' above); all output in $work"
+  }
+fi
+
 log "fuzzing $FUZZ_TARGET for $seconds s (corpus: $(find "$work/corpus" -type f | wc -l) seeds; log: $work/fuzz.log)"
 status=0
 "$binary" "$work/corpus" \
@@ -98,7 +119,7 @@ final_stat() { sed -n "s/^stat::$1: *//p" "$work/fuzz.log" | tail -n 1; }
 artifacts=("$work"/artifacts/*)
 if ((status != 0)) || [[ -e "${artifacts[0]}" ]]; then
   trap - EXIT # keep the findings and the log
-  tail -n 60 "$work/fuzz.log" >&2
+  excerpt "$work/fuzz.log"
   for artifact in "${artifacts[@]}"; do
     [[ -e "$artifact" ]] || continue
     log "libFuzzer's finding: $artifact ($(stat -c %s "$artifact") bytes), base64:"
