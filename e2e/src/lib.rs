@@ -95,6 +95,19 @@ impl Process {
         })
     }
 
+    /// The process id, while the harness holds the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Fails, naming the process and its log, when a process that was started has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() && !self.is_running() {
+            bail!("{} exited; see {}", self.name, self.log.display());
+        }
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -419,9 +432,7 @@ impl Stack {
             &mut self.processor,
             &mut self.collector,
         ] {
-            if process.child.is_some() && !process.is_running() {
-                bail!("{} exited; see {}", process.name, process.log.display());
-            }
+            process.ensure_running()?;
         }
         Ok(())
     }
@@ -508,26 +519,13 @@ impl Stack {
 
     /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!("http://127.0.0.1:{}/", self.clickhouse_port))
-            .body(query.to_owned())
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("ClickHouse answered {status} to {query}: {text}");
-        }
-        Ok(text.trim().to_owned())
+        let url = format!("http://127.0.0.1:{}/", self.clickhouse_port);
+        clickhouse_sql(&self.http, &url, query, Duration::from_secs(30)).await
     }
 
     /// A single number from SQL.
     pub async fn sql_u64(&self, query: &str) -> anyhow::Result<u64> {
-        let text = self.sql(query).await?;
-        text.parse()
-            .with_context(|| format!("expected a number from {query}, got {text:?}"))
+        parse_u64(query, &self.sql(query).await?)
     }
 
     /// Waits until `query` returns `expected`, then returns it; on timeout, the error shows the
@@ -564,6 +562,34 @@ impl Drop for Stack {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs SQL over ClickHouse's HTTP interface at `url` and returns the TabSeparated answer,
+/// trimmed; an answer other than 2xx is an error that quotes the query and ClickHouse's text.
+pub async fn clickhouse_sql(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let response = http
+        .post(url)
+        .body(query.to_owned())
+        .timeout(timeout)
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("ClickHouse answered {status} to {query}: {text}");
+    }
+    Ok(text.trim().to_owned())
+}
+
+/// The single number `query` answered with `text`.
+pub fn parse_u64(query: &str, text: &str) -> anyhow::Result<u64> {
+    text.parse()
+        .with_context(|| format!("expected a number from {query}, got {text:?}"))
 }
 
 /// The test pipeline and its sites, pointing at the given local servers.

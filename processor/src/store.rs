@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use tally_contracts::{Event, schema::EVENTS};
 use uuid::Uuid;
 
-/// One row of the `events` table, borrowing from the decoded envelope.
+/// One row of the `events` table, borrowing from the decoded envelope: what the processor
+/// inserts, column for column (a unit test checks it against the DDL).
 #[derive(Row, Serialize)]
-struct EventRow<'a> {
+pub struct EventRow<'a> {
     #[serde(with = "clickhouse::serde::uuid")]
     event_id: Uuid,
     site_id: &'a str,

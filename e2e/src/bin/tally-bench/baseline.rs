@@ -6,18 +6,21 @@
 //!   processor's batch size, into a copy of the pipeline schema (events plus the four
 //!   rollup views), and into a bare `events` table.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
-use clickhouse::Row;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tally_contracts::{Event, schema};
+use tally_processor::EventRow;
 use uuid::Uuid;
 
 use crate::generate::{Gen, now_ms};
+use crate::load::{self, Pace, Pacer};
 
 const STREAM: &str = "BENCH_BASELINE";
 /// The collector's default `maxInFlightPublishes`.
@@ -52,6 +55,36 @@ pub fn envelopes(sites: &[String], n: usize) -> Vec<Event> {
     (0..n).map(|_| generator.envelope(sites, now)).collect()
 }
 
+/// A fresh stream for the ceilings, configured like the pipeline's (file storage, 2 min
+/// duplicate window).
+async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    let _ = js.delete_stream(STREAM).await;
+    js.create_stream(stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["bench.baseline.>".to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the baseline stream")?;
+    Ok(())
+}
+
+/// The envelopes of `n` events, serialised, with the subjects they go to.
+fn payloads(sites: &[String], n: usize) -> Vec<(async_nats::Subject, bytes::Bytes)> {
+    envelopes(sites, n)
+        .iter()
+        .map(|e| {
+            (
+                format!("bench.baseline.{}", e.site_id).into(),
+                serde_json::to_vec(e).expect("an event serialises").into(),
+            )
+        })
+        .collect()
+}
+
 /// Async JetStream publishes for `duration`.
 pub async fn jetstream(
     nats_url: &str,
@@ -68,28 +101,9 @@ pub async fn jetstream(
         .max_ack_inflight(PUBLISH_WINDOW)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    let _ = js.delete_stream(STREAM).await;
-    js.create_stream(stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec!["bench.baseline.>".to_owned()],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        max_age: Duration::from_secs(3600),
-        ..Default::default()
-    })
-    .await
-    .context("cannot create the baseline stream")?;
+    create_stream(&js).await?;
 
-    let events = envelopes(sites, 4096);
-    let payloads: Vec<(async_nats::Subject, bytes::Bytes)> = events
-        .iter()
-        .map(|e| {
-            (
-                format!("bench.baseline.{}", e.site_id).into(),
-                serde_json::to_vec(e).expect("an event serialises").into(),
-            )
-        })
-        .collect();
+    let payloads = payloads(sites, 4096);
     let mut acks = FuturesUnordered::new();
     let mut sent = 0u64;
     let mut acked = 0u64;
@@ -130,43 +144,64 @@ pub async fn jetstream(
     ))
 }
 
-/// One row of `events`, as the processor writes it.
-#[derive(Row, Serialize)]
-struct EventRow<'a> {
-    #[serde(with = "clickhouse::serde::uuid")]
-    event_id: Uuid,
-    site_id: &'a str,
-    event_type: &'a str,
-    timestamp: i64,
-    received_at: i64,
-    path: &'a str,
-    url: &'a str,
-    referrer: &'a str,
-    title: &'a str,
-    user_id: &'a str,
-    visitor_id: &'a str,
-    session_id: &'a str,
-    properties: &'a str,
-}
-
-impl<'a> From<&'a Event> for EventRow<'a> {
-    fn from(e: &'a Event) -> Self {
-        Self {
-            event_id: e.event_id,
-            site_id: &e.site_id,
-            event_type: &e.event_type,
-            timestamp: e.timestamp_ms,
-            received_at: e.received_at_ms,
-            path: &e.path,
-            url: &e.url,
-            referrer: &e.referrer,
-            title: &e.title,
-            user_id: &e.user_id,
-            visitor_id: &e.visitor_id,
-            session_id: &e.session_id,
-            properties: e.properties.get(),
-        }
+/// JetStream's own latency for the single-event shape, the floor under the collector's (it
+/// answers only once JetStream acknowledged): `publishers` tasks on one connection, each
+/// publishing one envelope (with `Nats-Msg-Id`) and awaiting its acknowledgement before the
+/// next, at `rate` publishes/s in all, paced like the HTTP load (`load::Pacer`).
+pub async fn jetstream_latency(
+    nats_url: &str,
+    sites: &[String],
+    rate: f64,
+    publishers: usize,
+    duration: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let client = async_nats::ConnectOptions::new()
+        .name("tally-bench")
+        .connect(nats_url)
+        .await
+        .context("cannot connect to NATS")?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client);
+    create_stream(&js).await?;
+    let payloads = Arc::new(payloads(sites, 4096));
+    let pacer = Pacer::new(Pace::Open { rate }, duration);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|index| {
+            let (js, payloads, pacer) = (js.clone(), payloads.clone(), pacer.clone());
+            tokio::spawn(async move {
+                let mut latency = load::histogram();
+                let mut overdue = 0;
+                let mut k = index;
+                let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                pacer.started().await;
+                while let Some(sent_from) = pacer.next(&mut overdue).await {
+                    let (subject, payload) = &payloads[k % payloads.len()];
+                    k += publishers;
+                    let message = PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(&*Uuid::now_v7().hyphenated().encode_lower(&mut id));
+                    let acked = match js.send_publish(subject.clone(), message).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !acked {
+                        anyhow::bail!("a publish was not acknowledged");
+                    }
+                    latency.saturating_record((sent_from.elapsed().as_micros() as u64).max(1));
+                }
+                Ok(latency)
+            })
+        })
+        .collect();
+    let mut total = load::histogram();
+    for task in tasks {
+        total
+            .add(task.await.context("a publisher panicked")??)
+            .expect("same bounds");
     }
+    let _ = js.delete_stream(STREAM).await;
+    Ok(total)
 }
 
 /// How the ClickHouse baseline inserts.

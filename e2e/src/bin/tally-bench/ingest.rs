@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::Request;
@@ -44,8 +45,13 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// Of the 2xx answers.
     pub fn of(result: &LoadResult) -> Self {
-        let h = &result.latency_ok;
+        Self::of_histogram(&result.latency_ok)
+    }
+
+    /// Of a histogram in microseconds.
+    pub fn of_histogram(h: &Histogram<u64>) -> Self {
         Self {
             p50_ms: ms(h, 0.5),
             p99_ms: ms(h, 0.99),
@@ -77,6 +83,9 @@ pub struct Shape {
     pub overdue_at_half_load: u64,
     /// `max_events_per_second` / the JetStream baseline.
     pub ratio_to_jetstream: f64,
+    /// Single events: JetStream's own publish-to-acknowledgement latency at the same rate
+    /// and concurrency (`baseline::jetstream_latency`), the floor under the collector's.
+    pub jetstream_latency_at_half_load: Option<Latency>,
 }
 
 pub async fn shape(
@@ -137,6 +146,7 @@ pub async fn shape(
         } else {
             f64::NAN
         },
+        jetstream_latency_at_half_load: None,
     }
 }
 

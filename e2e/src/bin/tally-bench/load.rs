@@ -40,7 +40,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl LoadResult {
-    fn empty() -> Self {
+    pub fn empty() -> Self {
         Self {
             elapsed: Duration::ZERO,
             statuses: BTreeMap::new(),
@@ -105,6 +105,71 @@ pub enum Pace {
     Open { rate: f64 },
 }
 
+/// Hands out send times to the workers of one run: closed loop, now (until the end); open
+/// loop, the next request's due time (see the module's doc for how overdue requests count).
+#[derive(Clone)]
+pub struct Pacer {
+    pace: Pace,
+    start: Instant,
+    end: Instant,
+    next: Arc<AtomicU64>,
+}
+
+impl Pacer {
+    /// Starts 20 ms from now (so that every worker is waiting by then) and runs `duration`.
+    pub fn new(pace: Pace, duration: Duration) -> Self {
+        let start = Instant::now() + Duration::from_millis(20);
+        Self {
+            pace,
+            start,
+            end: start + duration,
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Waits for the start of the run.
+    pub async fn started(&self) {
+        tokio::time::sleep_until(self.start.into()).await;
+    }
+
+    /// Waits until the worker's next request is due and returns the instant its latency
+    /// counts from, or `None` once the run is over. Counts overdue requests in `overdue`.
+    pub async fn next(&self, overdue: &mut u64) -> Option<Instant> {
+        match self.pace {
+            Pace::Closed => {
+                let now = Instant::now();
+                (now < self.end).then_some(now)
+            }
+            Pace::Open { rate } => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                let due = self.start + Duration::from_secs_f64(i as f64 / rate);
+                let now = Instant::now();
+                // Nothing is sent after the end, even what fell overdue before it.
+                if due >= self.end || now >= self.end {
+                    return None;
+                }
+                if now > due + Duration::from_millis(1) {
+                    *overdue += 1;
+                    Some(due)
+                } else {
+                    if now < due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    Some(Instant::now())
+                }
+            }
+        }
+    }
+
+    /// The run's length: its duration, or longer when requests in flight at the end finished
+    /// after it.
+    pub fn elapsed(&self, duration: Duration) -> Duration {
+        Instant::now()
+            .saturating_duration_since(self.start)
+            .max(duration)
+    }
+}
+
 /// Runs `connections` connections for `duration`, cycling through `requests`.
 pub async fn run(
     addr: SocketAddr,
@@ -114,46 +179,17 @@ pub async fn run(
     duration: Duration,
     timeout: Duration,
 ) -> LoadResult {
-    let start = Instant::now() + Duration::from_millis(20);
-    let end = start + duration;
-    let next = Arc::new(AtomicU64::new(0));
+    let pacer = Pacer::new(pace, duration);
     let mut tasks = Vec::with_capacity(connections);
     for index in 0..connections {
         let requests = requests.clone();
-        let next = next.clone();
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr, timeout);
             let mut result = LoadResult::empty();
             let mut k = index;
-            tokio::time::sleep_until(start.into()).await;
-            loop {
-                let sent_from = match pace {
-                    Pace::Closed => {
-                        let now = Instant::now();
-                        if now >= end {
-                            break;
-                        }
-                        now
-                    }
-                    Pace::Open { rate } => {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(i as f64 / rate);
-                        let now = Instant::now();
-                        // Nothing is sent after the end, even what fell overdue before it.
-                        if due >= end || now >= end {
-                            break;
-                        }
-                        if now > due + Duration::from_millis(1) {
-                            result.overdue += 1;
-                            due
-                        } else {
-                            if now < due {
-                                tokio::time::sleep_until(due.into()).await;
-                            }
-                            Instant::now()
-                        }
-                    }
-                };
+            pacer.started().await;
+            while let Some(sent_from) = pacer.next(&mut result.overdue).await {
                 let request = &requests[k % requests.len()];
                 k += connections;
                 match conn.send(&request.bytes).await {
@@ -182,9 +218,7 @@ pub async fn run(
             total.merge(&result);
         }
     }
-    // Requests still in flight at `end` finish after it; count the time they took.
-    total.elapsed = Instant::now()
-        .saturating_duration_since(start)
-        .max(duration);
+    // Requests still in flight at the end finish after it; count the time they took.
+    total.elapsed = pacer.elapsed(duration);
     total
 }

@@ -414,19 +414,44 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
     if cli.has("single") {
         eprintln!("collector: single-event POSTs");
         let requests = ingest::requests(&target.host, &load_sites, 1, 4096);
-        report.collector.push(
-            ingest::shape(
-                target.collector,
-                "single event",
-                requests,
-                cli.single_connections,
-                duration,
-                jetstream,
-                procs(target),
-            )
-            .await,
-        );
+        let mut shape = ingest::shape(
+            target.collector,
+            "single event",
+            requests,
+            cli.single_connections,
+            duration,
+            jetstream,
+            procs(target),
+        )
+        .await;
         target.check_alive()?;
+        let rate = shape.half_load_requests_per_second;
+        eprintln!(
+            "baseline: JetStream publish latency at {rate:.0} publishes/s, {} publishers",
+            cli.single_connections
+        );
+        match baseline::jetstream_latency(
+            &target.nats_url,
+            &load_sites,
+            rate,
+            cli.single_connections,
+            duration,
+        )
+        .await
+        {
+            Ok(h) => {
+                let latency = ingest::Latency::of_histogram(&h);
+                eprintln!(
+                    "  p50 {:.2} ms, p99 {:.2} ms",
+                    latency.p50_ms, latency.p99_ms
+                );
+                shape.jetstream_latency_at_half_load = Some(latency);
+            }
+            Err(e) => report
+                .errors
+                .push(format!("JetStream publish latency: {e:#}")),
+        }
+        report.collector.push(shape);
     }
     if cli.has("batch") {
         for events in [100, 1000] {

@@ -202,6 +202,16 @@ pub fn print(r: &Report) {
                 f(s.latency_at_half_load.max_ms, 1),
                 s.non_2xx_at_half_load + s.non_2xx_at_max,
             );
+            if let Some(js) = &s.jetstream_latency_at_half_load {
+                println!(
+                    "  {:<14} JetStream alone at the same rate: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                    "",
+                    f(js.p50_ms, 2),
+                    f(js.p99_ms, 2),
+                    f(js.p999_ms, 2),
+                    f(js.max_ms, 1)
+                );
+            }
             println!("{} (at max)", cpu(&s.cpu_at_max));
         }
     }
@@ -362,8 +372,13 @@ pub fn print(r: &Report) {
     );
     line(
         "single-event p99 < 5 ms at half load",
-        single.map_or("-".into(), |s| {
-            format!("{} ms", f(s.latency_at_half_load.p99_ms, 2))
+        single.map_or("-".into(), |s| match &s.jetstream_latency_at_half_load {
+            Some(js) => format!(
+                "{} ms (JetStream {} ms)",
+                f(s.latency_at_half_load.p99_ms, 2),
+                f(js.p99_ms, 2)
+            ),
+            None => format!("{} ms", f(s.latency_at_half_load.p99_ms, 2)),
         }),
         single.map(|s| s.latency_at_half_load.p99_ms < 5.0),
     );

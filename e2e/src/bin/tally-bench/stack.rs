@@ -4,12 +4,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tally_contracts::RuntimeConfig;
-use tally_e2e::{Options, Stack};
+use tally_e2e::{Options, Process, Stack};
 
 /// Name of the bench pipeline: stream `TALLY_BENCH`, database `tally_bench`.
 pub const PIPELINE: &str = "bench";
@@ -27,76 +27,10 @@ pub struct Target {
     pub http: reqwest::Client,
 }
 
-/// A collector or processor started by the bench.
-pub struct Service {
-    name: &'static str,
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Service {
-    fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {name}: {command:?}"))?;
-        Ok(Self {
-            name,
-            child: Some(child),
-            log,
-        })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s.
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} did not stop within 10 s; killing it", self.name);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The processes of a local stack. Fields drop in order: the services before the servers.
 pub struct Local {
-    pub collector: Option<Service>,
-    pub processor: Option<Service>,
+    pub collector: Option<Process>,
+    pub processor: Option<Process>,
     pub stack: Stack,
     pub bin_dir: PathBuf,
     pub collector_args: Vec<String>,
@@ -278,7 +212,7 @@ impl Target {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
-        let service = Service::spawn(
+        let service = Process::spawn(
             "collector",
             Command::new(local.bin_dir.join("tally-collector"))
                 .arg("--config")
@@ -302,7 +236,7 @@ impl Target {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
-        let service = Service::spawn(
+        let service = Process::spawn(
             "processor",
             Command::new(local.bin_dir.join("tally-processor"))
                 .arg("--config")
@@ -363,13 +297,7 @@ impl Target {
                 .into_iter()
                 .flatten()
             {
-                if !service.running() {
-                    bail!(
-                        "{} exited; see its log {}",
-                        service.name,
-                        service.log.display()
-                    );
-                }
+                service.ensure_running()?;
             }
         }
         Ok(())
@@ -388,27 +316,15 @@ impl Target {
         }
     }
 
-    /// Runs SQL on ClickHouse's HTTP interface and returns the answer, trimmed.
+    /// Runs SQL on ClickHouse's HTTP interface and returns the answer, trimmed. Long
+    /// statements (the read phase's history load) may take minutes.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!("{}/", self.clickhouse_url))
-            .body(query.to_owned())
-            .timeout(Duration::from_secs(600))
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("ClickHouse answered {status} to {query}: {text}");
-        }
-        Ok(text.trim().to_owned())
+        let url = format!("{}/", self.clickhouse_url);
+        tally_e2e::clickhouse_sql(&self.http, &url, query, Duration::from_secs(600)).await
     }
 
     pub async fn sql_u64(&self, query: &str) -> anyhow::Result<u64> {
-        let text = self.sql(query).await?;
-        text.parse()
-            .with_context(|| format!("expected a number from {query}, got {text:?}"))
+        tally_e2e::parse_u64(query, &self.sql(query).await?)
     }
 }
 

@@ -1,0 +1,128 @@
+//! `tally-processor`: drains a pipeline's JetStream stream into ClickHouse — raw events plus
+//! the rollups its materialized views keep — acknowledging only what ClickHouse confirmed.
+//!
+//! The binary (`main.rs`) reads its command line and calls [`run`]. [`EventRow`], the row
+//! the processor inserts, is open to the benchmark's ClickHouse ceiling, which inserts the
+//! same rows. Everything else stays inside the crate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use tally_contracts::service::shutdown_signal;
+use tally_contracts::{RuntimeConfig, naming, stream};
+
+mod consume;
+mod metrics;
+mod schema;
+mod store;
+
+pub use store::EventRow;
+
+/// Serves /healthz, /readyz and /metrics on `listen`, connects to both servers and drains
+/// the stream until SIGINT or SIGTERM; a batch being written then is finished first.
+/// `crash_after_inserts` is a fault-injection hook for tests: exit abruptly after this many
+/// batch inserts, before the last batch is acknowledged.
+pub async fn run(
+    config: RuntimeConfig,
+    listen: SocketAddr,
+    crash_after_inserts: Option<u64>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tokio::spawn(
+        axum::serve(listener, metrics::router(metrics.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .into_future(),
+    );
+
+    let shutdown = shutdown_signal();
+    tokio::select! {
+        started = start(&config, crash_after_inserts, metrics.clone()) => started?.run(shutdown).await,
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+/// Connects to both servers, applies the schema and binds the consumer, retrying each step
+/// until it succeeds.
+async fn start(
+    config: &RuntimeConfig,
+    crash_after_inserts: Option<u64>,
+    metrics: Arc<metrics::Metrics>,
+) -> anyhow::Result<consume::Processor> {
+    let spec = &config.pipeline.spec;
+    let nats = async_nats::ConnectOptions::new()
+        .name("tally-processor")
+        .retry_on_initial_connect()
+        // `spec.nats.url` may list several servers (a JetStream cluster), comma-separated.
+        .connect(stream::nats_servers(&spec.nats.url).context("spec.nats.url")?)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?;
+    let js = jetstream::new(nats);
+    let clickhouse = clickhouse::Client::default().with_url(&spec.clickhouse.url);
+    let db = config.database();
+
+    retry("apply the ClickHouse schema", || {
+        schema::apply(&clickhouse, &db, spec.clickhouse.retention_days)
+    })
+    .await;
+    let consumer = retry("bind the JetStream consumer", || async {
+        let stream = stream::ensure_stream(&js, config)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let consumer = stream
+            .create_consumer(stream::consumer_config(config))
+            .await?;
+        anyhow::Ok(consumer)
+    })
+    .await;
+    tracing::info!(
+        pipeline = config.name(),
+        stream = %config.stream_name(),
+        consumer = naming::CONSUMER_NAME,
+        database = %db,
+        "processor started"
+    );
+    metrics.set_started(js.client());
+    let ack_wait = config.timings.ack_wait;
+    Ok(consume::Processor {
+        consumer,
+        store: store::Store::new(
+            clickhouse.with_database(&db),
+            (ack_wait * 3 / 4).max(Duration::from_secs(1)),
+        ),
+        settings: consume::Settings {
+            max_rows: spec.processor.batch_max_rows as usize,
+            max_wait: config.timings.batch_max_wait,
+            ack_wait,
+            max_deliver: spec.processor.max_deliver.into(),
+            crash_after_inserts,
+        },
+        metrics,
+        dead_letters: consume::DeadLetters::new(js, config.clone()),
+    })
+}
+
+/// Runs `step` until it succeeds, logging each failure and backing off up to 5 s.
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match step().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot {what} yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
