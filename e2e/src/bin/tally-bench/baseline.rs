@@ -55,9 +55,22 @@ pub fn envelopes(sites: &[String], n: usize) -> Vec<Event> {
     (0..n).map(|_| generator.envelope(sites, now)).collect()
 }
 
-/// A fresh stream for the ceilings, configured like the pipeline's (file storage, 2 min
-/// duplicate window).
-async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+/// A JetStream context on a new connection (with at most `window` unacknowledged publishes,
+/// if given), and a fresh stream for the ceilings, configured like the pipeline's (file
+/// storage, 2 min duplicate window).
+async fn connect(nats_url: &str, window: Option<usize>) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .name("tally-bench")
+        .connect(nats_url)
+        .await
+        .context("cannot connect to NATS")?;
+    let mut builder = jetstream::ContextBuilder::new().timeout(Duration::from_secs(5));
+    if let Some(window) = window {
+        builder = builder
+            .max_ack_inflight(window)
+            .backpressure_on_inflight(true);
+    }
+    let js = builder.build(client);
     let _ = js.delete_stream(STREAM).await;
     js.create_stream(stream::Config {
         name: STREAM.to_owned(),
@@ -69,7 +82,7 @@ async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     })
     .await
     .context("cannot create the baseline stream")?;
-    Ok(())
+    Ok(js)
 }
 
 /// The envelopes of `n` events, serialised, with the subjects they go to.
@@ -91,17 +104,7 @@ pub async fn jetstream(
     sites: &[String],
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let client = async_nats::ConnectOptions::new()
-        .name("tally-bench")
-        .connect(nats_url)
-        .await
-        .context("cannot connect to NATS")?;
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .max_ack_inflight(PUBLISH_WINDOW)
-        .backpressure_on_inflight(true)
-        .build(client.clone());
-    create_stream(&js).await?;
+    let js = connect(nats_url, Some(PUBLISH_WINDOW)).await?;
 
     let payloads = payloads(sites, 4096);
     let mut acks = FuturesUnordered::new();
@@ -155,15 +158,7 @@ pub async fn jetstream_latency(
     publishers: usize,
     duration: Duration,
 ) -> anyhow::Result<Histogram<u64>> {
-    let client = async_nats::ConnectOptions::new()
-        .name("tally-bench")
-        .connect(nats_url)
-        .await
-        .context("cannot connect to NATS")?;
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client);
-    create_stream(&js).await?;
+    let js = connect(nats_url, None).await?;
     let payloads = Arc::new(payloads(sites, 4096));
     let pacer = Pacer::new(Pace::Open { rate }, duration);
     let tasks: Vec<_> = (0..publishers)
