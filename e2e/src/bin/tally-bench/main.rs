@@ -183,9 +183,23 @@ pub struct Report {
 #[derive(Debug, Default, Serialize)]
 pub struct Machine {
     pub cpus: usize,
+    /// `model name` of /proc/cpuinfo: the same model name can still differ in speed from
+    /// one virtual machine to the next, so compare runs by their ratios to the ceilings.
+    pub cpu_model: String,
     pub load_average_at_start: String,
     pub load_average_at_end: String,
     pub memory_total_mib: f64,
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default()
 }
 
 fn load_average() -> String {
@@ -221,6 +235,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         target: cli.target.clone().unwrap_or_else(|| "local stack".into()),
         machine: Machine {
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: cpu_model(),
             load_average_at_start: load_average(),
             load_average_at_end: String::new(),
             memory_total_mib: memory::status_mib_meminfo("MemTotal:").unwrap_or(0.0),

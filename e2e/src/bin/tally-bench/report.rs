@@ -140,7 +140,7 @@ fn verdict(ok: bool) -> &'static str {
 pub fn print(r: &Report) {
     println!();
     println!(
-        "Tally benchmark{} — {} — {} CPUs, {:.0} MiB; load average {} at start, {} at end; {:.0} s",
+        "Tally benchmark{} — {} — {} CPUs ({}), {:.0} MiB; load average {} at start, {} at end; {:.0} s",
         if r.label.is_empty() {
             String::new()
         } else {
@@ -148,6 +148,7 @@ pub fn print(r: &Report) {
         },
         r.started_at,
         r.machine.cpus,
+        r.machine.cpu_model,
         r.machine.memory_total_mib,
         r.machine.load_average_at_start,
         r.machine.load_average_at_end,
