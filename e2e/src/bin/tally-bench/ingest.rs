@@ -86,6 +86,9 @@ pub struct Shape {
     /// Single events: JetStream's own publish-to-acknowledgement latency at the same rate
     /// and concurrency (`baseline::jetstream_latency`), the floor under the collector's.
     pub jetstream_latency_at_half_load: Option<Latency>,
+    /// Single events: the collector's `GET /healthz` at the same rate and concurrency — the
+    /// HTTP stack and the scheduler without parsing or publishing.
+    pub http_latency_at_half_load: Option<Latency>,
 }
 
 pub async fn shape(
@@ -147,6 +150,7 @@ pub async fn shape(
             f64::NAN
         },
         jetstream_latency_at_half_load: None,
+        http_latency_at_half_load: None,
     }
 }
 

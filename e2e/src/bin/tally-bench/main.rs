@@ -466,6 +466,18 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                 .errors
                 .push(format!("JetStream publish latency: {e:#}")),
         }
+        eprintln!("collector: GET /healthz at {rate:.0} req/s (the HTTP floor)");
+        let healthz = std::sync::Arc::new(vec![client::Request::get(&target.host, "/healthz")]);
+        let floor = load::run(
+            target.collector,
+            healthz,
+            cli.single_connections,
+            load::Pace::Open { rate },
+            duration,
+            Duration::from_secs(30),
+        )
+        .await;
+        shape.http_latency_at_half_load = Some(ingest::Latency::of(&floor));
         report.collector.push(shape);
     }
     if cli.has("batch") {

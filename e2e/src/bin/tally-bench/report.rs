@@ -203,15 +203,21 @@ pub fn print(r: &Report) {
                 f(s.latency_at_half_load.max_ms, 1),
                 s.non_2xx_at_half_load + s.non_2xx_at_max,
             );
-            if let Some(js) = &s.jetstream_latency_at_half_load {
-                println!(
-                    "  {:<14} JetStream alone at the same rate: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-                    "",
-                    f(js.p50_ms, 2),
-                    f(js.p99_ms, 2),
-                    f(js.p999_ms, 2),
-                    f(js.max_ms, 1)
-                );
+            // The floors under the single-event latency, measured at the same rate.
+            for (what, floor) in [
+                ("GET /healthz", &s.http_latency_at_half_load),
+                ("JetStream alone", &s.jetstream_latency_at_half_load),
+            ] {
+                if let Some(l) = floor {
+                    println!(
+                        "  {:<14} {what:<16} at the same rate: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                        "",
+                        f(l.p50_ms, 2),
+                        f(l.p99_ms, 2),
+                        f(l.p999_ms, 2),
+                        f(l.max_ms, 1)
+                    );
+                }
             }
             println!("{} (at max)", cpu(&s.cpu_at_max));
         }
