@@ -40,7 +40,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl LoadResult {
-    pub fn empty() -> Self {
+    fn empty() -> Self {
         Self {
             elapsed: Duration::ZERO,
             statuses: BTreeMap::new(),
@@ -163,10 +163,10 @@ impl Pacer {
 
     /// The run's length: its duration, or longer when requests in flight at the end finished
     /// after it.
-    pub fn elapsed(&self, duration: Duration) -> Duration {
+    pub fn elapsed(&self) -> Duration {
         Instant::now()
             .saturating_duration_since(self.start)
-            .max(duration)
+            .max(self.end - self.start)
     }
 }
 
@@ -219,6 +219,6 @@ pub async fn run(
         }
     }
     // Requests still in flight at the end finish after it; count the time they took.
-    total.elapsed = pacer.elapsed(duration);
+    total.elapsed = pacer.elapsed();
     total
 }

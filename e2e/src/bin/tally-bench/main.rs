@@ -11,7 +11,8 @@
 //! 2. `single`, `batch` — the collector alone (the processor is not running yet, so the
 //!    collector, NATS and the load generator share the machine): closed-loop maximum, then
 //!    latencies at an open-loop rate of half that maximum, for single-event POSTs and batch
-//!    POSTs of 100 and 1000 events;
+//!    POSTs of 100 and 1000 events; for single events also the two floors at that rate:
+//!    JetStream's own publish-to-acknowledgement latency and the collector's `GET /healthz`;
 //! 3. `overload` — 10× the batch maximum offered over many connections: does the collector
 //!    shed load (503/429), and does its memory stay bounded;
 //! 4. `e2e` — the stream is purged and the processor started; batch POSTs as fast as they go,
@@ -22,6 +23,7 @@
 //! 6. the peak resident memory (VmHWM) of every process.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -467,7 +469,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                 .push(format!("JetStream publish latency: {e:#}")),
         }
         eprintln!("collector: GET /healthz at {rate:.0} req/s (the HTTP floor)");
-        let healthz = std::sync::Arc::new(vec![client::Request::get(&target.host, "/healthz")]);
+        let healthz = Arc::new(vec![client::Request::get(&target.host, "/healthz")]);
         let floor = load::run(
             target.collector,
             healthz,
