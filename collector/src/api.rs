@@ -1,5 +1,6 @@
 //! The HTTP contract of the collector: every error a request can meet, mapped to its status
-//! code in one place, and the response bodies.
+//! code in one place, the response bodies, and the answer to a POST of events (its status
+//! and `Retry-After` are decided here and nowhere else).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::payload::Shape;
 use crate::validate::{Problem, Rejection};
 
 /// Everything that ends a request with an error. The `Display` text is the message clients
@@ -109,11 +111,6 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read, so this connection cannot carry another
             // request: say so, or the client may send its next request into a closing socket.
@@ -121,52 +118,133 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        response
+        with_retry_after(response)
     }
+}
+
+/// A 503 tells the client when to retry: after a second.
+fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The answer to a request that ended before its events were looked at one by one.
+pub fn error_answer(error: ApiError) -> Response {
+    error.into_response()
+}
+
+/// What became of one event of a request.
+#[derive(Debug)]
+pub enum EventOutcome {
+    /// Durably stored (or stored before: a retried post, counted once).
+    Stored { event_id: Uuid, duplicate: bool },
+    /// Refused: the client must change it.
+    Refused(ApiError),
+    /// Valid but not stored: the client may retry it.
+    Failed { event_id: Option<Uuid>, why: String },
+}
+
+/// The answer to a POST of events, from what became of each. A single object answers as
+/// its one event did (an error answer when refused or not stored); a batch answers per
+/// item with 202 when anything was stored, 503 when anything must be retried, and
+/// otherwise the status all its items share (else 400).
+pub fn ingest_answer(shape: Shape, mut outcomes: Vec<EventOutcome>) -> Response {
+    if shape == Shape::Single && outcomes.len() == 1 {
+        match outcomes.pop() {
+            Some(EventOutcome::Refused(error)) => return error.into_response(),
+            Some(EventOutcome::Failed { why, .. }) => {
+                return ApiError::Unavailable(why).into_response();
+            }
+            Some(stored) => outcomes.push(stored),
+            None => {}
+        }
+    }
+    let results: Vec<ItemResult> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| ItemResult::of(index, outcome))
+        .collect();
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    let failed = results.iter().filter(|r| r.status == 503).count();
+    let rejected = results.len() - accepted - failed;
+    let status = if failed > 0 {
+        // Some events were not stored: the client must retry (stored ones are de-duplicated).
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if accepted > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        // Nothing stored: the status every item shares, else plain 400.
+        match results.first().map(|r| r.status) {
+            Some(first) if results.iter().all(|r| r.status == first) => {
+                StatusCode::from_u16(first).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    };
+    let body = IngestResponse {
+        accepted,
+        rejected,
+        failed,
+        results,
+    };
+    with_retry_after((status, Json(body)).into_response())
 }
 
 /// The answer to a POST of events: counts, and one result per event in request order.
 #[derive(Debug, Serialize)]
-pub struct IngestResponse {
-    pub accepted: usize,
-    pub rejected: usize,
-    pub failed: usize,
-    pub results: Vec<ItemResult>,
+struct IngestResponse {
+    accepted: usize,
+    rejected: usize,
+    failed: usize,
+    results: Vec<ItemResult>,
 }
 
 /// What happened to one event of a request.
 #[derive(Debug, Serialize)]
-pub struct ItemResult {
-    pub index: usize,
+struct ItemResult {
+    index: usize,
     /// 202 stored; 400/403/404 refused (see `error`); 503 not stored, retry.
-    pub status: u16,
+    status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<Uuid>,
+    event_id: Option<Uuid>,
     /// The event id had been stored already (a retried post); it is counted once.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
+    duplicate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
+    error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    message: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<Problem>,
+    problems: Vec<Problem>,
 }
 
 impl ItemResult {
-    pub fn stored(index: usize, event_id: Uuid, duplicate: bool) -> Self {
-        Self {
-            index,
-            status: StatusCode::ACCEPTED.as_u16(),
-            event_id: Some(event_id),
-            duplicate,
-            error: None,
-            message: None,
-            problems: Vec::new(),
-        }
-    }
-
-    pub fn failed(index: usize, error: ApiError, event_id: Option<Uuid>) -> Self {
+    fn of(index: usize, outcome: EventOutcome) -> Self {
+        let (event_id, duplicate, error) = match outcome {
+            EventOutcome::Stored {
+                event_id,
+                duplicate,
+            } => (Some(event_id), duplicate, None),
+            EventOutcome::Refused(error) => (None, false, Some(error)),
+            EventOutcome::Failed { event_id, why } => {
+                (event_id, false, Some(ApiError::Unavailable(why)))
+            }
+        };
+        let Some(error) = error else {
+            return Self {
+                index,
+                status: StatusCode::ACCEPTED.as_u16(),
+                event_id,
+                duplicate,
+                error: None,
+                message: None,
+                problems: Vec::new(),
+            };
+        };
         let (status, code) = error.status_and_code();
         let message = error.to_string();
         Self {

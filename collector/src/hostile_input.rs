@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use tally_contracts::{Event, RuntimeConfig};
 
 use crate::api::ApiError;
-use crate::ingest::parse_events;
+use crate::ingest::{RequestHeaders, parse_events};
 
 /// The server clock of every case: 2026-05-28T20:26:40Z.
 const NOW_MS: i64 = 1_780_000_000_000;
@@ -47,8 +47,12 @@ fn ingest(
     encoding: Option<&str>,
     ndjson: bool,
 ) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
-    let content_type = ndjson.then_some("application/x-ndjson");
-    parse_events(config(), body.into(), content_type, encoding, None, NOW_MS)
+    let headers = RequestHeaders {
+        content_type: ndjson.then_some("application/x-ndjson"),
+        content_encoding: encoding,
+        origin: None,
+    };
+    parse_events(config(), body.into(), headers, NOW_MS, |_| Ok(())).map(|parsed| parsed.items)
 }
 
 /// Every answer is a 4xx error with a reason; no event is accepted.

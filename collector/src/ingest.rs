@@ -1,22 +1,33 @@
-//! `POST /v1/events`: read the body within its limits, validate every event, store the
-//! valid ones, and answer per event. [`parse_events`] runs the same steps short of storing.
+//! `POST /v1/events`: the handler reads the body within its limits, [`parse_events`] turns
+//! it into events (the one parsing path, which the fuzz target and the property test run
+//! too), the valid events are stored, and `api` builds the answer.
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
 use tally_contracts::{Event, RuntimeConfig};
 use time::OffsetDateTime;
 
 use crate::admission::Admission;
-use crate::api::{ApiError, IngestResponse, ItemResult};
-use crate::metrics::Outcome;
+use crate::api::{self, ApiError, EventOutcome};
+use crate::metrics::Metrics;
 use crate::payload::{Item, Shape, decode_body, split_items};
-use crate::router::AppState;
+use crate::sink::{EventSink, Stored};
 use crate::validate::{Limits, Problem, Rejection, validate_event};
+
+/// What the ingest handler needs: the sites, the limits, the events budget, the sink and the
+/// metrics it counts outcomes in.
+pub struct IngestState {
+    pub config: RuntimeConfig,
+    pub limits: IngestLimits,
+    /// Load shedding: the events requests in progress may hold.
+    pub admission: Admission,
+    pub sink: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// The limits of one request, from the pipeline's `spec.collector`.
 #[derive(Debug, Clone)]
@@ -50,33 +61,60 @@ impl IngestLimits {
     }
 }
 
+/// The request headers that parsing reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHeaders<'a> {
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub origin: Option<&'a str>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        Self {
+            content_type: header_str(headers, header::CONTENT_TYPE),
+            content_encoding: header_str(headers, header::CONTENT_ENCODING),
+            origin: header_str(headers, header::ORIGIN),
+        }
+    }
+}
+
+/// A request's body made into events: its shape, and each item's event or refusal, in
+/// request order.
+#[derive(Debug)]
+pub struct Parsed {
+    pub shape: Shape,
+    pub items: Vec<Result<Event, ApiError>>,
+}
+
 /// What `POST /v1/events` makes of a request before it stores anything: the request's own
-/// error, or the outcome of each of its events in order. `body` is the body as received,
-/// the other arguments the request's `Content-Type`, `Content-Encoding` and `Origin`
-/// headers; `now_ms` is the server time given to events without a timestamp. The handler
-/// runs these same steps, with load shedding between reading the body and validating it.
+/// error, or the outcome of each of its events in order. `body` is the body as received;
+/// `now_ms` is the server time given to events without a timestamp. `admit` is asked, once
+/// the events are counted and before any is validated, whether that many may go on (the
+/// handler's load shedding; the fuzz target admits everything).
 pub fn parse_events(
     config: &RuntimeConfig,
     body: bytes::Bytes,
-    content_type: Option<&str>,
-    content_encoding: Option<&str>,
-    origin: Option<&str>,
+    headers: RequestHeaders<'_>,
     now_ms: i64,
-) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
+    admit: impl FnOnce(usize) -> Result<(), ApiError>,
+) -> Result<Parsed, ApiError> {
     let limits = IngestLimits::of(config);
     if body.len() > limits.max_body_bytes {
         return Err(limits.body_too_large());
     }
-    let body = decode_body(body, content_encoding, limits.max_body_bytes)?;
-    let (_, items) = read_items(&body, content_type, &limits)?;
-    let origin_host = origin_host(origin);
-    Ok(items
+    let body = decode_body(body, headers.content_encoding, limits.max_body_bytes)?;
+    let (shape, items) = read_items(&body, headers.content_type, &limits)?;
+    admit(items.len())?;
+    let origin_host = origin_host(headers.origin);
+    let items = items
         .into_iter()
         .map(|item| {
             check_item(item, config, &limits.event, now_ms, origin_host.as_deref())
                 .map_err(ApiError::from)
         })
-        .collect())
+        .collect();
+    Ok(Parsed { shape, items })
 }
 
 /// The events of a decoded body, read as NDJSON when `content_type` says so, within the
@@ -116,15 +154,30 @@ fn check_item(
     }
 }
 
+/// `POST /v1/events`: read the body, parse it, store the valid events, answer per event.
 pub async fn post_events(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<IngestState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let (shape, outcomes) = match ingest(&state, &headers, body).await {
+        Ok(done) => done,
+        Err(error) => return api::error_answer(error),
+    };
+    state.metrics.count_outcomes(&outcomes);
+    api::ingest_answer(shape, outcomes)
+}
+
+/// The steps of a POST, up to what became of each event.
+async fn ingest(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Shape, Vec<EventOutcome>), ApiError> {
     let limits = &state.limits;
     let max_body = limits.max_body_bytes;
     let content_length =
-        header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if content_length.is_some_and(|len| len > max_body) {
         // Read a moderately oversized body through before answering, so the client (still
         // writing it) gets to read the 413 instead of a reset connection; beyond 4× the
@@ -146,123 +199,68 @@ pub async fn post_events(
     let raw = axum::body::to_bytes(body, max_body)
         .await
         .map_err(|_| limits.body_too_large())?;
-    let body = decode_body(
-        raw,
-        header_str(&headers, header::CONTENT_ENCODING),
-        max_body,
-    )?;
-    let (shape, items) = read_items(&body, header_str(&headers, header::CONTENT_TYPE), limits)?;
-    if !admitted.settle(&state.admission, items.len()) {
-        return Err(overloaded());
-    }
-
-    let origin_host = origin_host(header_str(&headers, header::ORIGIN));
     let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let mut valid: Vec<Event> = Vec::with_capacity(items.len());
-    let mut valid_index = Vec::with_capacity(items.len());
-    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
-    // Outcomes are counted once per request, not once per event.
-    let mut counts = OutcomeCounts::default();
-    for (index, item) in items.into_iter().enumerate() {
-        let checked = check_item(
-            item,
-            &state.config,
-            &limits.event,
-            now_ms,
-            origin_host.as_deref(),
-        );
-        match checked {
+    let parsed = parse_events(
+        &state.config,
+        raw,
+        RequestHeaders::of(headers),
+        now_ms,
+        |events| {
+            if admitted.settle(&state.admission, events) {
+                Ok(())
+            } else {
+                Err(overloaded())
+            }
+        },
+    )?;
+
+    // Refusals keep their place; the valid events are stored together, then take theirs.
+    let mut events = Vec::with_capacity(parsed.items.len());
+    let refusals: Vec<Option<ApiError>> = parsed
+        .items
+        .into_iter()
+        .map(|item| match item {
             Ok(event) => {
-                valid.push(event);
-                valid_index.push(index);
-                results.push(None);
+                events.push(event);
+                None
             }
-            Err(rejection) => {
-                if shape == Shape::Single {
-                    state.metrics.count(Outcome::from(&rejection), 1);
-                    return Err(rejection.into());
-                }
-                counts.add(Outcome::from(&rejection));
-                results.push(Some(ItemResult::failed(index, rejection.into(), None)));
-            }
-        }
-    }
-
-    let outcomes = state.sink.store(&valid).await;
-    let mut failed = 0;
-    for ((event, index), outcome) in valid.iter().zip(valid_index).zip(outcomes) {
-        results[index] = Some(match outcome {
-            Ok(stored) => {
-                counts.add(if stored.duplicate {
-                    Outcome::Duplicate
-                } else {
-                    Outcome::Accepted
-                });
-                ItemResult::stored(index, event.event_id, stored.duplicate)
-            }
-            Err(why) => {
-                failed += 1;
-                counts.add(Outcome::Failed);
-                tracing::warn!(error = %why, event_id = %event.event_id, "event not stored");
-                ItemResult::failed(index, ApiError::Unavailable(why), Some(event.event_id))
-            }
-        });
-    }
-    counts.record(&state.metrics);
-    let results: Vec<ItemResult> = results.into_iter().flatten().collect();
-    if shape == Shape::Single && failed > 0 {
-        let message = results[0].message.clone().unwrap_or_default();
-        return Err(ApiError::Unavailable(message));
-    }
-
-    let accepted = results.iter().filter(|r| r.status == 202).count();
-    let rejected = results.len() - accepted - failed;
-    let status = if failed > 0 {
-        // Some events were not stored: the client must retry (stored ones are de-duplicated).
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if accepted > 0 {
-        StatusCode::ACCEPTED
+            Err(error) => Some(error),
+        })
+        .collect();
+    let results = if events.is_empty() {
+        Vec::new()
     } else {
-        // Nothing stored: the status every item shares, else plain 400.
-        let first = results[0].status;
-        if results.iter().all(|r| r.status == first) {
-            StatusCode::from_u16(first).unwrap_or(StatusCode::BAD_REQUEST)
-        } else {
-            StatusCode::BAD_REQUEST
-        }
+        state.sink.store(&events).await
     };
-    let body = IngestResponse {
-        accepted,
-        rejected,
-        failed,
-        results,
-    };
-    let mut response = (status, Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-    }
-    Ok(response)
+    let mut stored = events.iter().zip(results);
+    let outcomes = refusals
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(error) => EventOutcome::Refused(error),
+            None => stored_outcome(stored.next()),
+        })
+        .collect();
+    Ok((parsed.shape, outcomes))
 }
 
-/// Per-request tallies of event outcomes, recorded in the metrics in one go.
-#[derive(Default)]
-struct OutcomeCounts(Vec<(Outcome, u64)>);
-
-impl OutcomeCounts {
-    fn add(&mut self, outcome: Outcome) {
-        match self.0.iter_mut().find(|(o, _)| *o == outcome) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((outcome, 1)),
+/// What the sink answered for one event (nothing at all counts as not stored).
+fn stored_outcome(stored: Option<(&Event, Result<Stored, String>)>) -> EventOutcome {
+    match stored {
+        Some((event, Ok(stored))) => EventOutcome::Stored {
+            event_id: event.event_id,
+            duplicate: stored.duplicate,
+        },
+        Some((event, Err(why))) => {
+            tracing::warn!(error = %why, event_id = %event.event_id, "event not stored");
+            EventOutcome::Failed {
+                event_id: Some(event.event_id),
+                why,
+            }
         }
-    }
-
-    fn record(&self, metrics: &crate::metrics::Metrics) {
-        for (outcome, n) in &self.0 {
-            metrics.count(*outcome, *n);
-        }
+        None => EventOutcome::Failed {
+            event_id: None,
+            why: "the event store gave no answer for this event".into(),
+        },
     }
 }
 
@@ -307,7 +305,12 @@ mod tests {
         origin: Option<&str>,
     ) -> Result<Vec<Result<Event, ApiError>>, ApiError> {
         let body = bytes::Bytes::copy_from_slice(body.as_bytes());
-        parse_events(&config(), body, content_type, None, origin, NOW_MS)
+        let headers = RequestHeaders {
+            content_type,
+            content_encoding: None,
+            origin,
+        };
+        parse_events(&config(), body, headers, NOW_MS, |_| Ok(())).map(|parsed| parsed.items)
     }
 
     #[test]
@@ -345,5 +348,31 @@ mod tests {
             from("null"),
             Err(ApiError::ForbiddenOrigin { .. })
         ));
+    }
+
+    #[test]
+    fn parse_events_asks_admission_with_the_count_before_validating() {
+        let body =
+            bytes::Bytes::from([EVENT, r#"{"site_id":"nope","event_type":"click"}"#].join("\n"));
+        let mut asked = None;
+        let refused = parse_events(
+            &config(),
+            body.clone(),
+            RequestHeaders::default(),
+            NOW_MS,
+            |n| {
+                asked = Some(n);
+                Err(ApiError::Overloaded(1))
+            },
+        );
+        assert_eq!(asked, Some(2));
+        assert!(matches!(refused, Err(ApiError::Overloaded(1))));
+        let parsed = parse_events(&config(), body, RequestHeaders::default(), NOW_MS, |_| {
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(parsed.shape, Shape::Batch);
+        assert!(parsed.items[0].is_ok());
+        assert!(matches!(parsed.items[1], Err(ApiError::UnknownSite(_))));
     }
 }

@@ -2,7 +2,7 @@
 //! pipeline's NATS JetStream stream; also serves the stats API.
 //!
 //! The binary (`main.rs`) reads its command line and calls [`serve`]. [`parse_events`] is
-//! what `POST /v1/events` makes of a request before it stores anything, open to the fuzz
+//! the one function `POST /v1/events` turns a body into events with, open to the fuzz
 //! target in `collector/fuzz`. Everything else stays inside the crate.
 
 use std::net::SocketAddr;
@@ -21,12 +21,14 @@ mod metrics;
 mod payload;
 mod router;
 mod sink;
+mod state;
 mod stats;
 mod validate;
 
 pub use admission::DEFAULT_MAX_IN_FLIGHT_EVENTS;
 pub use api::ApiError;
-pub use ingest::parse_events;
+pub use ingest::{Parsed, RequestHeaders, parse_events};
+pub use payload::Shape;
 pub use validate::Problem;
 
 /// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or
@@ -42,13 +44,12 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
     );
-    let state = Arc::new(
-        router::AppState::new(config, sink.clone()).with_max_in_flight_events(max_in_flight_events),
-    );
+    let (pipeline, sites) = (config.name().to_owned(), config.sites.len());
+    let state = state::AppState::new(config, sink.clone(), max_in_flight_events);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%listen, pipeline = state.config.name(), sites = state.config.sites.len(), "collector started");
+    tracing::info!(%listen, %pipeline, sites, "collector started");
     axum::serve(listener, router::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

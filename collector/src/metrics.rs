@@ -1,19 +1,13 @@
-//! Prometheus metrics of the collector, served on `/metrics`.
+//! Prometheus metrics of the collector, served on `/metrics`: the registry and what it
+//! counts. The middleware that times requests lives with the routes (`router.rs`).
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::router::AppState;
-use crate::validate::Rejection;
+use crate::api::{ApiError, EventOutcome};
 
 /// What became of an event.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -26,12 +20,17 @@ pub enum Outcome {
     Failed,
 }
 
-impl From<&Rejection> for Outcome {
-    fn from(rejection: &Rejection) -> Self {
-        match rejection {
-            Rejection::Invalid(_) => Self::Invalid,
-            Rejection::UnknownSite(_) => Self::UnknownSite,
-            Rejection::ForbiddenOrigin { .. } => Self::ForbiddenOrigin,
+impl From<&EventOutcome> for Outcome {
+    fn from(outcome: &EventOutcome) -> Self {
+        match outcome {
+            EventOutcome::Stored {
+                duplicate: true, ..
+            } => Self::Duplicate,
+            EventOutcome::Stored { .. } => Self::Accepted,
+            EventOutcome::Refused(ApiError::UnknownSite(_)) => Self::UnknownSite,
+            EventOutcome::Refused(ApiError::ForbiddenOrigin { .. }) => Self::ForbiddenOrigin,
+            EventOutcome::Refused(_) => Self::Invalid,
+            EventOutcome::Failed { .. } => Self::Failed,
         }
     }
 }
@@ -76,10 +75,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn count(&self, outcome: Outcome, n: u64) {
-        self.events
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc_by(n);
+    /// Counts what became of a request's events, one update per outcome rather than per
+    /// event.
+    pub fn count_outcomes(&self, outcomes: &[EventOutcome]) {
+        let mut counts: Vec<(Outcome, u64)> = Vec::new();
+        for outcome in outcomes.iter().map(Outcome::from) {
+            match counts.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((outcome, 1)),
+            }
+        }
+        for (outcome, n) in counts {
+            self.events
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n);
+        }
+    }
+
+    /// Records one request's duration under its route and status.
+    pub fn observe_request(&self, route: String, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .observe(seconds);
     }
 
     /// The metrics in the Prometheus text format.
@@ -89,23 +106,4 @@ impl Metrics {
             .expect("writing to a String never fails");
         out
     }
-}
-
-/// Middleware recording every request's duration by route and status.
-pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let start = Instant::now();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    response
 }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::api::ApiError;
 
 /// How the body was shaped; a single object answers differently from a batch.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Single,
     Batch,

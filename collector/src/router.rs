@@ -1,54 +1,25 @@
-//! The collector's HTTP surface in one place: routes, shared state, health and metrics.
+//! The collector's HTTP surface in one place: routes, body limits, CORS, the request-timing
+//! middleware, health and metrics.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tally_contracts::RuntimeConfig;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::admission::{Admission, DEFAULT_MAX_IN_FLIGHT_EVENTS};
-use crate::ingest::{self, IngestLimits};
-use crate::metrics::{self, Metrics};
+use crate::ingest;
+use crate::metrics::Metrics;
 use crate::sink::EventSink;
+use crate::state::AppState;
 use crate::stats;
 
-/// What every handler can reach.
-pub struct AppState {
-    pub config: RuntimeConfig,
-    pub sink: Arc<dyn EventSink>,
-    pub clickhouse: clickhouse::Client,
-    pub limits: IngestLimits,
-    pub metrics: Metrics,
-    /// Load shedding: the events requests in progress may hold.
-    pub admission: Admission,
-}
-
-impl AppState {
-    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
-        let clickhouse =
-            clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
-        Self {
-            limits: IngestLimits::of(&config),
-            clickhouse,
-            sink,
-            config,
-            metrics: Metrics::default(),
-            admission: Admission::new(DEFAULT_MAX_IN_FLIGHT_EVENTS),
-        }
-    }
-
-    /// Sets the events budget (`--max-in-flight-events`; 0: no limit).
-    pub fn with_max_in_flight_events(mut self, max: u32) -> Self {
-        self.admission = Admission::new(max);
-        self
-    }
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
+/// The routes of the collector over `state`.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/stats", get(stats::get_stats))
@@ -67,10 +38,30 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING]),
         )
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
+            state.metrics.clone(),
+            time_request,
         ))
         .with_state(state)
+}
+
+/// Middleware recording every request's duration by route and status.
+async fn time_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    metrics.observe_request(
+        route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// The browser tracker that site snippets load.
@@ -87,19 +78,22 @@ async fn tracker_js() -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    match state.sink.ready() {
+async fn readyz(State(sink): State<Arc<dyn EventSink>>) -> impl IntoResponse {
+    match sink.ready() {
         Ok(()) => (StatusCode::OK, "ready".to_owned()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
-async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
 }
+
+#[cfg(test)]
+mod tests;

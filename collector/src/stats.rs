@@ -6,12 +6,27 @@ use axum::Json;
 use axum::extract::{Query, State};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
+use tally_contracts::RuntimeConfig;
 use tally_contracts::schema::{PATH_DAILY, SITE_DAILY};
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
 use crate::api::ApiError;
-use crate::router::AppState;
+
+/// What the stats handler needs: the configured sites and a ClickHouse client.
+pub struct StatsState {
+    pub config: RuntimeConfig,
+    pub clickhouse: clickhouse::Client,
+}
+
+impl StatsState {
+    /// Reads the pipeline's database at its `spec.clickhouse.url`.
+    pub fn new(config: RuntimeConfig) -> Self {
+        let clickhouse =
+            clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url);
+        Self { config, clickhouse }
+    }
+}
 
 const DEFAULT_LIMIT: u32 = 10;
 const MAX_LIMIT: u32 = 1000;
@@ -66,7 +81,7 @@ pub fn top_paths_sql(db: &str) -> String {
 }
 
 pub async fn get_stats(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<StatsState>>,
     Query(query): Query<StatsQuery>,
 ) -> Result<Json<Stats>, ApiError> {
     let site_id = match query.site_id.as_deref() {

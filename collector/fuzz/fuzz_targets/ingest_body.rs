@@ -1,6 +1,6 @@
 //! `ingest_body`: any bytes as a `POST /v1/events` request, through the collector's parsing
-//! and validation ([`tally_collector::parse_events`], the steps the handler runs before it
-//! stores anything) with the limits a pipeline has by default.
+//! and validation ([`tally_collector::parse_events`], the function the handler itself calls
+//! on the body it read) with the limits a pipeline has by default, admitting every request.
 //!
 //! The first byte chooses the headers: bits 0–2 the `Content-Type`, bits 3–5 the
 //! `Content-Encoding`, bits 6–7 the `Origin` (see the tables below); the other bytes are the
@@ -21,7 +21,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use libfuzzer_sys::fuzz_target;
-use tally_collector::{ApiError, parse_events};
+use tally_collector::{ApiError, Parsed, RequestHeaders, parse_events};
 use tally_contracts::{Event, RuntimeConfig};
 
 /// The `Content-Type` header, by bits 0–2 of the first byte.
@@ -138,13 +138,17 @@ fuzz_target!(|data: &[u8]| {
     let config = &*CONFIG;
     let before = HELD.load(Relaxed);
     PEAK.store(before, Relaxed);
-    let outcome = parse_events(
-        config,
-        bytes::Bytes::copy_from_slice(body),
+    let headers = RequestHeaders {
         content_type,
         content_encoding,
         origin,
+    };
+    let outcome = parse_events(
+        config,
+        bytes::Bytes::copy_from_slice(body),
+        headers,
         NOW_MS,
+        |_| Ok(()),
     );
     let peak = PEAK.load(Relaxed) - before;
     let max_body = config.pipeline.spec.collector.max_body_bytes as usize;
@@ -154,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
     );
     match outcome {
         Err(error) => assert_explained(&error),
-        Ok(items) => {
+        Ok(Parsed { items, .. }) => {
             let max_batch = config.pipeline.spec.collector.max_batch_events as usize;
             assert!(
                 (1..=max_batch).contains(&items.len()),

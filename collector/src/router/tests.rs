@@ -1,0 +1,517 @@
+//! The router in process (tower's `oneshot`), over an in-memory sink: the answer of every
+//! status path of the collector's HTTP contract. The e2e tests run the same paths against
+//! real NATS and ClickHouse.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tally_contracts::{Event, RuntimeConfig};
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+use super::router;
+use crate::sink::{EventSink, Stored};
+use crate::state::AppState;
+
+/// The limits of these tests: a 2 KiB body, three events per request.
+const MAX_BODY: usize = 2048;
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig::parse(
+        "router-test",
+        &format!(
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {{name: web}}\n\
+             spec: {{collector: {{maxBodyBytes: {MAX_BODY}, maxBatchEvents: 3}}}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: shop}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: shop, domains: [shop.example.com]}}\n"
+        ),
+    )
+    .expect("the test configuration is valid")
+}
+
+/// Stores events in memory, de-duplicating ids as the stream does; it can be told to fail
+/// every store, to report itself not ready, or to hold each store until let go.
+struct MemorySink {
+    stored: Mutex<Vec<Event>>,
+    seen: Mutex<HashSet<Uuid>>,
+    failure: Option<String>,
+    not_ready: Option<String>,
+    /// When set, a store waits for a permit of it (taken, never given back).
+    gate: Option<Arc<Semaphore>>,
+    /// Stores that have begun.
+    entered: Arc<Semaphore>,
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self {
+            stored: Mutex::default(),
+            seen: Mutex::default(),
+            failure: None,
+            not_ready: None,
+            gate: None,
+            entered: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl MemorySink {
+    fn stored(&self) -> Vec<Event> {
+        self.stored.lock().unwrap().clone()
+    }
+}
+
+impl EventSink for MemorySink {
+    fn store<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, String>>> {
+        Box::pin(async move {
+            self.entered.add_permits(1);
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("the gate stays open").forget();
+            }
+            events
+                .iter()
+                .map(|event| match &self.failure {
+                    Some(why) => Err(why.clone()),
+                    None => {
+                        let duplicate = !self.seen.lock().unwrap().insert(event.event_id);
+                        if !duplicate {
+                            self.stored.lock().unwrap().push(event.clone());
+                        }
+                        Ok(Stored { duplicate })
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.not_ready.clone().map_or(Ok(()), Err)
+    }
+}
+
+/// A collector over `sink` with the default events budget.
+fn app(sink: Arc<MemorySink>) -> axum::Router {
+    router(AppState::new(
+        config(),
+        sink,
+        crate::DEFAULT_MAX_IN_FLIGHT_EVENTS,
+    ))
+}
+
+/// A POST to `/v1/events` declaring JSON; add headers, then the body.
+fn post() -> axum::http::request::Builder {
+    Request::post("/v1/events").header(header::CONTENT_TYPE, "application/json")
+}
+
+fn json_post(body: &Value) -> Request<Body> {
+    post()
+        .body(Body::from(body.to_string()))
+        .expect("a valid request")
+}
+
+async fn send(app: &axum::Router, request: Request<Body>) -> Response {
+    app.clone()
+        .oneshot(request)
+        .await
+        .expect("the router never fails")
+}
+
+async fn body_json(response: Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body reads");
+    serde_json::from_slice(&bytes).expect("the body is JSON")
+}
+
+async fn body_text(response: Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body reads");
+    String::from_utf8(bytes.to_vec()).expect("the body is UTF-8")
+}
+
+fn event(site: &str) -> Value {
+    json!({"site_id": site, "type": "page_view", "path": "/home"})
+}
+
+/// The status, the error code and the `Retry-After` header of an answer, and its body.
+async fn answer(response: Response) -> (StatusCode, Option<String>, Value) {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, body_json(response).await)
+}
+
+#[tokio::test]
+async fn a_valid_event_is_stored_and_answered_202() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let (status, retry_after, body) = answer(send(&app, json_post(&event("shop"))).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(retry_after, None);
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["results"][0]["status"], 202);
+    let stored = sink.stored();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        body["results"][0]["event_id"],
+        stored[0].event_id.to_string()
+    );
+    assert_eq!(stored[0].path, "/home");
+}
+
+#[tokio::test]
+async fn a_reposted_event_is_answered_as_a_duplicate_and_stored_once() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let mut one = event("shop");
+    one["event_id"] = json!("0193a7e4-5b1c-7d2e-8f00-1234567890ab");
+    let first = body_json(send(&app, json_post(&one)).await).await;
+    assert!(first["results"][0].get("duplicate").is_none());
+    let (status, _, second) = answer(send(&app, json_post(&one)).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(second["results"][0]["duplicate"], true);
+    assert_eq!(sink.stored().len(), 1);
+}
+
+#[tokio::test]
+async fn a_single_refused_event_answers_with_its_own_error() {
+    let app = app(Arc::new(MemorySink::default()));
+    let (status, _, body) = answer(
+        send(
+            &app,
+            json_post(&json!({"site_id": "shop", "timestamp": "soon"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_event");
+    let fields: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"timestamp"), "{body}");
+
+    let (status, _, body) = answer(send(&app, json_post(&event("nope"))).await).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::NOT_FOUND, &json!("unknown_site"))
+    );
+    assert!(body["message"].as_str().unwrap().contains("nope"));
+
+    let request = post()
+        .header(header::ORIGIN, "https://elsewhere.example.net")
+        .body(Body::from(event("shop").to_string()))
+        .unwrap();
+    let (status, _, body) = answer(send(&app, request).await).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden_origin"))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_answers_per_item() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let batch = json!([event("shop"), {"site_id": "shop", "type": ""}, event("nope")]);
+    let (status, _, body) = answer(send(&app, json_post(&batch)).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (&body["accepted"], &body["rejected"], &body["failed"]),
+        (&json!(1), &json!(2), &json!(0))
+    );
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 400, 404]);
+    assert_eq!(body["results"][1]["error"], "invalid_event");
+    assert_eq!(sink.stored().len(), 1);
+
+    // Nothing stored: the status all items share, else 400.
+    let (status, _, _) =
+        answer(send(&app, json_post(&json!([event("x"), event("y")]))).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) =
+        answer(send(&app, json_post(&json!([event("x"), {"type": 1}]))).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["accepted"], 0);
+}
+
+#[tokio::test]
+async fn ndjson_and_gzip_bodies_are_read() {
+    use std::io::Write as _;
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let lines = format!("{}\n{}\n", event("shop"), event("shop"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(lines.as_bytes()).unwrap();
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(gz.finish().unwrap()))
+        .unwrap();
+    let (status, _, body) = answer(send(&app, request).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(sink.stored().len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_as_a_whole() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let cases: [(Request<Body>, StatusCode, &str); 4] = [
+        (
+            post().body(Body::from("{not json")).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post().body(Body::empty()).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post()
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from("not gzip"))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_encoding",
+        ),
+        (
+            post()
+                .header(header::CONTENT_ENCODING, "br")
+                .body(Body::from(event("shop").to_string()))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+        ),
+    ];
+    for (request, want_status, want_code) in cases {
+        let (status, _, body) = answer(send(&app, request).await).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (want_status, want_code),
+            "{body}"
+        );
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    }
+    assert!(sink.stored().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_requests_answer_413() {
+    let app = app(Arc::new(MemorySink::default()));
+    let big = "x".repeat(MAX_BODY + 1);
+    let request = post()
+        .header(header::CONTENT_LENGTH, big.len())
+        .body(Body::from(big))
+        .unwrap();
+    let response = send(&app, request).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()[header::CONNECTION], "close");
+    assert_eq!(body_json(response).await["error"], "payload_too_large");
+
+    // Without Content-Length the limit holds while the body is read.
+    let stream = futures::stream::iter(
+        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; MAX_BODY / 2]))),
+    );
+    let request = post().body(Body::from_stream(stream)).unwrap();
+    assert_eq!(
+        send(&app, request).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let four = json!([event("shop"), event("shop"), event("shop"), event("shop")]);
+    let (status, _, body) = answer(send(&app, json_post(&four)).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        body["message"].as_str().unwrap().contains("limit is 3"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn events_that_cannot_be_stored_answer_503_with_retry_after() {
+    let sink = Arc::new(MemorySink {
+        failure: Some("JetStream publish failed: timed out".into()),
+        ..MemorySink::default()
+    });
+    let app = app(sink);
+    let (status, retry_after, body) = answer(send(&app, json_post(&event("shop"))).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(body["error"], "unavailable");
+    assert!(body["message"].as_str().unwrap().contains("timed out"));
+
+    let batch = json!([event("shop"), event("nope")]);
+    let (status, retry_after, body) = answer(send(&app, json_post(&batch)).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!((&body["failed"], &body["rejected"]), (&json!(1), &json!(1)));
+    assert_eq!(body["results"][0]["status"], 503);
+    assert!(
+        body["results"][0]["event_id"].is_string(),
+        "a failed event keeps its id: {body}"
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_events_budget_answer_503_overloaded() {
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = Arc::new(MemorySink {
+        gate: Some(gate.clone()),
+        ..MemorySink::default()
+    });
+    let app = router(AppState::new(config(), sink.clone(), 1));
+    // The first request holds the whole budget while its store waits at the gate.
+    let first = tokio::spawn(send_owned(app.clone(), json_post(&event("shop"))));
+    sink.entered.acquire().await.unwrap().forget();
+    let (status, retry_after, body) = answer(send(&app, json_post(&event("shop"))).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(body["error"], "overloaded");
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
+    // The budget is free again.
+    gate.add_permits(1);
+    assert_eq!(
+        send(&app, json_post(&event("shop"))).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(sink.stored().len(), 2);
+}
+
+async fn send_owned(app: axum::Router, request: Request<Body>) -> Response {
+    send(&app, request).await
+}
+
+#[tokio::test]
+async fn readiness_follows_the_sink() {
+    let ready = app(Arc::new(MemorySink::default()));
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    assert_eq!(send(&ready, get("/readyz")).await.status(), StatusCode::OK);
+    assert_eq!(send(&ready, get("/healthz")).await.status(), StatusCode::OK);
+    let not_ready = app(Arc::new(MemorySink {
+        not_ready: Some("not connected to NATS".into()),
+        ..MemorySink::default()
+    }));
+    let response = send(&not_ready, get("/readyz")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body_text(response).await, "not connected to NATS");
+    // Liveness does not depend on NATS.
+    assert_eq!(
+        send(&not_ready, get("/healthz")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_and_time_requests_by_route() {
+    let app = app(Arc::new(MemorySink::default()));
+    let batch = json!([event("shop"), event("shop"), event("nope")]);
+    send(&app, json_post(&batch)).await;
+    let response = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    assert!(
+        text.contains("tally_collector_events_total{outcome=\"Accepted\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tally_collector_events_total{outcome=\"UnknownSite\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tally_collector_request_duration_seconds_count{route=\"/v1/events\",status=\"202\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_tracker_and_cors_preflights_are_served() {
+    let app = app(Arc::new(MemorySink::default()));
+    let response = send(
+        &app,
+        Request::get("/tracker.js").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/javascript")
+    );
+    let preflight = Request::options("/v1/events")
+        .header(header::ORIGIN, "https://shop.example.com")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+        .body(Body::empty())
+        .unwrap();
+    let response = send(&app, preflight).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+}
+
+#[tokio::test]
+async fn stats_queries_are_checked_before_clickhouse_is_asked() {
+    let app = app(Arc::new(MemorySink::default()));
+    let cases = [
+        (
+            "/v1/stats",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "site_id",
+        ),
+        (
+            "/v1/stats?site_id=nope",
+            StatusCode::NOT_FOUND,
+            "unknown_site",
+            "nope",
+        ),
+        (
+            "/v1/stats?site_id=shop&date=May",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "date",
+        ),
+        (
+            "/v1/stats?site_id=shop&limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+    ];
+    for (uri, want_status, want_code, named) in cases {
+        let response = send(&app, Request::get(uri).body(Body::empty()).unwrap()).await;
+        let (status, _, body) = answer(response).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (want_status, want_code),
+            "{uri}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{uri}: {body}"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! The collector's shared state, and the part of it each handler is given (axum's
+//! `FromRef`): a handler names the sub-state it needs and sees nothing else.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use tally_contracts::RuntimeConfig;
+
+use crate::admission::Admission;
+use crate::ingest::{IngestLimits, IngestState};
+use crate::metrics::Metrics;
+use crate::sink::EventSink;
+use crate::stats::StatsState;
+
+/// Everything the routes share; each handler takes one field of it.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Arc<IngestState>,
+    pub stats: Arc<StatsState>,
+    pub sink: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The state of a collector storing into `sink`, with `max_in_flight_events` as its
+    /// load-shedding budget (0: none).
+    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>, max_in_flight_events: u32) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        Self {
+            ingest: Arc::new(IngestState {
+                limits: IngestLimits::of(&config),
+                admission: Admission::new(max_in_flight_events),
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+                config: config.clone(),
+            }),
+            stats: Arc::new(StatsState::new(config)),
+            sink,
+            metrics,
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<IngestState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.ingest.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<StatsState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.stats.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<dyn EventSink> {
+    fn from_ref(state: &AppState) -> Self {
+        state.sink.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
