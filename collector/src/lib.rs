@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tally_contracts::RuntimeConfig;
-use tally_contracts::service::shutdown_signal;
+use tally_runtime::shutdown_signal;
 
 mod admission;
 mod api;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use tally_contracts::service::CommonArgs;
+use tally_runtime::CommonArgs;
 
 /// Tally collector: takes events on POST /v1/events, publishes them to NATS JetStream,
 /// and answers GET /v1/stats from ClickHouse.

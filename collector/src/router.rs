@@ -1,12 +1,12 @@
 //! The collector's HTTP surface in one place: routes, body limits, CORS, the request-timing
-//! middleware, health and metrics.
+//! middleware, and the health and metrics endpoints every service shares.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,6 @@ use tower_http::cors::{Any, CorsLayer};
 
 use crate::ingest;
 use crate::metrics::Metrics;
-use crate::sink::EventSink;
 use crate::state::AppState;
 use crate::stats;
 
@@ -24,9 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/stats", get(stats::get_stats))
         .route("/tracker.js", get(tracker_js))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+        .merge(tally_runtime::health::routes(state.health.clone()))
         // The ingest handler enforces its own, configured limit with a JSON answer.
         .layer(DefaultBodyLimit::disable())
         // Browsers post from the sites' own origins; the domains check decides what is
@@ -75,23 +72,6 @@ async fn tracker_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("../assets/tracker.js"),
-    )
-}
-
-async fn readyz(State(sink): State<Arc<dyn EventSink>>) -> impl IntoResponse {
-    match sink.ready() {
-        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-    }
-}
-
-async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
     )
 }
 

@@ -117,21 +117,12 @@ impl JetStreamSink {
 
 /// Creates the stream when missing, retrying with backoff until NATS answers.
 async fn keep_stream(js: jetstream::Context, config: RuntimeConfig, ready: Arc<AtomicBool>) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match stream::ensure_stream(&js, &config).await {
-            Ok(_) => {
-                tracing::info!(stream = %config.stream_name(), "JetStream stream ready");
-                ready.store(true, Ordering::Release);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot ensure the JetStream stream");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    tally_runtime::retry("ensure the JetStream stream", || {
+        stream::ensure_stream(&js, &config)
+    })
+    .await;
+    tracing::info!(stream = %config.stream_name(), "JetStream stream ready");
+    ready.store(true, Ordering::Release);
 }
 
 impl EventSink for JetStreamSink {

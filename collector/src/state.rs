@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use tally_contracts::RuntimeConfig;
+use tally_runtime::Health;
 
 use crate::admission::Admission;
 use crate::ingest::{IngestLimits, IngestState};
@@ -17,7 +18,8 @@ use crate::stats::StatsState;
 pub struct AppState {
     pub ingest: Arc<IngestState>,
     pub stats: Arc<StatsState>,
-    pub sink: Arc<dyn EventSink>,
+    /// What `/readyz` and `/metrics` answer.
+    pub health: Arc<dyn Health>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -35,9 +37,28 @@ impl AppState {
                 config: config.clone(),
             }),
             stats: Arc::new(StatsState::new(config)),
-            sink,
+            health: Arc::new(CollectorHealth {
+                sink,
+                metrics: metrics.clone(),
+            }),
             metrics,
         }
+    }
+}
+
+/// Ready while the sink can store events; the metrics are the collector's registry.
+struct CollectorHealth {
+    sink: Arc<dyn EventSink>,
+    metrics: Arc<Metrics>,
+}
+
+impl Health for CollectorHealth {
+    fn ready(&self) -> Result<String, String> {
+        self.sink.ready().map(|()| "ready".to_owned())
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
     }
 }
 
@@ -50,12 +71,6 @@ impl FromRef<AppState> for Arc<IngestState> {
 impl FromRef<AppState> for Arc<StatsState> {
     fn from_ref(state: &AppState) -> Self {
         state.stats.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<dyn EventSink> {
-    fn from_ref(state: &AppState) -> Self {
-        state.sink.clone()
     }
 }
 
