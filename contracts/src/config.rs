@@ -1,11 +1,17 @@
 //! The runtime configuration: one `AnalyticsPipeline` and its `AnalyticsSite`s, read from the
 //! same YAML that `kubectl apply` takes — a multi-document file, or a directory of `.yaml` /
 //! `.yml` files. In a cluster the operator renders exactly this shape into a ConfigMap.
+//!
+//! The files are read strictly: a field the resource does not declare (a misspelled
+//! `batchMaxRow`, say) is an error naming the file, the document and the field, never a
+//! silent default. The API server prunes such fields from applied resources instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+pub use tally_crds::is_site_id;
 use tally_crds::{
     API_VERSION, AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, SITE_ID_PATTERN,
     parse_duration,
@@ -128,18 +134,25 @@ impl RuntimeConfig {
                         api_version.unwrap_or("nothing")
                     )));
                 }
+                let name = value
+                    .get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(|n| n.as_str())
+                    .map(|n| format!(" {n:?}"))
+                    .unwrap_or_default();
                 match kind {
                     Some("AnalyticsPipeline") => {
-                        let parsed: AnalyticsPipeline = serde_yaml::from_value(value)
-                            .map_err(|e| invalid(format!("invalid AnalyticsPipeline: {e}")))?;
+                        let parsed: AnalyticsPipeline = strict(value).map_err(|e| {
+                            invalid(format!("invalid AnalyticsPipeline{name}: {e}"))
+                        })?;
                         if let Some((first, _)) = &pipeline {
                             return Err(ConfigError::TwoPipelines(first.clone(), origin));
                         }
                         pipeline = Some((origin, parsed));
                     }
                     Some("AnalyticsSite") => {
-                        let parsed: AnalyticsSite = serde_yaml::from_value(value)
-                            .map_err(|e| invalid(format!("invalid AnalyticsSite: {e}")))?;
+                        let parsed: AnalyticsSite = strict(value)
+                            .map_err(|e| invalid(format!("invalid AnalyticsSite{name}: {e}")))?;
                         sites.push((origin, parsed));
                     }
                     other => {
@@ -278,22 +291,47 @@ impl RuntimeConfig {
 
 use serde::Deserialize as _;
 
+/// Deserializes one resource, refusing every field its type does not declare (all of them
+/// named, as paths like `spec.processor.batchMaxRow`). Unknown fields are reported before a
+/// bad value, since a misspelled field is often why a required one is missing.
+fn strict<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(value, |path| {
+        // The resource types take `apiVersion` and `kind` as given; both were checked above.
+        if !matches!(&path, serde_ignored::Path::Map { parent: serde_ignored::Path::Root, key } if key == "apiVersion" || key == "kind")
+        {
+            unknown.push(field_path(&path));
+        }
+    });
+    match (unknown.as_slice(), parsed) {
+        ([], parsed) => parsed.map_err(|e| e.to_string()),
+        ([one], _) => Err(format!("unknown field {one}")),
+        (many, _) => Err(format!("unknown fields {}", many.join(", "))),
+    }
+}
+
+/// `spec.domains[2]`-style path of a field, leaving out the steps that are not fields
+/// (`Option`s, newtypes).
+fn field_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && s.len() <= 63
-}
-
-/// The same rule as [`SITE_ID_PATTERN`], checked without a regex engine.
-pub fn is_site_id(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -384,5 +422,85 @@ spec:
             ))
             .contains("invalid AnalyticsPipeline")
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_file_document_and_path() {
+        let misspelled = EXAMPLE.replace("batchMaxWait: 200ms", "batchMaxRow: 500");
+        assert_eq!(
+            error_of(&misspelled),
+            "x.yaml (document 1): invalid AnalyticsPipeline \"web\": unknown field spec.processor.batchMaxRow"
+        );
+        let cases = [
+            ("name: web\nspec:", "name: web\nspecs: {}\nspec:", "specs"),
+            ("name: web", "name: web\n  lables: {}", "metadata.lables"),
+            (
+                "batchMaxWait: 200ms",
+                "resources: {limit: {cpu: 1}}",
+                "spec.processor.resources.limit",
+            ),
+            (
+                "batchMaxWait: 200ms",
+                "batchMaxWait: 200ms\n    replica: 2\n    ackwait: 1s",
+                "unknown fields spec.processor.replica, spec.processor.ackwait",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let message = error_of(&EXAMPLE.replace(from, to));
+            assert!(
+                message.starts_with(
+                    "x.yaml (document 1): invalid AnalyticsPipeline \"web\": unknown field"
+                ) && message.contains(field),
+                "{message}"
+            );
+        }
+        // A misspelled required field is named, not only the missing one.
+        let site = EXAMPLE.replace("siteId: shop", "siteID: shop");
+        assert_eq!(
+            error_of(&site),
+            "x.yaml (document 2): invalid AnalyticsSite \"shop\": unknown field spec.siteID"
+        );
+        let status = EXAMPLE.replace(
+            "spec:\n  processor",
+            "status: {conditions: [{type: Ready, statu: \"True\"}]}\nspec:\n  processor",
+        );
+        assert!(
+            error_of(&status).contains("unknown field status.conditions[0].statu"),
+            "{}",
+            error_of(&status)
+        );
+    }
+
+    #[test]
+    fn a_directory_names_the_file_at_fault() {
+        let dir = std::env::temp_dir().join(format!("tally-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pipeline, sites) = EXAMPLE.split_once("---").unwrap();
+        std::fs::write(dir.join("a-pipeline.yaml"), pipeline).unwrap();
+        std::fs::write(
+            dir.join("b-sites.yml"),
+            format!(
+                "---{sites}{}",
+                sites.replace("shop", "blog").replace("domains", "domain")
+            ),
+        )
+        .unwrap();
+        let message = RuntimeConfig::load(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "{} (document 2): invalid AnalyticsSite \"blog\": unknown field spec.domain",
+                dir.join("b-sites.yml").display()
+            )
+        );
+    }
+
+    #[test]
+    fn the_examples_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = RuntimeConfig::load(&examples).unwrap();
+        assert_eq!(config.name(), "web");
+        assert!(config.site("shop").is_some() && config.site("docs").is_some());
     }
 }

@@ -239,7 +239,14 @@ pub struct ProcessorSpec {
     #[serde(default = "default_ack_wait")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ack_wait: String,
-    /// How many times JetStream delivers a message before giving up on it.
+    /// Deliveries of a message that cannot be stored (not an event envelope, an event no
+    /// table can hold, or an event ClickHouse refuses) before the processor gives up on it.
+    /// Until then it is handed back to JetStream for a later delivery; on this delivery the
+    /// processor publishes it, with headers giving the reason, to the pipeline's dead-letter
+    /// stream `TALLY_<PIPELINE>_DLQ` (subject `tally.<pipeline>.dlq.<siteId>`) and
+    /// acknowledges it once that stream has stored it. JetStream itself redelivers without
+    /// limit. Failures that are not the message's own (ClickHouse unreachable, timing out or
+    /// overloaded) are retried without end and never dead-letter a message.
     #[serde(default = "default_max_deliver")]
     #[schemars(range(min = 1))]
     pub max_deliver: u32,

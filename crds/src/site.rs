@@ -8,6 +8,18 @@ use serde::{Deserialize, Serialize};
 /// The pattern every `siteId` matches: it becomes a NATS subject token and a ClickHouse value.
 pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
 
+/// Whether `s` matches [`SITE_ID_PATTERN`], checked without a regex engine. The crate's
+/// tests hold it to the pattern of the generated CRD on a table of examples.
+pub fn is_site_id(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// A DNS host name in lower case (RFC 1123), as `domains` takes them.
 pub const HOSTNAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
@@ -57,8 +69,11 @@ pub struct AnalyticsSiteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(regex(pattern = HOSTNAME_PATTERN)))]
     pub domains: Vec<String>,
-    /// A Secret key holding this site's API key. The operator reports the site as not
-    /// accepted while the Secret or key is missing.
+    /// A key of a Secret (same namespace) meant to hold this site's API key. Only its
+    /// presence is checked today: while the Secret or the key is missing, the operator keeps
+    /// the site out of its pipeline's configuration and reports `Accepted` false with reason
+    /// `ApiKeySecretNotFound`. The collector does not check API keys yet: requests need
+    /// none. Without a cluster (configuration files) nothing checks this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 }
