@@ -13,10 +13,6 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The default of `--max-in-flight-events`: four times the default JetStream publish
-/// window (`maxInFlightPublishes`, 8192), enough to keep that window full.
-pub const DEFAULT_MAX_IN_FLIGHT_EVENTS: u32 = 32_768;
-
 /// Bytes of body counted as one event while the body is not parsed yet (tracker.js events
 /// are 250–350 bytes of JSON).
 pub const EVENT_BYTES_HINT: usize = 256;

@@ -25,7 +25,6 @@ mod state;
 mod stats;
 mod validate;
 
-pub use admission::DEFAULT_MAX_IN_FLIGHT_EVENTS;
 pub use api::ApiError;
 pub use ingest::{Parsed, RequestHeaders, parse_events};
 pub use payload::Shape;
@@ -33,19 +32,15 @@ pub use validate::Problem;
 
 /// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or
 /// SIGTERM; publishes still in progress are flushed before it returns.
-/// `max_in_flight_events` is the load-shedding budget (0: none).
-pub async fn serve(
-    config: RuntimeConfig,
-    listen: SocketAddr,
-    max_in_flight_events: u32,
-) -> anyhow::Result<()> {
+/// The load-shedding budget is `spec.collector.maxInFlightEvents` (0: none).
+pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let sink = Arc::new(
         sink::JetStreamSink::connect(&config)
             .await
             .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
     );
     let (pipeline, sites) = (config.name().to_owned(), config.sites.len());
-    let state = state::AppState::new(config, sink.clone(), max_in_flight_events);
+    let state = state::AppState::new(config, sink.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

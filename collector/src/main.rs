@@ -20,20 +20,19 @@ struct Cli {
     /// Load shedding: the most events that requests in progress may hold at once (being
     /// validated, published or awaiting JetStream's acknowledgement). A POST whose events do
     /// not fit is answered at once with 503 `overloaded` and `Retry-After: 1`, so overload
-    /// costs bounded memory instead of growing queues. 0 disables the limit.
-    #[arg(
-        long,
-        env = "TALLY_MAX_IN_FLIGHT_EVENTS",
-        value_name = "EVENTS",
-        default_value_t = tally_collector::DEFAULT_MAX_IN_FLIGHT_EVENTS
-    )]
-    max_in_flight_events: u32,
+    /// costs bounded memory instead of growing queues. 0 disables the limit. Overrides
+    /// `spec.collector.maxInFlightEvents` of the pipeline (default 32768).
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT_EVENTS", value_name = "EVENTS")]
+    max_in_flight_events: Option<u32>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.common.init_logging();
-    let config = cli.common.load_config()?;
-    tally_collector::serve(config, cli.listen, cli.max_in_flight_events).await
+    let mut config = cli.common.load_config()?;
+    if let Some(max) = cli.max_in_flight_events {
+        config.pipeline.spec.collector.max_in_flight_events = max;
+    }
+    tally_collector::serve(config, cli.listen).await
 }

@@ -24,14 +24,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of a collector storing into `sink`, with `max_in_flight_events` as its
-    /// load-shedding budget (0: none).
-    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>, max_in_flight_events: u32) -> Self {
+    /// The state of a collector storing into `sink`, with `spec.collector.maxInFlightEvents`
+    /// as its load-shedding budget (0: none).
+    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
         let metrics = Arc::new(Metrics::default());
         Self {
             ingest: Arc::new(IngestState {
                 limits: IngestLimits::of(&config),
-                admission: Admission::new(max_in_flight_events),
+                admission: Admission::new(config.pipeline.spec.collector.max_in_flight_events),
                 sink: sink.clone(),
                 metrics: metrics.clone(),
                 config: config.clone(),

@@ -168,6 +168,14 @@ pub struct CollectorSpec {
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1))]
     pub max_in_flight_publishes: u32,
+    /// Load shedding: the most events that requests in progress may hold at once, per
+    /// collector (being validated, published or awaiting JetStream's acknowledgement). A
+    /// POST whose events do not fit is answered at once with 503 `overloaded` and
+    /// `Retry-After: 1`, so an overload costs bounded memory instead of growing queues. The
+    /// default is four times the default `maxInFlightPublishes`; 0 disables the limit. The
+    /// collector's `--max-in-flight-events` flag overrides it.
+    #[serde(default = "default_max_in_flight_events")]
+    pub max_in_flight_events: u32,
     /// How long a publish may wait for JetStream's acknowledgement before the request is
     /// answered with 503.
     #[serde(default = "default_publish_timeout")]
@@ -305,6 +313,9 @@ fn default_max_properties_bytes() -> u32 {
 }
 fn default_max_in_flight() -> u32 {
     8192
+}
+fn default_max_in_flight_events() -> u32 {
+    4 * default_max_in_flight()
 }
 fn default_publish_timeout() -> String {
     "5s".into()

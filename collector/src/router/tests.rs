@@ -95,13 +95,9 @@ impl EventSink for MemorySink {
     }
 }
 
-/// A collector over `sink` with the default events budget.
+/// A collector over `sink` with the configuration's events budget (the default).
 fn app(sink: Arc<MemorySink>) -> axum::Router {
-    router(AppState::new(
-        config(),
-        sink,
-        crate::DEFAULT_MAX_IN_FLIGHT_EVENTS,
-    ))
+    router(AppState::new(config(), sink))
 }
 
 /// A POST to `/v1/events` declaring JSON; add headers, then the body.
@@ -379,7 +375,9 @@ async fn requests_over_the_events_budget_answer_503_overloaded() {
         gate: Some(gate.clone()),
         ..MemorySink::default()
     });
-    let app = router(AppState::new(config(), sink.clone(), 1));
+    let mut config = config();
+    config.pipeline.spec.collector.max_in_flight_events = 1;
+    let app = router(AppState::new(config, sink.clone()));
     // The first request holds the whole budget while its store waits at the gate.
     let first = tokio::spawn(send_owned(app.clone(), json_post(&event("shop"))));
     sink.entered.acquire().await.unwrap().forget();
