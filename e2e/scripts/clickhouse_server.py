@@ -1,4 +1,5 @@
-"""A real ClickHouse server on 127.0.0.1, run from the chdb-core engine.
+"""The ClickHouse engine of chdb-core (clickhouse-local) serving HTTP and native TCP on
+127.0.0.1 as a local server; production runs the `clickhouse-server` program instead.
 
 Started through the `clickhouse-server` wrapper next to this file, which puts
 the pinned chdb-core from the cache on PYTHONPATH:
@@ -107,7 +108,7 @@ def port(text):
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Run a real ClickHouse server (chdb-core engine) on 127.0.0.1 "
+        description="Run the ClickHouse engine of chdb-core as a local server on 127.0.0.1 "
         "in the foreground. Ready when GET http://127.0.0.1:HTTP_PORT/ping answers "
         "'Ok.'. SIGTERM/SIGINT stop it with exit code 0.",
     )
