@@ -14,8 +14,14 @@ use async_nats::jetstream;
 use tally_contracts::service::shutdown_signal;
 use tally_contracts::{RuntimeConfig, naming, stream};
 
+mod backoff;
+mod bisect;
 mod consume;
+mod dead_letter;
+mod health;
 mod metrics;
+mod poison;
+mod redelivery;
 mod schema;
 mod store;
 
@@ -31,18 +37,29 @@ pub async fn run(
     crash_after_inserts: Option<u64>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let readiness = Arc::new(health::Readiness::default());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let router = health::router(
+        {
+            let readiness = readiness.clone();
+            move || readiness.check()
+        },
+        {
+            let metrics = metrics.clone();
+            move || metrics.render()
+        },
+    );
     tokio::spawn(
-        axum::serve(listener, metrics::router(metrics.clone()))
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown_signal())
             .into_future(),
     );
 
     let shutdown = shutdown_signal();
     tokio::select! {
-        started = start(&config, crash_after_inserts, metrics.clone()) => started?.run(shutdown).await,
+        started = start(&config, crash_after_inserts, metrics, readiness) => started?.run(shutdown).await,
         _ = shutdown_signal() => {}
     }
     tracing::info!("processor stopped");
@@ -55,6 +72,7 @@ async fn start(
     config: &RuntimeConfig,
     crash_after_inserts: Option<u64>,
     metrics: Arc<metrics::Metrics>,
+    readiness: Arc<health::Readiness>,
 ) -> anyhow::Result<consume::Processor> {
     let spec = &config.pipeline.spec;
     let nats = async_nats::ConnectOptions::new()
@@ -89,7 +107,7 @@ async fn start(
         database = %db,
         "processor started"
     );
-    metrics.set_started(js.client());
+    readiness.set_started(js.client());
     let ack_wait = config.timings.ack_wait;
     Ok(consume::Processor {
         consumer,
@@ -105,7 +123,8 @@ async fn start(
             crash_after_inserts,
         },
         metrics,
-        dead_letters: consume::DeadLetters::new(js, config.clone()),
+        readiness,
+        dead_letters: dead_letter::DeadLetters::new(js, config.clone()),
     })
 }
 

@@ -1,20 +1,14 @@
-//! Prometheus metrics and health of the processor, served on its HTTP port.
+//! The processor's Prometheus metrics: what it wrote, skipped and gave up on, and how long
+//! each stage of its loop took. `/metrics` (see `health`) renders them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Counters of the processor plus the health flags `/readyz` reports.
+/// The processor's counters and histograms, in their registry.
 pub struct Metrics {
     registry: Registry,
     written: Counter,
@@ -27,10 +21,6 @@ pub struct Metrics {
     insert_failures: Counter,
     insert_seconds: Histogram,
     stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
-    nats_ok: AtomicBool,
-    storage_ok: AtomicBool,
-    started: AtomicBool,
-    nats: OnceLock<async_nats::Client>,
 }
 
 impl Default for Metrics {
@@ -112,72 +102,58 @@ impl Default for Metrics {
             insert_failures,
             insert_seconds,
             stage_seconds,
-            nats_ok: AtomicBool::new(false),
-            storage_ok: AtomicBool::new(false),
-            started: AtomicBool::new(false),
-            nats: OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
+    /// One batch written: its events `written` and `skipped` as stored already, and how
+    /// long it took.
     pub fn record_batch(&self, written: usize, skipped: usize, took: Duration) {
         self.written.inc_by(written as u64);
         self.skipped.inc_by(skipped as u64);
         self.batches.inc();
         self.insert_seconds.observe(took.as_secs_f64());
     }
+
     /// One batch's time in `stage` (see [`Stage`]).
     pub fn record_stage(&self, stage: Stage, took: Duration) {
         self.stage_seconds
             .get_or_create(&[("stage", stage.label())])
             .observe(took.as_secs_f64());
     }
+
+    /// Events found stored already although JetStream delivered them for the first time.
     pub fn count_stored_on_first_delivery(&self, events: usize) {
         self.skipped_first_delivery.inc_by(events as u64);
     }
+
+    /// One delivery of a message that cannot be stored.
     pub fn count_poison(&self) {
         self.poison.inc();
     }
+
+    /// One message published to the dead-letter stream.
     pub fn count_dead_lettered(&self) {
         self.dead_lettered.inc();
     }
+
+    /// One failed attempt to publish a dead letter.
     pub fn count_dead_letter_failure(&self) {
         self.dead_letter_failures.inc();
     }
+
+    /// One failed attempt to write a batch.
     pub fn count_insert_failure(&self) {
         self.insert_failures.inc();
     }
-    pub fn set_nats_ok(&self, ok: bool) {
-        self.nats_ok.store(ok, Ordering::Relaxed);
-    }
-    pub fn set_storage_ok(&self, ok: bool) {
-        self.storage_ok.store(ok, Ordering::Relaxed);
-    }
-    /// Marks the end of start-up (schema applied, consumer bound); `nats` is watched for
-    /// readiness from then on.
-    pub fn set_started(&self, nats: async_nats::Client) {
-        let _ = self.nats.set(nats);
-        self.started.store(true, Ordering::Relaxed);
-        self.set_storage_ok(true);
-        self.set_nats_ok(true);
-    }
 
-    fn readiness(&self) -> Result<(), &'static str> {
-        if !self.started.load(Ordering::Relaxed) {
-            return Err("starting: schema or consumer not ready yet");
-        }
-        if !self.storage_ok.load(Ordering::Relaxed) {
-            return Err("ClickHouse is failing; retrying the current batch");
-        }
-        let connected = self
-            .nats
-            .get()
-            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
-        if !connected || !self.nats_ok.load(Ordering::Relaxed) {
-            return Err("cannot fetch from JetStream");
-        }
-        Ok(())
+    /// Every metric in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String never fails");
+        out
     }
 }
 
@@ -186,9 +162,13 @@ type StageLabel = [(&'static str, &'static str); 1];
 /// The stages of the processor's loop, timed per batch.
 #[derive(Debug, Clone, Copy)]
 pub enum Stage {
+    /// Fetching the batch from JetStream.
     Fetch,
+    /// Looking its event ids up in ClickHouse.
     Lookup,
+    /// Inserting its new events.
     Insert,
+    /// Acknowledging its messages.
     Ack,
 }
 
@@ -201,33 +181,4 @@ impl Stage {
             Stage::Ack => "ack",
         }
     }
-}
-
-/// `/healthz`, `/readyz` and `/metrics`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render))
-        .with_state(metrics)
-}
-
-async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.readiness() {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-    }
-}
-
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &metrics.registry)
-        .expect("writing to a String never fails");
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
 }

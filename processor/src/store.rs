@@ -1,5 +1,6 @@
 //! Writes events to ClickHouse: one insert per batch, and the look-up that tells which
-//! events of a redelivered batch are stored already.
+//! events of a redelivered batch are stored already. What a failed call means for the
+//! events it carried is [`failure`]'s to say.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,6 +9,10 @@ use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use tally_contracts::{Event, schema::EVENTS};
 use uuid::Uuid;
+
+mod failure;
+
+pub use failure::{Failure, classify};
 
 /// One row of the `events` table, borrowing from the decoded envelope: what the processor
 /// inserts, column for column (a unit test checks it against the DDL).
