@@ -5,14 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use tally_runtime::Backoff;
+
 /// The first delay after a failure.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest delay between two attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The delay after `delay`: twice as long, at most [`MAX_BACKOFF`].
-pub fn doubled(delay: Duration) -> Duration {
-    (delay * 2).min(MAX_BACKOFF)
+/// The processor's delays between attempts: [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`].
+pub fn backoff() -> Backoff {
+    Backoff::new(MIN_BACKOFF, MAX_BACKOFF)
 }
 
 /// Asked to stop while a batch was still unwritten; its messages will be redelivered.

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tally_contracts::Event;
 
-use crate::backoff::{Interrupted, MIN_BACKOFF, doubled, wait_unless_stopped};
+use crate::backoff::{Interrupted, backoff, wait_unless_stopped};
 use crate::health::Readiness;
 use crate::metrics::{Metrics, Stage};
 use crate::store::{Failure, Store, classify};
@@ -51,7 +51,7 @@ pub async fn store_isolating_rejections(
         .collect();
     let (mut written, mut skipped) = (0, 0);
     let mut rejected = Vec::new();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = backoff();
     let mut attempt = 0u32;
     while let Some(chunk) = chunks.pop() {
         loop {
@@ -65,7 +65,7 @@ pub async fn store_isolating_rejections(
                 })
             else {
                 readiness.set_storage_ok(true);
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 break;
             };
             attempt += 1;
@@ -74,9 +74,9 @@ pub async fn store_isolating_rejections(
             match classify(&e) {
                 Failure::Transient => {
                     readiness.set_storage_ok(false);
-                    tracing::warn!(error = %e, attempt, retry_in = ?backoff, rows = chunk.len(), "writing a batch to ClickHouse failed");
-                    wait_unless_stopped(backoff, shutdown).await?;
-                    backoff = doubled(backoff);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt, retry_in = ?delay, rows = chunk.len(), "writing a batch to ClickHouse failed");
+                    wait_unless_stopped(delay, shutdown).await?;
                 }
                 Failure::Rejected(reason) => {
                     // ClickHouse answered: it is up, the data is at fault.

@@ -39,7 +39,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use tally_contracts::stream::dead_letter;
 
-use crate::backoff::{Interrupted, MIN_BACKOFF, doubled};
+use crate::backoff::{Interrupted, backoff};
 use crate::bisect::{self, Candidate};
 use crate::dead_letter::DeadLetters;
 use crate::health::Readiness;
@@ -92,7 +92,7 @@ impl Processor {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         let mut inserts = 0u64;
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = backoff();
         // The batch fetched while the last one was written.
         let mut ahead: Option<Vec<Message>> = None;
         // The acknowledgements of the last batch written (at most one batch in flight).
@@ -108,14 +108,14 @@ impl Processor {
                     match fetched {
                         Ok(messages) => {
                             self.readiness.set_nats_ok(true);
-                            backoff = MIN_BACKOFF;
+                            backoff.reset();
                             messages
                         }
                         Err(e) => {
                             self.readiness.set_nats_ok(false);
-                            tracing::warn!(error = %e, retry_in = ?backoff, "fetching from JetStream failed");
-                            tokio::time::sleep(backoff).await;
-                            backoff = doubled(backoff);
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in = ?delay, "fetching from JetStream failed");
+                            tokio::time::sleep(delay).await;
                             continue;
                         }
                     }

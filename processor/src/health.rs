@@ -1,44 +1,29 @@
-//! The processor's health endpoints: `/healthz`, `/readyz` and `/metrics`, and the
-//! readiness state `/readyz` reports.
-//!
-//! [`router`] knows nothing of the processor: it is built from a readiness check and a
-//! function rendering the metrics, so that it can be served by any binary.
+//! What the processor's `/readyz` and `/metrics` report (the endpoints themselves are
+//! `tally-runtime`'s): the readiness state the consume loop keeps, and its metrics.
 
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::routing::get;
+use crate::metrics::Metrics;
 
-/// The media type of the metrics `/metrics` renders.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The processor's answers to the health endpoints.
+pub struct ProcessorHealth {
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+}
 
-/// `/healthz` (always "ok"), `/readyz` (200 "ready" when `ready` passes, else 503 with its
-/// reason) and `/metrics` (what `render_metrics` writes, in the OpenMetrics text format).
-pub fn router(
-    ready: impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
-    render_metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
-) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let answer = match ready() {
-                    Ok(()) => (StatusCode::OK, "ready"),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                };
-                async move { answer }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = render_metrics();
-                async move { ([(header::CONTENT_TYPE, OPENMETRICS)], body) }
-            }),
-        )
+impl tally_runtime::Health for ProcessorHealth {
+    fn ready(&self) -> Result<String, String> {
+        self.readiness
+            .check()
+            .map(|()| "ready".to_owned())
+            .map_err(str::to_owned)
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 /// Whether the processor can do its work now: started, ClickHouse accepting writes and
@@ -93,53 +78,6 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    /// The answer to `GET path` from `router`, served on a loopback port.
-    async fn get(router: Router, path: &str) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(axum::serve(listener, router).into_future());
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
-    }
-
-    #[tokio::test]
-    async fn readyz_reports_the_check_and_metrics_the_rendering() {
-        let router = |ready: Result<(), &'static str>| {
-            super::router(move || ready, || "events_written_total 3\n".to_owned())
-        };
-        assert!(
-            get(router(Ok(())), "/healthz")
-                .await
-                .ends_with("\r\n\r\nok")
-        );
-        let ready = get(router(Ok(())), "/readyz").await;
-        assert!(
-            ready.starts_with("HTTP/1.1 200") && ready.ends_with("\r\n\r\nready"),
-            "{ready}"
-        );
-        let unready = get(router(Err("cannot fetch from JetStream")), "/readyz").await;
-        assert!(
-            unready.starts_with("HTTP/1.1 503")
-                && unready.ends_with("\r\n\r\ncannot fetch from JetStream"),
-            "{unready}"
-        );
-        let metrics = get(router(Ok(())), "/metrics").await;
-        assert!(
-            metrics.contains(&format!("content-type: {OPENMETRICS}"))
-                && metrics.ends_with("\r\n\r\nevents_written_total 3\n"),
-            "{metrics}"
-        );
-    }
 
     #[test]
     fn not_ready_until_started() {

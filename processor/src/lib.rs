@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use tally_contracts::service::shutdown_signal;
 use tally_contracts::{RuntimeConfig, naming, stream};
+use tally_runtime::{retry, serve_health, shutdown_signal};
 
 mod backoff;
 mod bisect;
@@ -38,24 +38,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let readiness = Arc::new(health::Readiness::default());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let router = health::router(
-        {
-            let readiness = readiness.clone();
-            move || readiness.check()
-        },
-        {
-            let metrics = metrics.clone();
-            move || metrics.render()
-        },
-    );
-    tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future(),
-    );
+    let listener = tally_runtime::health::bind(listen).await?;
+    let health = Arc::new(health::ProcessorHealth {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = serve_health(listener, health, shutdown_signal()).await {
+            tracing::error!(error = %e, "the health server stopped");
+        }
+    });
 
     let shutdown = shutdown_signal();
     tokio::select! {
@@ -126,22 +118,4 @@ async fn start(
         readiness,
         dead_letters: dead_letter::DeadLetters::new(js, config.clone()),
     })
-}
-
-/// Runs `step` until it succeeds, logging each failure and backing off up to 5 s.
-async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    mut step: impl FnMut() -> F,
-) -> T {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match step().await {
-            Ok(value) => return value,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot {what} yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }

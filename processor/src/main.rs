@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use tally_contracts::service::CommonArgs;
+use tally_runtime::CommonArgs;
 
 /// Tally processor: consumes the pipeline's JetStream stream and writes events and rollups
 /// to ClickHouse.

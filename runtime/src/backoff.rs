@@ -6,6 +6,7 @@ use std::time::Duration;
 /// Delays that double from `first` up to `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first: Duration,
     next: Duration,
     max: Duration,
 }
@@ -13,10 +14,17 @@ pub struct Backoff {
 impl Backoff {
     /// Delays from `first`, doubling, never above `max`.
     pub fn new(first: Duration, max: Duration) -> Self {
+        let first = first.min(max);
         Self {
-            next: first.min(max),
+            first,
+            next: first,
             max,
         }
+    }
+
+    /// After a success: the next failure waits the first delay again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
     }
 
     /// What the services use while a server they need is unreachable: 200 ms doubling to
@@ -62,6 +70,8 @@ mod tests {
         let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(30));
         let delays: Vec<u64> = (0..5).map(|_| backoff.next_delay().as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 30, 30]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay().as_secs(), 5);
     }
 
     #[tokio::test]

@@ -53,15 +53,19 @@ pub fn routes<S: Clone + Send + Sync + 'static>(health: Arc<dyn Health>) -> Rout
         )
 }
 
-/// Serves [`routes`] on `listen` until `shutdown` resolves.
+/// Binds `listen` for [`serve_health`], so that a port in use fails the start at once.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// Serves [`routes`] on `listener` until `shutdown` resolves.
 pub async fn serve_health(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     health: Arc<dyn Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
     axum::serve(listener, routes::<()>(health))
         .with_graceful_shutdown(shutdown)
         .await
