@@ -641,6 +641,16 @@ pub fn today() -> String {
     time::OffsetDateTime::now_utc().date().to_string()
 }
 
+/// The rollup totals that must each equal the number of accepted events (every test event
+/// is a page view): table and column.
+const ROLLUP_TOTALS: [(&str, &str); 5] = [
+    ("site_daily", "page_views"),
+    ("site_daily", "events"),
+    ("site_hourly", "events"),
+    ("path_daily", "page_views"),
+    ("event_type_daily", "events"),
+];
+
 /// Counts, after the fact, what the data path stored: the raw rows, their distinct event ids
 /// and every rollup's event count must all equal `n` (each accepted event exactly once).
 pub async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
@@ -650,17 +660,31 @@ pub async fn assert_exact(stack: &Stack, n: u64) -> anyhow::Result<()> {
         ))
         .await?;
     assert_eq!(raw, format!("{n}\t{n}"), "raw rows and distinct event ids");
-    for (table, column) in [
-        ("site_daily", "page_views"),
-        ("site_daily", "events"),
-        ("site_hourly", "events"),
-        ("path_daily", "page_views"),
-        ("event_type_daily", "events"),
-    ] {
+    for (table, column) in ROLLUP_TOTALS {
         let total = stack
             .sql_u64(&format!("SELECT sum({column}) FROM {DATABASE}.{table}"))
             .await?;
         assert_eq!(total, n, "{table}.{column}");
     }
     Ok(())
+}
+
+/// Waits (up to `timeout`) until the raw table and every rollup hold exactly `n` events (an
+/// insert's rollup rows land a moment after its raw rows), gives a wrong double insert time
+/// to show up, then counts with [`assert_exact`]. Panics rather than returning an error, so
+/// that the stack keeps the servers' data and prints their logs.
+pub async fn settle_and_count(stack: &Stack, n: u64, timeout: Duration) {
+    let mut totals = vec![format!("(SELECT count() FROM {DATABASE}.events)")];
+    for (table, column) in ROLLUP_TOTALS {
+        totals.push(format!("(SELECT sum({column}) FROM {DATABASE}.{table})"));
+    }
+    let all = format!("SELECT {}", totals.join(", "));
+    let expected = vec![n.to_string(); totals.len()].join("\t");
+    if let Err(e) = stack.wait_sql(&all, &expected, timeout).await {
+        panic!("raw rows, then each rollup of {ROLLUP_TOTALS:?}: {e}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Err(e) = assert_exact(stack, n).await {
+        panic!("counting: {e}");
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_e2e::{DATABASE, Options, Stack, assert_exact, today};
+use tally_e2e::{DATABASE, Options, Stack, assert_exact, settle_and_count, today};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -101,17 +101,12 @@ async fn an_event_posted_three_times_counts_once() -> anyhow::Result<()> {
         "the stream reports the two retries as duplicates"
     );
     // A marker after the duplicates: once it is stored, so is everything before it.
-    stack
+    let (status, answer) = stack
         .post(page_view("docs", "/marker", None, "10:01:00").to_string())
         .await?;
-    stack
-        .wait_sql(
-            // The rollups are written after the raw part becomes visible: wait on what stats read.
-            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'docs'"),
-            "2",
-            WAIT,
-        )
-        .await?;
+    assert_eq!(status, 202, "{answer}");
+    // Raw rows, distinct ids and every rollup: two events, each once.
+    settle_and_count(&stack, 2, WAIT).await;
     let stats = stack
         .wait_stats(&format!("site_id=docs&date={}", today()), |s| {
             s["top_paths"].as_array().map(Vec::len) == Some(2)
@@ -289,13 +284,8 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
         .collect();
     let (status, _) = stack.post(json!(after).to_string()).await?;
     assert_eq!(status, 202);
-    stack
-        .wait_sql(
-            &format!("SELECT sum(events) FROM {DATABASE}.site_daily WHERE site_id = 'shop'"),
-            "4",
-            WAIT,
-        )
-        .await?;
+    // Raw rows, distinct ids and every rollup: the retried event once, and the three after it.
+    settle_and_count(&stack, 4, WAIT).await;
     let stats = stack
         .wait_stats(&format!("site_id=shop&date={}", today()), |s| {
             s["top_paths"].as_array().map(Vec::len) == Some(2)
