@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod chart;
 pub mod cluster;
 pub mod nats_cluster;
 
