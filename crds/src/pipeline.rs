@@ -150,6 +150,13 @@ pub struct CollectorSpec {
     /// The Service in front of the collector pods.
     #[serde(default)]
     pub service: CollectorServiceSpec,
+    /// The address browsers and back-ends reach the collector at from outside the cluster
+    /// (an Ingress, a load balancer), such as `https://collect.example.com`. The sites'
+    /// `status.ingestUrl` and `status.snippet` use it; without it they name the in-cluster
+    /// Service, which only pods of the cluster can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    pub public_url: Option<String>,
     /// Largest accepted request body in bytes, after gzip decompression. Larger bodies are
     /// answered with 413.
     #[serde(default = "default_max_body_bytes")]

@@ -68,6 +68,29 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         snippet,
         r#"<script defer src="http://e2e-collector.default.svc/tracker.js" data-site="shop"></script>"#
     );
+    // With a public URL, the site's status names it: what a browser outside can reach.
+    cluster.merge_patch(
+        &pipeline,
+        r#"{"spec":{"collector":{"publicUrl":"https://collect.example.com/"}}}"#,
+    )?;
+    cluster.wait_jsonpath(
+        "analyticssite/shop",
+        "{.status.snippet}",
+        r#"<script defer src="https://collect.example.com/tracker.js" data-site="shop"></script>"#,
+        WAIT,
+    )?;
+    cluster.wait_jsonpath(
+        "analyticssite/shop",
+        "{.status.ingestUrl}",
+        "https://collect.example.com/v1/events",
+        WAIT,
+    )?;
+    // A public URL that is not http(s) is refused by the API server, naming the field.
+    let refused = cluster.merge_patch_refused(
+        &pipeline,
+        r#"{"spec":{"collector":{"publicUrl":"collect.example.com"}}}"#,
+    )?;
+    assert!(refused.contains("spec.collector.publicUrl"), "{refused}");
     // Everything owned carries the pipeline as controller owner.
     for object in [
         "deployment/e2e-collector",
@@ -120,14 +143,10 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     let checksum_path =
         "jsonpath={.spec.template.metadata.annotations.tally\\.dev/config-checksum}";
     let before = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
-    cluster.kubectl(&[
-        "patch",
+    cluster.merge_patch(
         "analyticssite/shop",
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"domains":["shop.example.com"]}}"#,
-    ])?;
+    )?;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let now = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
@@ -187,17 +206,8 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.wait_jsonpath(&pipeline, "{.status.sites}", "3", WAIT)?;
 
     // What the schema refuses, kubectl refuses, naming the field.
-    let immutable = cluster.kubectl_fails(
-        &[
-            "patch",
-            "analyticssite/shop",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"siteId":"other"}}"#,
-        ],
-        None,
-    )?;
+    let immutable =
+        cluster.merge_patch_refused("analyticssite/shop", r#"{"spec":{"siteId":"other"}}"#)?;
     assert!(immutable.contains("siteId is immutable"), "{immutable}");
     let invalid = cluster.kubectl_fails(
         &["apply", "-f", "-"],
@@ -207,29 +217,16 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         invalid.contains("spec.siteId") && invalid.contains("spec.domains[0]"),
         "{invalid}"
     );
-    let invalid = cluster.kubectl_fails(
-        &[
-            "patch",
-            &pipeline,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"processor":{"batchMaxRows":0}}}"#,
-        ],
-        None,
-    )?;
+    let invalid =
+        cluster.merge_patch_refused(&pipeline, r#"{"spec":{"processor":{"batchMaxRows":0}}}"#)?;
     assert!(invalid.contains("spec.processor.batchMaxRows"), "{invalid}");
 
     // NATS down: the status says so, and recovers with it.
     stack.stop_nats();
-    cluster.kubectl(&[
-        "patch",
+    cluster.merge_patch(
         &pipeline,
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"nats":{"stream":{"deletionPolicy":"Delete"}}}}"#,
-    ])?;
+    )?;
     let stream_ready = "{.status.conditions[?(@.type==\"StreamReady\")].status}";
     cluster.wait_jsonpath(&pipeline, stream_ready, "False", WAIT)?;
     let message = cluster.kubectl(&[

@@ -36,12 +36,9 @@ pub fn config_map_name(pipeline: &str) -> String {
 pub fn collector_name(pipeline: &str) -> String {
     format!("{pipeline}-collector")
 }
-pub fn processor_name(pipeline: &str) -> String {
-    format!("{pipeline}-processor")
-}
 
 /// The collector's address inside the cluster.
-pub fn endpoint(pipeline: &AnalyticsPipeline) -> String {
+pub fn service_endpoint(pipeline: &AnalyticsPipeline) -> String {
     let port = pipeline.spec.collector.service.port;
     let host = format!(
         "{}.{}.svc",
@@ -55,18 +52,27 @@ pub fn endpoint(pipeline: &AnalyticsPipeline) -> String {
     }
 }
 
+/// Where sites send their events: `spec.collector.publicUrl` when set (without a trailing
+/// slash), else the in-cluster address.
+pub fn ingest_endpoint(pipeline: &AnalyticsPipeline) -> String {
+    match &pipeline.spec.collector.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => service_endpoint(pipeline),
+    }
+}
+
 /// The `<script>` tag a site pastes into its pages.
 pub fn snippet(endpoint: &str, site_id: &str) -> String {
     format!(r#"<script defer src="{endpoint}/tracker.js" data-site="{site_id}"></script>"#)
 }
 
-/// The runtime configuration of `pipeline` with its accepted `sites`: the same YAML the
-/// collector and processor read from files. Only names and specs are kept, so the text (and
-/// its checksum) changes exactly when the configuration does.
+/// The runtime configuration of `pipeline` with its accepted `sites`, the one the collector
+/// and processor read from the ConfigMap. Only names and specs are kept, so its text (and
+/// the checksum) changes exactly when the configuration does.
 pub fn runtime_config(
     pipeline: &AnalyticsPipeline,
-    sites: &[&AnalyticsSite],
-) -> Result<String, ConfigError> {
+    sites: &[AnalyticsSite],
+) -> Result<RuntimeConfig, ConfigError> {
     let strip = |meta: &ObjectMeta| ObjectMeta {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
@@ -77,7 +83,7 @@ pub fn runtime_config(
         spec: pipeline.spec.clone(),
         status: None,
     };
-    let mut ordered: Vec<&AnalyticsSite> = sites.to_vec();
+    let mut ordered: Vec<&AnalyticsSite> = sites.iter().collect();
     ordered.sort_by_key(|s| s.spec.site_id.clone());
     let clean_sites = ordered
         .into_iter()
@@ -92,12 +98,19 @@ pub fn runtime_config(
         pipeline.namespace().unwrap_or_default(),
         pipeline.name_any()
     );
-    Ok(RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)?.to_yaml())
+    RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)
 }
 
-/// Hex SHA-256 of the configuration text.
-pub fn checksum(config: &str) -> String {
-    Sha256::digest(config.as_bytes())
+/// Hex SHA-256 of the configuration text in `config_map`: the pod template annotation that
+/// rolls the pods when the configuration changes.
+pub fn checksum(config_map: &ConfigMap) -> String {
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .map(String::as_str)
+        .unwrap_or_default();
+    Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -132,12 +145,14 @@ fn metadata(pipeline: &AnalyticsPipeline, name: String, component: &str) -> serd
     })
 }
 
-pub fn config_map(pipeline: &AnalyticsPipeline, config: &str) -> ConfigMap {
+/// The ConfigMap holding `config` as YAML under [`CONFIG_KEY`], the form
+/// [`RuntimeConfig::load`] reads.
+pub fn config_map(pipeline: &AnalyticsPipeline, config: &RuntimeConfig) -> ConfigMap {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(pipeline, config_map_name(&pipeline.name_any()), "config"),
-        "data": { CONFIG_KEY: config },
+        "data": { CONFIG_KEY: config.to_yaml() },
     }))
     .expect("a valid ConfigMap")
 }
@@ -272,39 +287,29 @@ pub fn collector_service(pipeline: &AnalyticsPipeline) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_crds::{AnalyticsPipelineSpec, AnalyticsSiteSpec, PipelineRef};
+    use crate::fixtures;
 
     fn pipeline() -> AnalyticsPipeline {
-        let mut p = AnalyticsPipeline::new(
-            "web",
-            serde_json::from_str::<AnalyticsPipelineSpec>("{}").unwrap(),
-        );
-        p.metadata.namespace = Some("analytics".into());
+        let mut p = fixtures::pipeline("analytics");
         p.metadata.uid = Some("1234".into());
         p.metadata.resource_version = Some("99".into());
         p
     }
 
     fn site(name: &str, id: &str) -> AnalyticsSite {
-        let mut s = AnalyticsSite::new(
-            name,
-            AnalyticsSiteSpec {
-                pipeline_ref: PipelineRef { name: "web".into() },
-                site_id: id.into(),
-                domains: vec!["example.com".into()],
-                api_key_secret_ref: None,
-            },
-        );
-        s.metadata.namespace = Some("analytics".into());
-        s.metadata.uid = Some(format!("uid-{name}"));
-        s
+        fixtures::site(name, id, "analytics")
     }
 
     #[test]
     fn runtime_config_is_what_the_services_read() {
         let (a, b) = (site("a", "shop"), site("b", "blog"));
-        let yaml = runtime_config(&pipeline(), &[&a, &b]).unwrap();
-        let config = RuntimeConfig::parse("rendered", &yaml).unwrap();
+        let config = runtime_config(&pipeline(), &[a.clone(), b.clone()]).unwrap();
+        let yaml = config.to_yaml();
+        // What the services parse back from the ConfigMap is what was rendered.
+        assert_eq!(
+            RuntimeConfig::parse("rendered", &yaml).unwrap().to_yaml(),
+            yaml
+        );
         assert_eq!(config.name(), "web");
         assert!(config.site("shop").is_some() && config.site("blog").is_some());
         // Bookkeeping metadata stays out, so it cannot churn the checksum.
@@ -313,16 +318,25 @@ mod tests {
             "{yaml}"
         );
         // Site order does not matter.
-        assert_eq!(yaml, runtime_config(&pipeline(), &[&b, &a]).unwrap());
+        assert_eq!(
+            yaml,
+            runtime_config(&pipeline(), &[b, a]).unwrap().to_yaml()
+        );
     }
 
     #[test]
     fn checksum_follows_the_configuration() {
         let a = site("a", "shop");
-        let one = checksum(&runtime_config(&pipeline(), &[&a]).unwrap());
+        let rendered = |site: &AnalyticsSite| {
+            config_map(
+                &pipeline(),
+                &runtime_config(&pipeline(), std::slice::from_ref(site)).unwrap(),
+            )
+        };
+        let one = checksum(&rendered(&a));
         let mut changed = a.clone();
         changed.spec.domains.push("shop.example.com".into());
-        let two = checksum(&runtime_config(&pipeline(), &[&changed]).unwrap());
+        let two = checksum(&rendered(&changed));
         assert_eq!(one.len(), 64);
         assert_ne!(one, two);
         let d = collector_deployment(&pipeline(), &images(), &two);
@@ -387,12 +401,25 @@ mod tests {
     #[test]
     fn service_and_site_addresses() {
         let mut p = pipeline();
-        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc");
+        assert_eq!(service_endpoint(&p), "http://web-collector.analytics.svc");
         p.spec.collector.service.port = 8080;
-        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc:8080");
+        assert_eq!(
+            service_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
         let svc = collector_service(&p).spec.unwrap();
         assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(svc.ports.unwrap()[0].port, 8080);
+        assert_eq!(
+            ingest_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
+        p.spec.collector.public_url = Some("https://collect.example.com/".into());
+        assert_eq!(ingest_endpoint(&p), "https://collect.example.com");
+        assert_eq!(
+            service_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
         assert_eq!(
             snippet("http://c", "shop"),
             r#"<script defer src="http://c/tracker.js" data-site="shop"></script>"#
