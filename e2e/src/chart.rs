@@ -821,17 +821,19 @@ impl<'a> Contract<'a> {
         let env_value = |n: &str| env.get(n).map_or("", |e| text(&e["value"]));
         let zeros = "0".repeat(64);
         let collector_digest = format!("registry.example.com/team/tally/collector@sha256:{zeros}");
-        let images: [&str; 3] = if all_on {
+        let images: [&str; 4] = if all_on {
             [
                 "registry.example.com/team/tally/operator:0.1.0-ci",
                 &collector_digest,
                 "mirror.example.com/tally/processor:0.1.1",
+                "registry.example.com/team/tally/query:0.1.2",
             ]
         } else {
             [
                 "tally/operator:0.1.0",
                 "tally/collector:0.1.0",
                 "tally/processor:0.1.0",
+                "tally/query:0.1.0",
             ]
         };
         self.expect(text(&c["image"]) == images[0], || {
@@ -841,6 +843,7 @@ impl<'a> Contract<'a> {
         for (var, want) in [
             ("TALLY_COLLECTOR_IMAGE", images[1]),
             ("TALLY_PROCESSOR_IMAGE", images[2]),
+            ("TALLY_QUERY_IMAGE", images[3]),
             ("TALLY_LISTEN", "0.0.0.0:8080"),
             ("TALLY_LOG_FORMAT", log_format),
         ] {

@@ -12,6 +12,16 @@ use tally_e2e::{DATABASE, Options, PIPELINE, Process, Stack, free_port, pipeline
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// What the operator applies for pipeline `e2e`, each owned by it.
+const OWNED: [&str; 6] = [
+    "deployment/e2e-collector",
+    "deployment/e2e-processor",
+    "service/e2e-collector",
+    "deployment/e2e-query",
+    "service/e2e-query",
+    "configmap/e2e-config",
+];
+
 #[tokio::test]
 async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow::Result<()> {
     let mut stack = Stack::start_servers(Options::default()).await?;
@@ -49,7 +59,12 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&resources))?;
     let pipeline = format!("analyticspipeline/{PIPELINE}");
     cluster.wait_condition(&pipeline, "Ready", WAIT)?;
-    for condition in ["StreamReady", "CollectorAvailable", "ProcessorAvailable"] {
+    for condition in [
+        "StreamReady",
+        "CollectorAvailable",
+        "ProcessorAvailable",
+        "QueryAvailable",
+    ] {
         cluster.wait_condition(&pipeline, condition, WAIT)?;
     }
     cluster.wait_condition("analyticssite/shop", "Ready", WAIT)?;
@@ -92,12 +107,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     )?;
     assert!(refused.contains("spec.collector.publicUrl"), "{refused}");
     // Everything owned carries the pipeline as controller owner.
-    for object in [
-        "deployment/e2e-collector",
-        "deployment/e2e-processor",
-        "service/e2e-collector",
-        "configmap/e2e-config",
-    ] {
+    for object in OWNED {
         let owner = cluster.kubectl(&[
             "get",
             object,
@@ -168,6 +178,8 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     let processor_checksum =
         cluster.kubectl(&["get", "deployment/e2e-processor", "-o", checksum_path])?;
     assert_ne!(processor_checksum, before, "the processor rolls too");
+    let query_checksum = cluster.kubectl(&["get", "deployment/e2e-query", "-o", checksum_path])?;
+    assert_ne!(query_checksum, before, "the query service rolls too");
 
     // Broken references are reported, with a reason and an Event.
     cluster.kubectl_stdin(
@@ -254,12 +266,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
 
     // Deleting the pipeline removes everything it owns, and (policy Delete) its stream.
     cluster.kubectl(&["delete", &pipeline, "--timeout=60s"])?;
-    for object in [
-        "deployment/e2e-collector",
-        "deployment/e2e-processor",
-        "service/e2e-collector",
-        "configmap/e2e-config",
-    ] {
+    for object in OWNED {
         let deadline = std::time::Instant::now() + WAIT;
         while cluster.kubectl(&["get", object]).is_ok() {
             assert!(

@@ -71,6 +71,7 @@ pub fn scripted(steps: Vec<Step>) -> (Arc<Context>, tokio::task::JoinHandle<()>)
         images: Images {
             collector: "tally/collector:test".into(),
             processor: "tally/processor:test".into(),
+            query: "tally/query:test".into(),
         },
     });
     (ctx, tokio::spawn(play(handle, steps)))

@@ -41,6 +41,8 @@ pub struct Settings {
     pub collector_image: String,
     /// Processor image for pipelines that do not set `spec.processor.image`.
     pub processor_image: String,
+    /// Query image for pipelines that do not set `spec.query.image`.
+    pub query_image: String,
 }
 
 /// Serves /healthz, /readyz and /metrics on `settings.listen` and reconciles both kinds in
@@ -80,6 +82,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         images: render::Images {
             collector: settings.collector_image,
             processor: settings.processor_image,
+            query: settings.query_image,
         },
     });
     let controllers = controllers::run(ctx);

@@ -8,8 +8,8 @@ use clap::{ArgAction, Parser};
 use tally_operator::Settings;
 use tally_runtime::{LogFormat, init_logging};
 
-/// Tally operator: reconciles AnalyticsPipelines (ConfigMap, collector and processor
-/// Deployments, collector Service, JetStream stream) and AnalyticsSites (acceptance and
+/// Tally operator: reconciles AnalyticsPipelines (ConfigMap, collector, processor and query
+/// Deployments, collector and query Services, JetStream stream) and AnalyticsSites (acceptance and
 /// status) in every namespace.
 #[derive(Debug, Parser)]
 #[command(name = "tally-operator", version)]
@@ -40,6 +40,9 @@ struct Cli {
         default_value = "tally/processor:0.1.0"
     )]
     processor_image: String,
+    /// Query image for pipelines that do not set `spec.query.image`.
+    #[arg(long, env = "TALLY_QUERY_IMAGE", default_value = "tally/query:0.1.0")]
+    query_image: String,
     /// Log format: JSON lines or text, on stderr; level from `RUST_LOG`.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         identity: cli.identity,
         collector_image: cli.collector_image,
         processor_image: cli.processor_image,
+        query_image: cli.query_image,
     })
     .await
 }

@@ -1,10 +1,10 @@
 //! Reconciles an `AnalyticsPipeline` in four steps: **accept** (which sites the pipeline
 //! takes, decided as the site controller decides), **apply children** (the ConfigMap with
 //! the runtime configuration, the collector Deployment and Service, the processor
-//! Deployment: server-side apply, owned by the pipeline), **observe** (the JetStream stream
-//! made to match the spec, the Deployments' availability, as conditions) and **status**. A
-//! finalizer deletes or keeps the stream, per `spec.nats.stream.deletionPolicy`, when the
-//! pipeline goes.
+//! Deployment, the query Deployment and Service: server-side apply, owned by the
+//! pipeline), **observe** (the JetStream stream made to match the spec, the Deployments'
+//! availability, as conditions) and **status**. A finalizer deletes or keeps the stream,
+//! per `spec.nats.stream.deletionPolicy`, when the pipeline goes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -90,6 +90,7 @@ async fn accept(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Vec<Analy
 struct Children {
     collector: Deployment,
     processor: Deployment,
+    query: Deployment,
 }
 
 async fn apply_children(
@@ -121,9 +122,20 @@ async fn apply_children(
         render::processor_deployment(pipeline, &ctx.images, &checksum),
     )
     .await?;
+    let query = apply_object(
+        &deployments,
+        render::query_deployment(pipeline, &ctx.images, &checksum),
+    )
+    .await?;
+    apply_object(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        render::query_service(pipeline),
+    )
+    .await?;
     Ok(Children {
         collector,
         processor,
+        query,
     })
 }
 
@@ -190,6 +202,7 @@ fn observe(
         },
         availability("CollectorAvailable", &children.collector, generation),
         availability("ProcessorAvailable", &children.processor, generation),
+        availability("QueryAvailable", &children.query, generation),
     ];
     let waiting: Vec<&str> = conditions
         .iter()
@@ -198,7 +211,7 @@ fn observe(
         .collect();
     let ready = waiting.is_empty();
     let message = if ready {
-        "the stream, collector and processor are up".to_owned()
+        "the stream, collector, processor and query service are up".to_owned()
     } else {
         format!("waiting for {}", waiting.join(", "))
     };
@@ -379,6 +392,10 @@ mod tests {
                 .checking(owned("service")),
             Step::new(Method::PATCH, "/namespaces/default/deployments/web-processor", StatusCode::OK, deployment_answer("web-processor", false))
                 .checking(owned("processor")),
+            Step::new(Method::PATCH, "/namespaces/default/deployments/web-query", StatusCode::OK, deployment_answer("web-query", true))
+                .checking(owned("query")),
+            Step::new(Method::PATCH, "/namespaces/default/services/web-query", StatusCode::OK, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-query"}}))
+                .checking(owned("query service")),
             Step::new(Method::POST, "/namespaces/default/events", StatusCode::CREATED, event_answer())
                 .checking(|e| assert_eq!(e["reason"], "StreamUnavailable")),
             Step::new(Method::PATCH, "/namespaces/default/analyticspipelines/web/status", StatusCode::OK, serde_json::to_value(pipeline(true)).unwrap())
@@ -389,6 +406,7 @@ mod tests {
                     assert!(get("StreamReady")["message"].as_str().unwrap().contains("cannot connect to NATS"));
                     assert_eq!(get("CollectorAvailable")["status"], "True");
                     assert_eq!(get("ProcessorAvailable")["status"], "False");
+                    assert_eq!(get("QueryAvailable")["status"], "True");
                     assert_eq!(get("Ready")["status"], "False");
                     assert_eq!(get("Ready")["message"], "waiting for StreamReady, ProcessorAvailable");
                     assert_eq!((&status["observedGeneration"], &status["sites"]), (&json!(2), &json!(0)));

@@ -1,6 +1,6 @@
 //! Pure functions from a pipeline (and its accepted sites) to the objects the operator
 //! applies: the ConfigMap with the runtime configuration, the collector Deployment and
-//! Service, and the processor Deployment. No I/O here, so every detail is unit-tested.
+//! Service, the processor Deployment, and the query Deployment and Service. No I/O here, so every detail is unit-tested.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tally_contracts::{ConfigError, RuntimeConfig};
-use tally_crds::{AnalyticsPipeline, AnalyticsSite};
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, ServiceSpec};
 
 /// The field manager of every server-side apply, and the `managed-by` label.
 pub const MANAGER: &str = "tally-operator";
@@ -22,12 +22,14 @@ pub const CHECKSUM_ANNOTATION: &str = "tally.dev/config-checksum";
 /// Container ports.
 pub const COLLECTOR_PORT: i32 = 8080;
 pub const PROCESSOR_PORT: i32 = 9091;
+pub const QUERY_PORT: i32 = 8080;
 
 /// Default images, from the operator's own installation.
 #[derive(Debug, Clone)]
 pub struct Images {
     pub collector: String,
     pub processor: String,
+    pub query: String,
 }
 
 pub fn config_map_name(pipeline: &str) -> String {
@@ -168,6 +170,30 @@ struct Workload<'a> {
     port_name: &'a str,
 }
 
+/// The container's environment: the log format, and the OpenTelemetry variables from
+/// `spec.tracing` (none without an endpoint, so tracing stays off).
+fn environment(pipeline: &AnalyticsPipeline, component: &str) -> serde_json::Value {
+    let tracing = &pipeline.spec.tracing;
+    let mut env = vec![json!({ "name": "TALLY_LOG_FORMAT", "value": "json" })];
+    if let Some(endpoint) = &tracing.otlp_endpoint {
+        let mut otel = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_SERVICE_NAME", format!("tally-{component}")),
+        ];
+        if let Some(sampler) = &tracing.sampler {
+            otel.push(("OTEL_TRACES_SAMPLER", sampler.clone()));
+        }
+        if let Some(ratio) = tracing.sampler_ratio {
+            otel.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+        }
+        env.extend(
+            otel.into_iter()
+                .map(|(name, value)| json!({ "name": name, "value": value })),
+        );
+    }
+    serde_json::Value::Array(env)
+}
+
 fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> Deployment {
     let name = pipeline.name_any();
     let config_file = format!("{CONFIG_DIR}/{CONFIG_KEY}");
@@ -182,7 +208,7 @@ fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> 
         "name": w.component,
         "image": w.image,
         "args": ["--config", config_file, "--listen", format!("0.0.0.0:{}", w.port)],
-        "env": [{ "name": "TALLY_LOG_FORMAT", "value": "json" }],
+        "env": environment(pipeline, w.component),
         "ports": [{ "name": w.port_name, "containerPort": w.port, "protocol": "TCP" }],
         "readinessProbe": probe("/readyz"),
         "livenessProbe": probe("/healthz"),
@@ -268,17 +294,45 @@ pub fn processor_deployment(
     )
 }
 
+pub fn query_deployment(
+    pipeline: &AnalyticsPipeline,
+    images: &Images,
+    checksum: &str,
+) -> Deployment {
+    let spec = &pipeline.spec.query;
+    deployment(
+        pipeline,
+        checksum,
+        Workload {
+            component: "query",
+            image: spec.image.as_deref().unwrap_or(&images.query),
+            replicas: spec.replicas,
+            resources: spec.resources.as_ref(),
+            port: QUERY_PORT,
+            port_name: "http",
+        },
+    )
+}
+
 pub fn collector_service(pipeline: &AnalyticsPipeline) -> Service {
+    service(pipeline, "collector", &pipeline.spec.collector.service)
+}
+
+pub fn query_service(pipeline: &AnalyticsPipeline) -> Service {
+    service(pipeline, "query", &pipeline.spec.query.service)
+}
+
+/// The Service `<pipeline>-<component>` in front of the component's "http" port.
+fn service(pipeline: &AnalyticsPipeline, component: &str, spec: &ServiceSpec) -> Service {
     let name = pipeline.name_any();
-    let service = &pipeline.spec.collector.service;
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(pipeline, collector_name(&name), "collector"),
+        "metadata": metadata(pipeline, format!("{name}-{component}"), component),
         "spec": {
-            "type": service.type_.as_str(),
-            "selector": selector(&name, "collector"),
-            "ports": [{ "name": "http", "port": service.port, "targetPort": "http", "protocol": "TCP" }],
+            "type": spec.type_.as_str(),
+            "selector": selector(&name, component),
+            "ports": [{ "name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP" }],
         },
     }))
     .expect("a valid Service")
@@ -355,6 +409,7 @@ mod tests {
         Images {
             collector: "tally/collector:1".into(),
             processor: "tally/processor:1".into(),
+            query: "tally/query:1".into(),
         }
     }
 
@@ -424,5 +479,74 @@ mod tests {
             snippet("http://c", "shop"),
             r#"<script defer src="http://c/tracker.js" data-site="shop"></script>"#
         );
+    }
+
+    #[test]
+    fn the_query_service_runs_beside_the_collector_with_its_own_service() {
+        let mut p = pipeline();
+        p.spec.query.replicas = 2;
+        p.spec.query.service.port = 8081;
+        let query = query_deployment(&p, &images(), "c");
+        assert_eq!(query.metadata.name.as_deref(), Some("web-query"));
+        let spec = query.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let c = &spec.template.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("tally/query:1"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, QUERY_PORT);
+        let svc = query_service(&p);
+        assert_eq!(svc.metadata.name.as_deref(), Some("web-query"));
+        let svc = svc.spec.unwrap();
+        assert_eq!(svc.ports.unwrap()[0].port, 8081);
+        assert_eq!(
+            svc.selector.unwrap()["app.kubernetes.io/name"],
+            "tally-query"
+        );
+    }
+
+    fn env_of(d: Deployment) -> Vec<(String, String)> {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_set_and_then_names_each_service() {
+        let mut p = pipeline();
+        let off = env_of(collector_deployment(&p, &images(), "c"));
+        assert!(
+            off.iter().all(|(name, _)| !name.starts_with("OTEL_")),
+            "{off:?}"
+        );
+        p.spec.tracing.otlp_endpoint = Some("http://otel:4318".into());
+        p.spec.tracing.sampler = Some("parentbased_traceidratio".into());
+        p.spec.tracing.sampler_ratio = Some(0.25);
+        let get = |env: &[(String, String)], name: &str| {
+            env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        for (d, service) in [
+            (collector_deployment(&p, &images(), "c"), "tally-collector"),
+            (processor_deployment(&p, &images(), "c"), "tally-processor"),
+            (query_deployment(&p, &images(), "c"), "tally-query"),
+        ] {
+            let env = env_of(d);
+            assert_eq!(
+                get(&env, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+                Some("http://otel:4318")
+            );
+            assert_eq!(get(&env, "OTEL_SERVICE_NAME").as_deref(), Some(service));
+            assert_eq!(
+                get(&env, "OTEL_TRACES_SAMPLER").as_deref(),
+                Some("parentbased_traceidratio")
+            );
+            assert_eq!(
+                get(&env, "OTEL_TRACES_SAMPLER_ARG").as_deref(),
+                Some("0.25")
+            );
+            assert_eq!(get(&env, "TALLY_LOG_FORMAT").as_deref(), Some("json"));
+        }
     }
 }
