@@ -32,6 +32,8 @@ use crate::render;
 pub const FINALIZER: &str = "tally.dev/stream";
 const CONTROLLER: &str = "pipeline";
 
+/// One reconcile, as a span (exported as an OpenTelemetry span when tracing is on).
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = pipeline.namespace().unwrap_or_default(), name = %pipeline.name_any()))]
 pub async fn reconcile(
     pipeline: Arc<AnalyticsPipeline>,
     ctx: Arc<Context>,

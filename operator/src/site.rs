@@ -21,6 +21,8 @@ use crate::render;
 
 const CONTROLLER: &str = "site";
 
+/// One reconcile, as a span (exported as an OpenTelemetry span when tracing is on).
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = site.namespace().unwrap_or_default(), name = %site.name_any()))]
 pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let ns = namespace(site.as_ref())?;
