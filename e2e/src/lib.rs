@@ -1,7 +1,8 @@
 //! The end-to-end harness: starts a real `nats-server`, a real ClickHouse server and the
-//! real `tally-collector` / `tally-processor` binaries on free loopback ports, each in its
-//! own temporary directory, and stops them all when dropped. When a test fails, the tail of
-//! every process log is printed.
+//! real `tally-collector` / `tally-processor` / `tally-query` binaries on free loopback
+//! ports, each in its own temporary directory, and stops them all when dropped. Events go
+//! to the collector ([`Stack::post`]); reads go to the query service ([`Stack::stats`]).
+//! When a test fails, the tail of every process log is printed.
 //!
 //! Server locations come from the environment that `make test` sets up:
 //! `TALLY_NATS_SERVER` (the nats-server binary) and `TALLY_CLICKHOUSE_SERVER` (the launcher
@@ -222,7 +223,7 @@ impl Default for Options {
 
 static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
 
-/// NATS, ClickHouse, a processor and a collector for one test.
+/// NATS, ClickHouse, a processor, a collector and a query service for one test.
 pub struct Stack {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -232,24 +233,29 @@ pub struct Stack {
     pub clickhouse_tcp_port: u16,
     pub collector_port: u16,
     pub processor_port: u16,
+    /// The query service's port: `/v1/stats` and its health endpoints.
+    pub query_port: u16,
     pub nats: Process,
     pub clickhouse: Process,
     pub processor: Process,
     pub collector: Process,
+    pub query: Process,
     pub http: reqwest::Client,
 }
 
 impl Stack {
-    /// Starts everything and waits until the collector and processor are ready.
+    /// Starts everything and waits until the processor, the collector and the query
+    /// service are ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let mut stack = Self::start_servers(options).await?;
         stack.start_processor(&[]).await?;
         stack.start_collector().await?;
+        stack.start_query().await?;
         Ok(stack)
     }
 
-    /// Starts NATS and ClickHouse only; the processor and collector are left to the test
-    /// (`self.config` names the configuration they will read).
+    /// Starts NATS and ClickHouse only; the processor, collector and query service are left
+    /// to the test (`self.config` names the configuration they will read).
     pub async fn start_servers(options: Options) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "tally-e2e-{}-{}",
@@ -260,7 +266,7 @@ impl Stack {
         fs::create_dir_all(&dir)?;
         let (nats_port, nats_monitor_port) = (free_port(), free_port());
         let (clickhouse_port, clickhouse_tcp_port) = (free_port(), free_port());
-        let (collector_port, processor_port) = (free_port(), free_port());
+        let (collector_port, processor_port, query_port) = (free_port(), free_port(), free_port());
         let config = dir.join("pipeline.yaml");
         fs::write(&config, pipeline_yaml(&options, nats_port, clickhouse_port))?;
 
@@ -278,6 +284,11 @@ impl Stack {
                 child: None,
                 log: dir.join("collector.log"),
             },
+            query: Process {
+                name: "query".into(),
+                child: None,
+                log: dir.join("query.log"),
+            },
             dir,
             config,
             nats_port,
@@ -286,6 +297,7 @@ impl Stack {
             clickhouse_tcp_port,
             collector_port,
             processor_port,
+            query_port,
             nats,
             clickhouse,
             http,
@@ -423,6 +435,54 @@ impl Stack {
         self.check_alive()
     }
 
+    /// Starts the query service and waits until it is ready (it is once ClickHouse holds
+    /// the pipeline's rollups, which the processor creates).
+    pub async fn start_query(&mut self) -> anyhow::Result<()> {
+        self.spawn_query()?;
+        self.wait_query_ready(Duration::from_secs(60)).await?;
+        self.check_alive()
+    }
+
+    /// Starts the query service without waiting for it.
+    pub fn spawn_query(&mut self) -> anyhow::Result<()> {
+        self.query = Process::spawn(
+            "query",
+            Command::new(Self::binary("tally-query")?)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--listen", &format!("127.0.0.1:{}", self.query_port)]),
+            self.dir.join("query.log"),
+        )?;
+        Ok(())
+    }
+
+    pub async fn wait_query_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ready = self.query_url("/readyz");
+        eventually("the query service to be ready", timeout, || {
+            let (http, ready) = (&self.http, &ready);
+            async move { http_ok(http, ready).await.then_some(()) }
+        })
+        .await
+    }
+
+    /// The query service's `/readyz`: its status code and text (0 and empty when it does not
+    /// answer).
+    pub async fn query_readiness(&self) -> (u16, String) {
+        match self
+            .http
+            .get(self.query_url("/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
     /// Fails when a server this stack started has exited. A server that lost its port to
     /// another process exits at once, while the other process answers the readiness probe:
     /// without this check the test would silently talk to somebody else's server.
@@ -432,6 +492,7 @@ impl Stack {
             &mut self.clickhouse,
             &mut self.processor,
             &mut self.collector,
+            &mut self.query,
         ] {
             process.ensure_running()?;
         }
@@ -462,6 +523,11 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.collector_port)
     }
 
+    /// A URL of the query service: the read side (`/v1/stats`).
+    pub fn query_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.query_port)
+    }
+
     /// POSTs a body to `/v1/events`; returns the status and the JSON answer.
     pub async fn post(
         &self,
@@ -480,17 +546,18 @@ impl Stack {
         Ok((status, json))
     }
 
-    /// GETs `/v1/stats` with the given query string.
     /// The processor's `/metrics` text.
     pub async fn processor_metrics(&self) -> anyhow::Result<String> {
         let url = format!("http://127.0.0.1:{}/metrics", self.processor_port);
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
+    /// GETs `/v1/stats` from the query service with the given query string; returns the
+    /// status and the JSON answer.
     pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
             .http
-            .get(self.collector_url(&format!("/v1/stats?{query}")))
+            .get(self.query_url(&format!("/v1/stats?{query}")))
             .timeout(Duration::from_secs(30))
             .send()
             .await?;
@@ -555,6 +622,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        self.query.stop();
         self.collector.stop();
         self.processor.stop();
         self.clickhouse.stop();

@@ -1,7 +1,8 @@
 //! The operator on a real Kubernetes API server (kube-apiserver, etcd, controller-manager,
 //! scheduler, a kwok node), driven with kubectl as a user would: apply, wait for conditions,
 //! edit, break, delete. Pods do not run under kwok, so the data path then runs the real
-//! collector and processor as local processes, fed the configuration the operator rendered.
+//! collector, processor and query service as local processes, all three fed the one
+//! configuration the operator rendered.
 
 use std::process::Command;
 use std::time::Duration;
@@ -129,6 +130,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     stack.config = rendered_path;
     stack.start_processor(&[]).await?;
     stack.start_collector().await?;
+    stack.start_query().await?;
     let events: Vec<_> = ["/a", "/b", "/a"]
         .iter()
         .map(|path| json!({"site_id": "shop", "event_type": "page_view", "path": path}))
