@@ -59,7 +59,7 @@ FROM runtime AS query
 LABEL org.opencontainers.image.title="tally-query" \
       org.opencontainers.image.description="Tally's read side: stats from ClickHouse"
 COPY --from=builder /out/tally-query /usr/local/bin/tally-query
-EXPOSE 8080
+EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/tally-query"]
 
 # The operator last: a plain `docker build .` gives the operator image.

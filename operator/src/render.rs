@@ -22,7 +22,7 @@ pub const CHECKSUM_ANNOTATION: &str = "tally.dev/config-checksum";
 /// Container ports.
 pub const COLLECTOR_PORT: i32 = 8080;
 pub const PROCESSOR_PORT: i32 = 9091;
-pub const QUERY_PORT: i32 = 8080;
+pub const QUERY_PORT: i32 = 8081;
 
 /// Default images, from the operator's own installation.
 #[derive(Debug, Clone)]
