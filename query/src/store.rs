@@ -46,6 +46,9 @@ pub fn top_paths_sql(db: &str) -> String {
     )
 }
 
+/// The longest a stats query may run in ClickHouse (its `max_execution_time`).
+pub const MAX_READ_SECONDS: u32 = 10;
+
 /// The tables the stats API reads; readiness waits until they all exist.
 const READ_TABLES: [&str; 2] = [SITE_DAILY, PATH_DAILY];
 
@@ -60,7 +63,11 @@ impl Store {
     /// The pipeline's database at its `spec.clickhouse.url`.
     pub fn new(config: &RuntimeConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            client: clickhouse::Client::default().with_url(&config.pipeline.spec.clickhouse.url),
+            client: clickhouse::Client::default()
+                .with_url(&config.pipeline.spec.clickhouse.url)
+                // A read that runs longer is stopped by ClickHouse and answered with 503,
+                // so that a slow store never holds requests open without end.
+                .with_option("max_execution_time", MAX_READ_SECONDS.to_string()),
             db: config.database(),
             metrics,
         }
