@@ -1,5 +1,5 @@
 //! The collector's HTTP surface in one place: routes, body limits, CORS, the request-timing
-//! middleware, and the health and metrics endpoints every service shares.
+//! and tracing middleware, and the health and metrics endpoints every service shares.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
+use tracing::Instrument as _;
 
 use crate::ingest;
 use crate::metrics::Metrics;
@@ -41,7 +42,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Middleware recording every request's duration by route and status.
+/// The routes that get no span: probes and scrapes, which would otherwise fill the traces.
+const UNTRACED_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Middleware recording every request's duration by route and status, and running it in a
+/// server span (`request`; with tracing off the span is disabled and costs nothing).
+///
+/// A `traceparent` the client sends is not followed: the collector faces browsers on the
+/// internet, so each request starts a trace of its own (and no client can force sampling).
 async fn time_request(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
@@ -51,13 +59,29 @@ async fn time_request(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = if UNTRACED_ROUTES.contains(&route.as_str()) {
+        tracing::Span::none()
+    } else {
+        let method = request.method();
+        tracing::info_span!(
+            parent: None,
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+        )
+    };
     let start = Instant::now();
-    let response = next.run(request).await;
-    metrics.observe_request(
-        route,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics.observe_request(route, status, start.elapsed().as_secs_f64());
     response
 }
 
