@@ -21,7 +21,7 @@ use std::collections::HashSet;
 
 use async_nats::jetstream::Message;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
-use tally_runtime::propagation::remote_span_context;
+use tally_runtime::propagation::{self, TRACEPARENT, remote_span_context};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -85,13 +85,21 @@ impl FetchSpans {
     }
 }
 
-/// The distinct publish contexts the messages carry, in message order.
+/// The distinct publish contexts the messages carry, in message order. All the messages of
+/// one publish carry the same `traceparent`, so each distinct header is parsed once.
 fn publish_contexts(messages: &[Message]) -> Vec<SpanContext> {
+    if !tally_runtime::telemetry::enabled() {
+        return Vec::new();
+    }
     let mut seen = HashSet::new();
     messages
         .iter()
-        .filter_map(|m| remote_span_context(m.headers.as_ref()))
-        .filter(|cx| seen.insert((cx.trace_id(), cx.span_id())))
+        .filter_map(|m| m.headers.as_ref())
+        .filter(|headers| {
+            propagation::header(headers, TRACEPARENT)
+                .is_some_and(|traceparent| seen.insert(traceparent))
+        })
+        .filter_map(|headers| remote_span_context(Some(headers)))
         .collect()
 }
 

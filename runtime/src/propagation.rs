@@ -34,14 +34,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        if let Some(value) = self.0.get(key) {
-            return Some(value.as_str());
-        }
-        self.0
-            .iter()
-            .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key))
-            .and_then(|(_, values)| values.first())
-            .map(|value| value.as_str())
+        header(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -50,6 +43,18 @@ impl Extractor for HeaderExtractor<'_> {
             .map(|(name, _)| AsRef::<str>::as_ref(name))
             .collect()
     }
+}
+
+/// The first value of header `name`, whatever the case of its name in `headers`.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    if let Some(value) = headers.get(name) {
+        return Some(value.as_str());
+    }
+    headers
+        .iter()
+        .find(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
+        .and_then(|(_, values)| values.first())
+        .map(|value| value.as_str())
 }
 
 /// The trace headers that carry `span`'s context, for the messages published within it;
