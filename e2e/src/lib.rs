@@ -5,8 +5,8 @@
 //! When a test fails, the tail of every process log is printed.
 //!
 //! Server locations come from the environment that `make test` sets up:
-//! `TALLY_NATS_SERVER` (the nats-server binary) and `TALLY_CLICKHOUSE_SERVER` (the launcher
-//! script). The Tally binaries are found in `TALLY_BIN_DIR`, or next to the test binary's
+//! `TALLY_NATS_SERVER` (the nats-server binary), `TALLY_CLICKHOUSE_SERVER` (the launcher
+//! script) and `TALLY_JAEGER` (the trace backend, [`jaeger`]). The Tally binaries are found in `TALLY_BIN_DIR`, or next to the test binary's
 //! directory (cargo's `target/<profile>/`).
 
 use std::fs;
@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 
 pub mod chart;
 pub mod cluster;
+pub mod jaeger;
 pub mod nats_cluster;
 
 /// The sites every test stack declares.
@@ -51,7 +52,7 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
-fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .with_context(|| format!("{name} is not set: run the tests with `make test`, which installs the servers and sets it"))
@@ -241,6 +242,10 @@ pub struct Stack {
     pub collector: Process,
     pub query: Process,
     pub http: reqwest::Client,
+    /// Environment variables the processor and collector are started with, on top of the
+    /// test's own less every `OTEL_*` variable (so that tracing is off unless a test turns
+    /// it on here).
+    pub env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -301,6 +306,7 @@ impl Stack {
             nats,
             clickhouse,
             http,
+            env: Vec::new(),
         };
         stack.wait_nats().await?;
         stack.wait_clickhouse().await?;
@@ -390,11 +396,23 @@ impl Stack {
         Ok(path)
     }
 
+    /// A command for a Tally binary, with [`Self::env`] as its OpenTelemetry environment.
+    fn tally_command(&self, binary: &str) -> anyhow::Result<Command> {
+        let mut command = Command::new(Self::binary(binary)?);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(command)
+    }
+
     /// Starts the processor with extra arguments, without waiting for it.
     pub fn spawn_processor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.processor = Process::spawn(
             "processor",
-            Command::new(Self::binary("tally-processor")?)
+            self.tally_command("tally-processor")?
                 .arg("--config")
                 .arg(&self.config)
                 .args(["--listen", &format!("127.0.0.1:{}", self.processor_port)])
@@ -425,7 +443,7 @@ impl Stack {
     pub async fn start_collector(&mut self) -> anyhow::Result<()> {
         self.collector = Process::spawn(
             "collector",
-            Command::new(Self::binary("tally-collector")?)
+            self.tally_command("tally-collector")?
                 .arg("--config")
                 .arg(&self.config)
                 .args(["--listen", &format!("127.0.0.1:{}", self.collector_port)]),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use clap::{ArgAction, Parser};
 use tally_operator::Settings;
-use tally_runtime::{LogFormat, init_logging};
+use tally_runtime::{LogFormat, init_telemetry};
 
 /// Tally operator: reconciles AnalyticsPipelines (ConfigMap, collector, processor and query
 /// Deployments, collector and query Services, JetStream stream) and AnalyticsSites (acceptance and
@@ -51,7 +51,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Kept to the end of main: dropping it flushes the spans still buffered.
+    let _telemetry = init_telemetry(cli.log_format, "tally-operator")?;
     tally_operator::run(Settings {
         listen: cli.listen,
         leader_election: cli.leader_election,

@@ -13,11 +13,14 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use tally_contracts::Event;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::backoff::{Interrupted, backoff, wait_unless_stopped};
 use crate::health::Readiness;
 use crate::metrics::{Metrics, Stage};
 use crate::store::{Failure, Store, classify};
+use crate::trace;
 
 /// A message of the batch that decoded to an event.
 pub struct Candidate {
@@ -110,7 +113,20 @@ async fn write(
 ) -> clickhouse::error::Result<(usize, usize)> {
     let events: Vec<&Event> = chunk.iter().map(|&i| &candidates[i].event).collect();
     let started = Instant::now();
-    let stored = store.stored_ids(&events).await?;
+    let lookup = tracing::info_span!(
+        "lookup",
+        rows = events.len() as i64,
+        found = Empty,
+        otel.status_code = Empty,
+        error = Empty,
+    );
+    let stored = store
+        .stored_ids(&events)
+        .instrument(lookup.clone())
+        .await
+        .inspect_err(|e| trace::record_error(&lookup, e))?;
+    lookup.record("found", stored.len() as i64);
+    drop(lookup);
     metrics.record_stage(Stage::Lookup, started.elapsed());
     // Neither stored already nor a second copy within the batch (a re-post after the
     // duplicate window, both copies still waiting in the stream).
@@ -121,7 +137,18 @@ async fn write(
         .collect();
     if !fresh.is_empty() {
         let started = Instant::now();
-        store.insert(&fresh).await?;
+        let insert = tracing::info_span!(
+            "insert",
+            rows = fresh.len() as i64,
+            otel.status_code = Empty,
+            error = Empty,
+        );
+        store
+            .insert(&fresh)
+            .instrument(insert.clone())
+            .await
+            .inspect_err(|e| trace::record_error(&insert, e))?;
+        drop(insert);
         metrics.record_stage(Stage::Insert, started.elapsed());
     }
     // Stored already, yet delivered as if for the first time (and not by an insert of

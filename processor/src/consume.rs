@@ -38,6 +38,7 @@ use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use futures::StreamExt;
 use futures::future::join_all;
 use tally_contracts::stream::dead_letter;
+use tracing::{Instrument as _, Span};
 
 use crate::backoff::{Interrupted, backoff};
 use crate::bisect::{self, Candidate};
@@ -47,6 +48,7 @@ use crate::metrics::{Metrics, Stage};
 use crate::poison::{Poison, decode};
 use crate::redelivery;
 use crate::store::Store;
+use crate::trace::FetchSpans;
 
 /// Batching and fault-injection settings of the loop.
 pub struct Settings {
@@ -82,6 +84,13 @@ pub struct Processor {
 /// A batch written: the messages that cannot be stored (by index in the batch), with why.
 type Outcome = Result<Vec<(usize, Poison)>, Interrupted>;
 
+/// The messages of one pull, and the span that follows them until they are acknowledged
+/// (disabled with tracing off; see [`crate::trace`]).
+pub struct Batch {
+    messages: Vec<Message>,
+    span: Span,
+}
+
 impl Processor {
     /// Runs until `shutdown` resolves; a batch being written when it does is finished first
     /// (or abandoned unacknowledged if ClickHouse is failing).
@@ -94,22 +103,22 @@ impl Processor {
         let mut inserts = 0u64;
         let mut backoff = backoff();
         // The batch fetched while the last one was written.
-        let mut ahead: Option<Vec<Message>> = None;
+        let mut ahead: Option<Batch> = None;
         // The acknowledgements of the last batch written (at most one batch in flight).
         let mut acking: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            let messages = match ahead.take() {
-                Some(messages) => messages,
+            let batch = match ahead.take() {
+                Some(batch) => batch,
                 None => {
                     let fetched = tokio::select! {
                         _ = &mut shutdown => break,
                         fetched = self.fetch() => fetched,
                     };
                     match fetched {
-                        Ok(messages) => {
+                        Ok(batch) => {
                             self.readiness.set_nats_ok(true);
                             backoff.reset();
-                            messages
+                            batch
                         }
                         Err(e) => {
                             self.readiness.set_nats_ok(false);
@@ -121,10 +130,11 @@ impl Processor {
                     }
                 }
             };
-            if messages.is_empty() {
+            if batch.messages.is_empty() {
                 continue;
             }
-            let (outcome, next) = self.process_fetching_ahead(&messages, &mut shutdown).await;
+            let (outcome, next) = self.process_fetching_ahead(&batch, &mut shutdown).await;
+            let Batch { messages, span } = batch;
             let Ok(poison) = outcome else {
                 tracing::info!(
                     messages = messages.len(),
@@ -132,7 +142,7 @@ impl Processor {
                 );
                 if let Some(next) = next {
                     // Not started: hand it back at once rather than after the ack wait.
-                    join_all(next.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+                    join_all(next.messages.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
                 }
                 break;
             };
@@ -162,6 +172,7 @@ impl Processor {
                     &self.metrics,
                 )
             }))
+            .instrument(span.clone())
             .await;
             if let Some(previous) = acking.take() {
                 let _ = previous.await;
@@ -171,7 +182,13 @@ impl Processor {
                 .zip(stored)
                 .filter_map(|(m, stored)| stored.then_some(m))
                 .collect();
-            acking = Some(tokio::spawn(acknowledge(to_ack, self.metrics.clone())));
+            let ack = tracing::info_span!(parent: &span, "ack", rows = to_ack.len() as i64);
+            let metrics = self.metrics.clone();
+            acking = Some(tokio::spawn(async move {
+                acknowledge(to_ack, metrics).instrument(ack).await;
+                // The batch span ends with its acknowledgements.
+                drop(span);
+            }));
         }
         if let Some(last) = acking {
             let _ = last.await;
@@ -186,14 +203,20 @@ impl Processor {
     /// left to the next plain fetch, which reports it).
     async fn process_fetching_ahead(
         &self,
-        messages: &[Message],
+        batch: &Batch,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-    ) -> (Outcome, Option<Vec<Message>>) {
+    ) -> (Outcome, Option<Batch>) {
+        let messages = &batch.messages;
         let tick = (self.settings.ack_wait / 3).max(Duration::from_millis(50));
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let mut work = pin!(self.process(messages, shutdown));
+        // The write runs in the batch's span; the fetch of the next batch, polled beside it,
+        // opens spans of its own (with no parent taken from here).
+        let mut work = pin!(
+            self.process(messages, shutdown)
+                .instrument(batch.span.clone())
+        );
         let mut fetch = pin!(self.fetch());
-        let mut ahead: Option<Vec<Message>> = None;
+        let mut ahead: Option<Batch> = None;
         let mut fetching = true;
         let outcome = loop {
             tokio::select! {
@@ -201,13 +224,13 @@ impl Processor {
                 fetched = &mut fetch, if fetching => {
                     fetching = false;
                     match fetched {
-                        Ok(next) if !next.is_empty() => ahead = Some(next),
+                        Ok(next) if !next.messages.is_empty() => ahead = Some(next),
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "fetching ahead failed"),
                     }
                 }
                 _ = progress.tick() => {
-                    let held = messages.iter().chain(ahead.iter().flatten());
+                    let held = messages.iter().chain(ahead.iter().flat_map(|b| &b.messages));
                     join_all(held.map(|m| m.ack_with(AckKind::Progress))).await;
                 }
             }
@@ -216,7 +239,7 @@ impl Processor {
             // Dropping a fetch half-way would strand the messages it has received until their
             // ack wait ends; it ends by itself within `batchMaxWait`.
             if let Ok(next) = fetch.await
-                && !next.is_empty()
+                && !next.messages.is_empty()
             {
                 ahead = Some(next);
             }
@@ -224,8 +247,9 @@ impl Processor {
         (outcome, ahead)
     }
 
-    /// Up to `max_rows` messages, waiting at most `max_wait` for them.
-    async fn fetch(&self) -> Result<Vec<Message>, async_nats::Error> {
+    /// Up to `max_rows` messages, waiting at most `max_wait` for them. The batch's spans
+    /// open when the first message arrives: an empty pull makes none.
+    async fn fetch(&self) -> Result<Batch, async_nats::Error> {
         let started = Instant::now();
         let mut batch = self
             .consumer
@@ -235,9 +259,13 @@ impl Processor {
             .messages()
             .await?;
         let mut messages = Vec::with_capacity(self.settings.max_rows);
+        let mut spans = None;
         while let Some(message) = batch.next().await {
             match message {
-                Ok(m) => messages.push(m),
+                Ok(m) => {
+                    spans.get_or_insert_with(FetchSpans::start);
+                    messages.push(m);
+                }
                 Err(e) if messages.is_empty() => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "batch ended early");
@@ -248,7 +276,8 @@ impl Processor {
         if !messages.is_empty() {
             self.metrics.record_stage(Stage::Fetch, started.elapsed());
         }
-        Ok(messages)
+        let span = spans.map_or_else(Span::none, |spans| spans.fetched(&messages));
+        Ok(Batch { messages, span })
     }
 
     /// Writes one batch, retrying transient failures with backoff until ClickHouse confirms
@@ -287,6 +316,11 @@ impl Processor {
         .await?;
         self.metrics
             .record_batch(written, skipped, started.elapsed());
+        // This runs in the batch's span.
+        let span = Span::current();
+        span.record("written", written as i64);
+        span.record("skipped", skipped as i64);
+        span.record("poison", (poison.len() + rejected.len()) as i64);
         poison.extend(rejected.into_iter().map(|(i, reason)| {
             (
                 candidates[i].index,

@@ -24,6 +24,7 @@ mod poison;
 mod redelivery;
 mod schema;
 mod store;
+mod trace;
 
 pub use store::EventRow;
 

@@ -26,7 +26,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.common.init_logging();
+    // Logging, and tracing when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set; the guard
+    // flushes the last spans when main returns.
+    let _telemetry = cli.common.init_telemetry("tally-processor")?;
     let config = cli.common.load_config()?;
     tally_processor::run(config, cli.listen, cli.crash_after_inserts).await
 }

@@ -23,7 +23,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.common.init_logging();
+    let _telemetry = cli.common.init_telemetry("tally-query")?;
     let config = cli.common.load_config()?;
     tally_query::serve(config, cli.listen).await
 }

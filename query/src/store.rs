@@ -67,7 +67,7 @@ impl Store {
                 .with_url(&config.pipeline.spec.clickhouse.url)
                 // A read that runs longer is stopped by ClickHouse and answered with 503,
                 // so that a slow store never holds requests open without end.
-                .with_option("max_execution_time", MAX_READ_SECONDS.to_string()),
+                .with_setting("max_execution_time", MAX_READ_SECONDS.to_string()),
             db: config.database(),
             metrics,
         }

@@ -44,8 +44,10 @@ impl CommonArgs {
         Ok(config)
     }
 
-    /// Starts logging in the chosen format.
-    pub fn init_logging(&self) {
-        crate::logging::init_logging(self.log_format);
+    /// Starts logging in the chosen format, and tracing when the OpenTelemetry environment
+    /// asks for it (see [`crate::logging::init_telemetry`]); keep the returned guard until
+    /// the process exits.
+    pub fn init_telemetry(&self, default_service: &str) -> anyhow::Result<crate::Telemetry> {
+        crate::logging::init_telemetry(self.log_format, default_service)
     }
 }

@@ -1,5 +1,6 @@
 //! How every Tally binary runs, written once: the command-line arguments that locate the
-//! configuration ([`cli`]), structured logging ([`logging`]), the shutdown signal
+//! configuration ([`cli`]), structured logging and OpenTelemetry tracing ([`logging`],
+//! [`telemetry`]; trace context in NATS headers: [`propagation`]), the shutdown signal
 //! ([`signal`]), the `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]), the
 //! request-duration metric of the HTTP APIs ([`http`]) and retries with exponential backoff
 //! ([`backoff`]). The wire contracts live in `tally-contracts`.
@@ -9,10 +10,13 @@ pub mod cli;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod propagation;
 pub mod signal;
+pub mod telemetry;
 
 pub use backoff::{Backoff, retry};
 pub use cli::{CommonArgs, LogFormat};
 pub use health::{Health, serve_health};
-pub use logging::init_logging;
+pub use logging::init_telemetry;
 pub use signal::shutdown_signal;
+pub use telemetry::Telemetry;
