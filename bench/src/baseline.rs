@@ -16,7 +16,6 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tally_contracts::{Event, schema};
-use tally_processor::EventRow;
 use uuid::Uuid;
 
 use crate::generate::{Gen, now_ms};
@@ -285,6 +284,46 @@ pub async fn clickhouse(
     ))
 }
 
+/// One row of the `events` table as the processor inserts it (plain `RowBinary`, column for
+/// column, borrowing from the envelope); a test checks it against the schema's DDL.
+#[derive(clickhouse::Row, Serialize)]
+struct EventRow<'a> {
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: Uuid,
+    site_id: &'a str,
+    event_type: &'a str,
+    timestamp: i64,
+    received_at: i64,
+    path: &'a str,
+    url: &'a str,
+    referrer: &'a str,
+    title: &'a str,
+    user_id: &'a str,
+    visitor_id: &'a str,
+    session_id: &'a str,
+    properties: &'a str,
+}
+
+impl<'a> From<&'a Event> for EventRow<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            event_id: e.event_id,
+            site_id: &e.site_id,
+            event_type: &e.event_type,
+            timestamp: e.timestamp_ms,
+            received_at: e.received_at_ms,
+            path: &e.path,
+            url: &e.url,
+            referrer: &e.referrer,
+            title: &e.title,
+            user_id: &e.user_id,
+            visitor_id: &e.visitor_id,
+            session_id: &e.session_id,
+            properties: e.properties.get(),
+        }
+    }
+}
+
 async fn insert_rows(client: &clickhouse::Client, events: &[Event]) -> anyhow::Result<()> {
     let mut insert = client.insert::<EventRow<'_>>(schema::EVENTS).await?;
     for event in events {
@@ -292,4 +331,26 @@ async fn insert_rows(client: &clickhouse::Client, events: &[Event]) -> anyhow::R
     }
     insert.end().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clickhouse::Row;
+
+    use super::*;
+
+    /// With validation off nothing checks the row against the table at run time: its
+    /// columns must be exactly those of `events` in the schema, in order.
+    #[test]
+    fn the_row_has_every_column_of_the_events_table() {
+        let ddl = &schema::migrations("db")[0].statements[0];
+        let body = &ddl[ddl.find('(').unwrap() + 1..ddl.find("INDEX").unwrap()];
+        let columns: Vec<&str> = body
+            .split(',')
+            .filter_map(|c| c.split_whitespace().next())
+            // The comma inside `DateTime64(3, 'UTC')` leaves a piece that names no column.
+            .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        assert_eq!(columns, <EventRow<'static> as Row>::COLUMN_NAMES);
+    }
 }

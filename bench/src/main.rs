@@ -1,8 +1,9 @@
 //! `tally-bench`: measures Tally on this machine and prints a table (and writes JSON).
 //!
 //! By default it starts its own stack the way `make dev` does — release binaries, real
-//! nats-server and ClickHouse on free loopback ports (the e2e harness) — with a `bench`
-//! pipeline of 50 sites, and stops every process it started when it ends, however it ends.
+//! nats-server and ClickHouse on free loopback ports (the e2e harness, `tally_e2e::Stack`)
+//! — with a `bench` pipeline of 50 sites that has the settings of `examples/`, and stops
+//! every process it started when it ends, however it ends.
 //! `--target URL` measures a stack that is already running instead.
 //!
 //! Phases, in order (`--phases` picks some):
@@ -39,9 +40,9 @@ mod load;
 mod memory;
 mod reads;
 mod report;
-mod stack;
+mod target;
 
-use stack::{PipelineSettings, Target};
+use target::{PipelineSettings, Target};
 
 /// Tally's load generator and benchmark: collector ingestion against the JetStream
 /// ceiling, end-to-end throughput and lag, stats reads over 10 million events, memory
