@@ -1,10 +1,11 @@
-# Tally's container images: one Rust build of the three binaries, then one small runtime
+# Tally's container images: one Rust build of the four binaries, then one small runtime
 # image per binary. Build each with its target (BuildKit, the default builder of current
 # Docker releases, is needed for the cache mounts):
 #
 #   docker build --target operator  -t tally/operator:0.1.0  .
 #   docker build --target collector -t tally/collector:0.1.0 .
 #   docker build --target processor -t tally/processor:0.1.0 .
+#   docker build --target query     -t tally/query:0.1.0     .
 #
 # The images run as the unprivileged user 65532, with the binary as entrypoint (it is
 # PID 1 and handles SIGTERM itself). The Helm chart (charts/tally) uses these names.
@@ -23,10 +24,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --profile dist --locked \
-      -p tally-operator -p tally-collector -p tally-processor \
+      -p tally-operator -p tally-collector -p tally-processor -p tally-query \
  && mkdir -p /out \
  && cp target/dist/tally-operator target/dist/tally-collector \
-      target/dist/tally-processor /out/
+      target/dist/tally-processor target/dist/tally-query /out/
 
 # --- runtime base -----------------------------------------------------------------------
 # Same Debian release as the builder (same glibc). Only the CA bundle is added: rustls
@@ -53,6 +54,13 @@ LABEL org.opencontainers.image.title="tally-processor" \
 COPY --from=builder /out/tally-processor /usr/local/bin/tally-processor
 EXPOSE 9091
 ENTRYPOINT ["/usr/local/bin/tally-processor"]
+
+FROM runtime AS query
+LABEL org.opencontainers.image.title="tally-query" \
+      org.opencontainers.image.description="Tally's read side: stats from ClickHouse"
+COPY --from=builder /out/tally-query /usr/local/bin/tally-query
+EXPOSE 8081
+ENTRYPOINT ["/usr/local/bin/tally-query"]
 
 # The operator last: a plain `docker build .` gives the operator image.
 FROM runtime AS operator

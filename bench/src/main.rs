@@ -57,6 +57,9 @@ pub struct Cli {
     /// starting a stack. Loopback addresses only.
     #[arg(long, value_name = "URL")]
     target: Option<String>,
+    /// With --target: its query service (`/v1/stats`).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    query_url: String,
     /// With --target: its NATS server.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -121,7 +124,8 @@ pub struct Cli {
     /// The bench pipeline's spec.processor.batchMaxWait.
     #[arg(long, default_value = "500ms")]
     batch_max_wait: String,
-    /// Where tally-collector and tally-processor are [default: next to this binary].
+    /// Where tally-collector, tally-processor and tally-query are [default: next to this
+    /// binary].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// An extra argument for the local collector (repeatable), e.g.
@@ -349,7 +353,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             t.start_collector().await?;
             t
         }
-        Some(url) => Target::remote(url, &cli.nats_url, &cli.clickhouse_url, &cli.config)?,
+        Some(url) => Target::remote(url, &cli.query_url, &cli.nats_url, &cli.clickhouse_url, &cli.config)?,
     };
     let target = slot.insert(target);
     // The sites the load goes to: the bench's 50, or those of a remote target.

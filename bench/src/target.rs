@@ -19,7 +19,8 @@ pub const PROBE_SITE: &str = "probe";
 pub struct Target {
     pub collector: SocketAddr,
     pub host: String,
-    /// Where `/v1/stats` is served ([`Stack::stats_url`] locally; the `--target` otherwise).
+    /// Where `/v1/stats` is served: the query service ([`Stack::stats_url`] locally,
+    /// `--query-url` with `--target`).
     pub stats: SocketAddr,
     pub stats_host: String,
     pub nats_url: String,
@@ -83,7 +84,7 @@ impl Target {
         bin_dir: PathBuf,
         collector_args: Vec<String>,
     ) -> anyhow::Result<Self> {
-        for bin in ["tally-collector", "tally-processor"] {
+        for bin in ["tally-collector", "tally-processor", "tally-query"] {
             if !bin_dir.join(bin).exists() {
                 bail!(
                     "{} is missing: build the release binaries first (e2e/scripts/bench.sh does)",
@@ -119,6 +120,7 @@ impl Target {
     /// A stack that is already running.
     pub fn remote(
         collector_url: &str,
+        query_url: &str,
         nats_url: &str,
         clickhouse_url: &str,
         config: &Path,
@@ -127,12 +129,16 @@ impl Target {
         if !collector.ip().is_loopback() {
             bail!("--target must be a loopback address: the bench sends load only to this machine");
         }
+        let (stats_host, stats) = http_host(query_url, "--query-url")?;
+        if !stats.ip().is_loopback() {
+            bail!("--query-url must be a loopback address");
+        }
         let config = RuntimeConfig::load(config)
             .map_err(|e| anyhow::anyhow!("cannot load --config: {e}"))?;
         Ok(Self {
             collector,
-            stats: collector,
-            stats_host: host.clone(),
+            stats,
+            stats_host,
             host,
             nats_url: nats_url.to_owned(),
             clickhouse_url: clickhouse_url.to_owned(),
@@ -159,10 +165,14 @@ impl Target {
         }
     }
 
-    /// Starts the local processor (no-op for a remote target).
+    /// Starts the local processor, then the query service, which is ready once the
+    /// processor has created the rollups (no-op for a remote target).
     pub async fn start_processor(&mut self) -> anyhow::Result<()> {
         match self.local.as_mut() {
-            Some(stack) => stack.start_processor(&[]).await,
+            Some(stack) => {
+                stack.start_processor(&[]).await?;
+                stack.start_query().await
+            }
             None => Ok(()),
         }
     }

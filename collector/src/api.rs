@@ -23,8 +23,6 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("{0}")]
-    InvalidQuery(String),
     #[error("{} problem(s) with the event: {}", .0.len(), summary(.0))]
     InvalidEvent(Vec<Problem>),
     #[error("site_id {0:?} is not configured in this pipeline")]
@@ -59,7 +57,6 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
             }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
             Self::ForbiddenOrigin { .. } => (StatusCode::FORBIDDEN, "forbidden_origin"),

@@ -1,5 +1,7 @@
 //! `tally-collector`: accepts analytics events over HTTP and publishes them durably to the
-//! pipeline's NATS JetStream stream; also serves the stats API.
+//! pipeline's NATS JetStream stream. It does nothing else: reads (`/v1/stats`) are the query
+//! service's (`tally-query`), so no ClickHouse query shares this process's CPU or
+//! connections with ingest.
 //!
 //! The binary (`main.rs`) reads its command line and calls [`serve`]. [`parse_events`] is
 //! the one function `POST /v1/events` turns a body into events with, open to the fuzz
@@ -22,7 +24,6 @@ mod payload;
 mod router;
 mod sink;
 mod state;
-mod stats;
 mod validate;
 
 pub use api::ApiError;

@@ -1,14 +1,14 @@
 //! `tally-collector`: accepts analytics events over HTTP and publishes them durably to the
-//! pipeline's NATS JetStream stream; also serves the stats API. The command line is read
-//! here; the service lives in the library (`lib.rs`).
+//! pipeline's NATS JetStream stream. The command line is read here; the service lives in
+//! the library (`lib.rs`). Reads are another service's: `tally-query` serves `/v1/stats`.
 
 use std::net::SocketAddr;
 
 use clap::Parser;
 use tally_runtime::CommonArgs;
 
-/// Tally collector: takes events on POST /v1/events, publishes them to NATS JetStream,
-/// and answers GET /v1/stats from ClickHouse.
+/// Tally collector: takes events on POST /v1/events and publishes them to NATS JetStream
+/// (reads are tally-query's GET /v1/stats).
 #[derive(Debug, Parser)]
 #[command(name = "tally-collector", version)]
 struct Cli {

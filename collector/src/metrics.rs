@@ -1,11 +1,14 @@
 //! Prometheus metrics of the collector, served on `/metrics`: the registry and what it
-//! counts. The middleware that times requests lives with the routes (`router.rs`).
+//! counts. Request durations are tally-runtime's (`tally_runtime::http`), registered here;
+//! the routes layer its middleware (`router.rs`).
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tally_runtime::http::RequestDurations;
 
 use crate::api::{ApiError, EventOutcome};
 
@@ -40,17 +43,12 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: String,
-    status: u16,
-}
-
 /// The collector's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
     events: Family<OutcomeLabels, Counter>,
-    requests: Family<RequestLabels, Histogram>,
+    /// `request_duration_seconds{route,status}`, filled by the routes' middleware.
+    pub requests: Arc<RequestDurations>,
 }
 
 impl Default for Metrics {
@@ -58,14 +56,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tally_collector");
         let events = Family::<OutcomeLabels, Counter>::default();
         registry.register("events", "Events received, by outcome", events.clone());
-        let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-        });
-        registry.register(
-            "request_duration_seconds",
-            "HTTP request durations, by route and status",
-            requests.clone(),
-        );
+        let requests = Arc::new(RequestDurations::register(&mut registry));
         Self {
             registry,
             events,
@@ -90,13 +81,6 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(n);
         }
-    }
-
-    /// Records one request's duration under its route and status.
-    pub fn observe_request(&self, route: String, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels { route, status })
-            .observe(seconds);
     }
 
     /// The metrics in the Prometheus text format.

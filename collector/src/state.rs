@@ -11,13 +11,11 @@ use crate::admission::Admission;
 use crate::ingest::{IngestLimits, IngestState};
 use crate::metrics::Metrics;
 use crate::sink::EventSink;
-use crate::stats::StatsState;
 
 /// Everything the routes share; each handler takes one field of it.
 #[derive(Clone)]
 pub struct AppState {
     pub ingest: Arc<IngestState>,
-    pub stats: Arc<StatsState>,
     /// What `/readyz` and `/metrics` answer.
     pub health: Arc<dyn Health>,
     pub metrics: Arc<Metrics>,
@@ -34,9 +32,8 @@ impl AppState {
                 admission: Admission::new(config.pipeline.spec.collector.max_in_flight_events),
                 sink: sink.clone(),
                 metrics: metrics.clone(),
-                config: config.clone(),
+                config,
             }),
-            stats: Arc::new(StatsState::new(config)),
             health: Arc::new(CollectorHealth {
                 sink,
                 metrics: metrics.clone(),
@@ -65,12 +62,6 @@ impl Health for CollectorHealth {
 impl FromRef<AppState> for Arc<IngestState> {
     fn from_ref(state: &AppState) -> Self {
         state.ingest.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<StatsState> {
-    fn from_ref(state: &AppState) -> Self {
-        state.stats.clone()
     }
 }
 

@@ -7,7 +7,6 @@ pub mod config;
 pub mod event;
 pub mod naming;
 pub mod schema;
-pub mod service;
 pub mod stream;
 
 pub use config::{ConfigError, RuntimeConfig};

@@ -1,7 +1,7 @@
 //! The ClickHouse schema of a pipeline's database: the raw `events` table and the rollups
 //! that materialized views keep up to date on every insert. The processor applies these
-//! versioned migrations at start (idempotently); the collector's stats API and the
-//! documented SQL read the tables named here.
+//! versioned migrations at start (idempotently); the query service's stats API
+//! (`tally-query`) and the documented SQL read the tables named here.
 
 /// The raw events table.
 pub const EVENTS: &str = "events";

@@ -48,6 +48,59 @@ pub struct AnalyticsPipelineSpec {
     /// Processor settings: batching and redelivery.
     #[serde(default)]
     pub processor: ProcessorSpec,
+    /// The read side (`tally-query`): stats from ClickHouse behind the sites' keys, in its
+    /// own pods so that reads never share the collectors' CPU or connections.
+    #[serde(default)]
+    pub query: QuerySpec,
+    /// Distributed tracing of the collector, processor and query pods: OpenTelemetry spans
+    /// exported over OTLP. Off unless `otlpEndpoint` is set.
+    #[serde(default)]
+    pub tracing: TracingSpec,
+}
+
+/// Query service (read side) settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    /// Query pods in a cluster (the operator's Deployment `<pipeline>-query`).
+    #[serde(default = "default_query_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image of the query service; defaults to the image the operator was
+    /// installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each query container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service `<pipeline>-query` in front of the query pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+/// Where the pods send their traces. The operator sets the standard OpenTelemetry
+/// variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+/// `OTEL_TRACES_SAMPLER_ARG`) on the collector, processor and query containers from it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// OTLP endpoint of a trace collector, e.g. `http://otel-collector.observability:4318`
+    /// (OTLP over HTTP). Unset: no spans are exported and tracing costs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    pub otlp_endpoint: Option<String>,
+    /// Which traces are kept, as `OTEL_TRACES_SAMPLER`: `parentbased_traceidratio` (the
+    /// default with `samplerRatio`), `traceidratio`, `parentbased_always_on`, `always_on`,
+    /// `always_off`. Unset: every trace (`parentbased_always_on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(always_on|always_off|traceidratio|parentbased_always_on|parentbased_always_off|parentbased_traceidratio)$"
+    ))]
+    pub sampler: Option<String>,
+    /// The fraction of traces kept by a ratio sampler, 0 to 1, as `OTEL_TRACES_SAMPLER_ARG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampler_ratio: Option<f64>,
 }
 
 /// How to reach NATS and how to shape the pipeline's stream.
@@ -149,7 +202,14 @@ pub struct CollectorSpec {
     pub resources: Option<ResourceRequirements>,
     /// The Service in front of the collector pods.
     #[serde(default)]
-    pub service: CollectorServiceSpec,
+    pub service: ServiceSpec,
+    /// The address browsers and back-ends reach the collector at from outside the cluster
+    /// (an Ingress, a load balancer), such as `https://collect.example.com`. The sites'
+    /// `status.ingestUrl` and `status.snippet` use it; without it they name the in-cluster
+    /// Service, which only pods of the cluster can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    pub public_url: Option<String>,
     /// Largest accepted request body in bytes, after gzip decompression. Larger bodies are
     /// answered with 413.
     #[serde(default = "default_max_body_bytes")]
@@ -183,10 +243,11 @@ pub struct CollectorSpec {
     pub publish_timeout: String,
 }
 
-/// The Kubernetes Service that exposes the collector.
+/// A Kubernetes Service in front of a component's pods (the collector's, the query
+/// service's).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CollectorServiceSpec {
+pub struct ServiceSpec {
     /// Service type: `ClusterIP`, `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
@@ -196,7 +257,7 @@ pub struct CollectorServiceSpec {
     pub port: i32,
 }
 
-/// How the collector Service is exposed.
+/// How a Service is exposed.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ServiceType {
     /// Reachable inside the cluster only.
@@ -267,7 +328,8 @@ pub struct AnalyticsPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions: `StreamReady`, `CollectorAvailable`, `ProcessorAvailable` and `Ready`.
+    /// Conditions: `StreamReady`, `CollectorAvailable`, `ProcessorAvailable`,
+    /// `QueryAvailable` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Number of `AnalyticsSite`s accepted into this pipeline.
@@ -282,6 +344,9 @@ fn default_collector_replicas() -> i32 {
     2
 }
 fn default_processor_replicas() -> i32 {
+    1
+}
+fn default_query_replicas() -> i32 {
     1
 }
 fn default_service_port() -> i32 {
@@ -350,8 +415,9 @@ default_from_empty_object!(
     StreamSpec,
     ClickHouseSpec,
     CollectorSpec,
-    CollectorServiceSpec,
-    ProcessorSpec
+    ServiceSpec,
+    ProcessorSpec,
+    QuerySpec
 );
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole Tally stack locally (what `make dev` runs):
 #
-#   nats-server (JetStream) -> ClickHouse -> tally-processor -> tally-collector
+#   nats-server (JetStream) -> ClickHouse -> tally-processor -> tally-collector, tally-query
 #
 # A thin entry point: installs the pinned servers into the cache
 # (install-servers.sh), builds the release binaries, then runs tally-dev
@@ -41,9 +41,9 @@ fi
 source "$TALLY_SERVERS_ENV"
 
 if ((build)); then
-  log "building tally-collector, tally-processor and tally-dev (release)"
-  cargo build --release -p tally-collector -p tally-processor -p tally-e2e \
-    --bin tally-collector --bin tally-processor --bin tally-dev
+  log "building tally-collector, tally-processor, tally-query and tally-dev (release)"
+  cargo build --release -p tally-collector -p tally-processor -p tally-query -p tally-e2e \
+    --bin tally-collector --bin tally-processor --bin tally-query --bin tally-dev
 fi
 [[ -x "$DEV_BIN" ]] || die "$DEV_BIN is missing; run without --no-build"
 exec "$DEV_BIN" "$@"

@@ -254,6 +254,21 @@ pub const REFUSALS: &[Refusal] = &[
         lint: false,
     },
     Refusal {
+        what: "ingress.enabled=true without hosts",
+        args: &["--set", "ingress.enabled=true"],
+        names: "ingress.hosts",
+        lint: false,
+    },
+    Refusal {
+        what: "an Ingress host without its pipeline",
+        args: &[
+            "--set",
+            "ingress.enabled=true,ingress.hosts[0].host=collect.example.com",
+        ],
+        names: "pipeline",
+        lint: false,
+    },
+    Refusal {
         what: "serviceAccount.create=false without a name",
         args: &["--set", "serviceAccount.create=false"],
         names: "serviceAccount.name",
@@ -750,6 +765,7 @@ impl<'a> Contract<'a> {
         }
         if all_on {
             self.service_monitor(&op, service);
+            self.ingress(&format!("{base}-collectors"));
         }
     }
 
@@ -805,17 +821,19 @@ impl<'a> Contract<'a> {
         let env_value = |n: &str| env.get(n).map_or("", |e| text(&e["value"]));
         let zeros = "0".repeat(64);
         let collector_digest = format!("registry.example.com/team/tally/collector@sha256:{zeros}");
-        let images: [&str; 3] = if all_on {
+        let images: [&str; 4] = if all_on {
             [
                 "registry.example.com/team/tally/operator:0.1.0-ci",
                 &collector_digest,
                 "mirror.example.com/tally/processor:0.1.1",
+                "registry.example.com/team/tally/query:0.1.2",
             ]
         } else {
             [
                 "tally/operator:0.1.0",
                 "tally/collector:0.1.0",
                 "tally/processor:0.1.0",
+                "tally/query:0.1.0",
             ]
         };
         self.expect(text(&c["image"]) == images[0], || {
@@ -825,6 +843,7 @@ impl<'a> Contract<'a> {
         for (var, want) in [
             ("TALLY_COLLECTOR_IMAGE", images[1]),
             ("TALLY_PROCESSOR_IMAGE", images[2]),
+            ("TALLY_QUERY_IMAGE", images[3]),
             ("TALLY_LISTEN", "0.0.0.0:8080"),
             ("TALLY_LOG_FORMAT", log_format),
         ] {
@@ -1072,6 +1091,47 @@ impl<'a> Contract<'a> {
         self.expect(egress.iter().all(|r| nonempty(&r["ports"])), || {
             "an egress rule open on every port".into()
         });
+    }
+
+    /// The all-on Ingress: each host routes only the event API and the tracker script to
+    /// its pipeline's collector Service, with the class, TLS and annotations set.
+    fn ingress(&mut self, name: &str) {
+        let ingress = self.get("Ingress", name);
+        let spec = &ingress["spec"];
+        self.expect(text(&spec["ingressClassName"]) == "nginx", || {
+            format!("Ingress class {}", show(&spec["ingressClassName"]))
+        });
+        self.expect(text(&spec["tls"][0]["secretName"]) == "collect-tls", || {
+            format!("Ingress tls {}", show(&spec["tls"]))
+        });
+        self.expect(
+            text(&ingress["metadata"]["annotations"]["example.com/tier"]) == "edge",
+            || "Ingress annotations".into(),
+        );
+        let routes: Vec<(String, String, String, u64)> = seq(&spec["rules"])
+            .iter()
+            .flat_map(|rule| {
+                seq(&rule["http"]["paths"]).iter().map(move |path| {
+                    let service = &path["backend"]["service"];
+                    (
+                        text(&rule["host"]).to_owned(),
+                        text(&path["path"]).to_owned(),
+                        text(&service["name"]).to_owned(),
+                        service["port"]["number"].as_u64().unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        let route = |host: &str, path: &str, service: &str, port: u64| {
+            (host.to_owned(), path.to_owned(), service.to_owned(), port)
+        };
+        let want = vec![
+            route("collect.example.com", "/v1/events", "web-collector", 80),
+            route("collect.example.com", "/tracker.js", "web-collector", 80),
+            route("collect.example.org", "/v1/events", "shop-collector", 8080),
+            route("collect.example.org", "/tracker.js", "shop-collector", 8080),
+        ];
+        self.expect(routes == want, || format!("Ingress routes {routes:?}"));
     }
 
     fn service_monitor(&mut self, op: &str, service: &Value) {

@@ -115,6 +115,16 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 
+    /// `kubectl patch RESOURCE --type merge -p PATCH`.
+    pub fn merge_patch(&self, resource: &str, patch: &str) -> anyhow::Result<String> {
+        self.kubectl(&["patch", resource, "--type", "merge", "-p", patch])
+    }
+
+    /// A merge patch that the API server must refuse; returns its error text.
+    pub fn merge_patch_refused(&self, resource: &str, patch: &str) -> anyhow::Result<String> {
+        self.kubectl_fails(&["patch", resource, "--type", "merge", "-p", patch], None)
+    }
+
     /// `kubectl ARGS` whose exit code is part of the answer (e.g. `auth can-i` says `no` with
     /// status 1): returns standard output either way.
     pub fn kubectl_fails_or_ok(&self, args: &[&str]) -> anyhow::Result<String> {

@@ -31,6 +31,7 @@ Environment (defaults in brackets; an empty value counts as unset):
   CLICKHOUSE_TCP_PORT  ClickHouse native TCP port [9000]
   PROCESSOR_PORT       processor health/metrics port [9091]
   COLLECTOR_PORT       collector HTTP port [8080]
+  QUERY_PORT           query service HTTP port (/v1/stats) [8081]
   TALLY_DEV_DIR        data directory [$TALLY_CACHE/dev]; the logs are in it too
   TALLY_CONFIG         resources the services read [$TALLY_ROOT/examples/]
   RUST_LOG             log filter for the Tally services [info]
@@ -38,7 +39,7 @@ Environment (defaults in brackets; an empty value counts as unset):
 
 /// Run the whole Tally stack locally (what `make dev` runs):
 ///
-///   nats-server (JetStream) -> ClickHouse -> tally-processor -> tally-collector
+///   nats-server (JetStream) -> ClickHouse -> tally-processor -> tally-collector, tally-query
 ///
 /// e2e/scripts/dev.sh installs the pinned servers into the cache (install-servers.sh),
 /// builds the release binaries, then runs tally-dev, which starts everything through the
@@ -61,7 +62,8 @@ pub struct Cli {
     /// Delete the data directory first (fresh NATS stream and ClickHouse).
     #[arg(long)]
     pub reset: bool,
-    /// Where tally-collector and tally-processor are [default: next to this program].
+    /// Where tally-collector, tally-processor and tally-query are [default: next to this
+    /// program].
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Print this help.
@@ -78,23 +80,25 @@ pub struct DevPorts {
     pub clickhouse_tcp: u16,
     pub processor: u16,
     pub collector: u16,
+    pub query: u16,
 }
 
 impl DevPorts {
     /// Each port with the variable that sets it and its default.
-    const VARIABLES: [(&str, u16); 6] = [
+    const VARIABLES: [(&str, u16); 7] = [
         ("NATS_PORT", 4222),
         ("NATS_MONITOR_PORT", 8222),
         ("CLICKHOUSE_HTTP_PORT", 8123),
         ("CLICKHOUSE_TCP_PORT", 9000),
         ("PROCESSOR_PORT", 9091),
         ("COLLECTOR_PORT", 8080),
+        ("QUERY_PORT", 8081),
     ];
 
     /// Reads the ports from the environment: defaults for those unset, an error for a value
     /// that is not a port, or for two variables giving the same port.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let mut ports = [0u16; 6];
+        let mut ports = [0u16; 7];
         for (slot, (name, default)) in ports.iter_mut().zip(Self::VARIABLES) {
             *slot = match env(name) {
                 None => default,
@@ -115,6 +119,7 @@ impl DevPorts {
             clickhouse_tcp: ports[3],
             processor: ports[4],
             collector: ports[5],
+            query: ports[6],
         };
         let named = ports.named();
         for (i, (a, port)) in named.iter().enumerate() {
@@ -126,7 +131,7 @@ impl DevPorts {
     }
 
     /// Each port with the variable that sets it.
-    pub fn named(&self) -> [(&'static str, u16); 6] {
+    pub fn named(&self) -> [(&'static str, u16); 7] {
         let values = [
             self.nats,
             self.nats_monitor,
@@ -134,8 +139,9 @@ impl DevPorts {
             self.clickhouse_tcp,
             self.processor,
             self.collector,
+            self.query,
         ];
-        let mut out = [("", 0); 6];
+        let mut out = [("", 0); 7];
         for (slot, ((name, _), port)) in out.iter_mut().zip(Self::VARIABLES.into_iter().zip(values))
         {
             *slot = (name, port);
@@ -164,6 +170,7 @@ impl DevPorts {
             clickhouse_tcp: Some(self.clickhouse_tcp),
             processor: Some(self.processor),
             collector: Some(self.collector),
+            query: Some(self.query),
         }
     }
 }
@@ -241,6 +248,7 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
     pub collector: String,
+    pub query: String,
     /// `/v1/stats` of the example site today.
     pub stats: String,
     pub processor_metrics: String,
@@ -262,6 +270,7 @@ impl Running {
             .collect();
         Self {
             collector: stack.collector_url(""),
+            query: stack.query_url(""),
             stats: stack.stats_url(&format!("site_id={site}&date={date}")),
             processor_metrics: stack.processor_url("/metrics"),
             nats: stack.nats_url(),
@@ -278,6 +287,7 @@ impl Running {
 pub fn banner(running: &Running, site: &str) -> String {
     let Running {
         collector: c,
+        query,
         stats,
         processor_metrics,
         nats,
@@ -293,6 +303,7 @@ pub fn banner(running: &Running, site: &str) -> String {
         r#"
 Tally is running.
   collector   {c}
+  query       {query}
   processor   {processor_metrics}
   NATS        {nats}   (monitoring {nats_monitor})
   ClickHouse  {clickhouse}   (native tcp 127.0.0.1:{clickhouse_tcp_port})
@@ -346,7 +357,7 @@ impl Signals {
 /// Runs the local stack until a signal (then success) or until a process dies (reported,
 /// then failure); an error when it cannot start.
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
-    for binary in ["tally-collector", "tally-processor"] {
+    for binary in ["tally-collector", "tally-processor", "tally-query"] {
         let path = settings.bin_dir.join(binary);
         if !path.exists() {
             bail!("{} is missing; run without --no-build", path.display());
@@ -524,6 +535,7 @@ mod tests {
                     clickhouse_tcp: 9000,
                     processor: 9091,
                     collector: 8080,
+                    query: 8081,
                 },
                 dir: "/cache/dev".into(),
                 config: "/repo/examples/".into(),
@@ -546,6 +558,7 @@ mod tests {
                 ("CLICKHOUSE_TCP_PORT", "19000"),
                 ("PROCESSOR_PORT", "19091"),
                 ("COLLECTOR_PORT", "18080"),
+                ("QUERY_PORT", "18081"),
                 ("TALLY_DEV_DIR", "/data"),
                 ("TALLY_CACHE", "/cache"),
                 ("TALLY_CONFIG", "/etc/tally.yaml"),
@@ -558,7 +571,7 @@ mod tests {
         assert_eq!(settings.site, "docs");
         assert_eq!(
             settings.ports.named().map(|(_, port)| port),
-            [14222, 18222, 18123, 19000, 19091, 18080]
+            [14222, 18222, 18123, 19000, 19091, 18080, 18081]
         );
         assert_eq!(settings.dir, Path::new("/data"));
         assert_eq!(settings.config, Path::new("/etc/tally.yaml"));
@@ -638,6 +651,7 @@ mod tests {
                 clickhouse_tcp: Some(9000),
                 processor: Some(9091),
                 collector: Some(8080),
+                query: Some(8081),
             }
         );
         assert_eq!(options.dir.as_deref(), Some(Path::new("/cache/dev")));
@@ -652,7 +666,8 @@ mod tests {
     fn the_banner_says_what_to_curl() {
         let running = Running {
             collector: "http://127.0.0.1:8080".into(),
-            stats: "http://127.0.0.1:8080/v1/stats?site_id=docs&date=2026-01-31".into(),
+            query: "http://127.0.0.1:8081".into(),
+            stats: "http://127.0.0.1:8081/v1/stats?site_id=docs&date=2026-01-31".into(),
             processor_metrics: "http://127.0.0.1:9091/metrics".into(),
             nats: "nats://127.0.0.1:4222".into(),
             nats_monitor: "http://127.0.0.1:8222".into(),
@@ -664,19 +679,21 @@ mod tests {
                 "clickhouse".into(),
                 "processor".into(),
                 "collector".into(),
+                "query".into(),
             ],
         };
         let text = banner(&running, "docs");
         for line in [
             "  collector   http://127.0.0.1:8080\n",
+            "  query       http://127.0.0.1:8081\n",
             "  processor   http://127.0.0.1:9091/metrics\n",
             "  NATS        nats://127.0.0.1:4222   (monitoring http://127.0.0.1:8222)\n",
             "  ClickHouse  http://127.0.0.1:8123   (native tcp 127.0.0.1:9000)\n",
-            "  logs        /cache/dev/{nats,clickhouse,processor,collector}.log\n",
+            "  logs        /cache/dev/{nats,clickhouse,processor,collector,query}.log\n",
             "tail -F /cache/dev/*.log\n",
             "  curl -i -X POST http://127.0.0.1:8080/v1/events -H 'content-type: application/json' \\\n",
             r#"-d '{"site_id":"docs","type":"page_view","url":"https://docs.example/","path":"/"}'"#,
-            "  curl -sS \"http://127.0.0.1:8080/v1/stats?site_id=docs&date=2026-01-31\"\n",
+            "  curl -sS \"http://127.0.0.1:8081/v1/stats?site_id=docs&date=2026-01-31\"\n",
             "  curl -sS http://127.0.0.1:8123/ --data-binary 'SHOW DATABASES'\n",
             "Press Ctrl-C to stop.",
         ] {

@@ -1,7 +1,8 @@
 //! The end-to-end harness: starts a real `nats-server`, a real ClickHouse server and the
-//! real `tally-collector` / `tally-processor` binaries on free loopback ports, each in its
-//! own temporary directory, and stops them all when dropped. When a test fails, the tail of
-//! every process log is printed.
+//! real `tally-collector` / `tally-processor` / `tally-query` binaries on free loopback
+//! ports, each in its own temporary directory, and stops them all when dropped. Events go
+//! to the collector ([`Stack::post`]); reads go to the query service ([`Stack::stats`]).
+//! When a test fails, the tail of every process log is printed.
 //!
 //! The same [`Stack`] runs the local stack of `make dev` ([`dev`], the `tally-dev` binary:
 //! fixed ports, a kept data directory, the resources of `examples/`) and the bench's (the
@@ -266,6 +267,7 @@ pub struct Ports {
     pub clickhouse_tcp: Option<u16>,
     pub processor: Option<u16>,
     pub collector: Option<u16>,
+    pub query: Option<u16>,
 }
 
 /// How a stack runs. The first four settings shape the test pipeline ([`pipeline_yaml`]);
@@ -287,7 +289,7 @@ pub struct Options {
     /// created if missing and kept when the stack stops. `None`: a fresh temporary
     /// directory, removed when the stack is dropped (unless a test failed).
     pub dir: Option<PathBuf>,
-    /// Where `tally-collector` and `tally-processor` are. `None`: `TALLY_BIN_DIR`, else the
+    /// Where `tally-collector`, `tally-processor` and `tally-query` are. `None`: `TALLY_BIN_DIR`, else the
     /// directory above the test binary's (cargo's `target/<profile>/`).
     pub bin_dir: Option<PathBuf>,
     /// `RUST_LOG` of the Tally services; `None`: this process's own.
@@ -386,8 +388,8 @@ async fn wait_ready(
 
 static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
 
-/// NATS, ClickHouse, a processor and a collector for one test (or for `make dev`, or the
-/// bench: see [`Options`]).
+/// NATS, ClickHouse, a processor, a collector and a query service for one test (or for
+/// `make dev`, or the bench: see [`Options`]).
 pub struct Stack {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -397,26 +399,31 @@ pub struct Stack {
     pub clickhouse_tcp_port: u16,
     pub collector_port: u16,
     pub processor_port: u16,
+    /// The query service's port: `/v1/stats` and its health endpoints.
+    pub query_port: u16,
     pub nats: Process,
     pub clickhouse: Process,
     pub processor: Process,
     pub collector: Process,
+    pub query: Process,
     pub http: reqwest::Client,
     /// How the stack was started.
     pub options: Options,
 }
 
 impl Stack {
-    /// Starts everything and waits until the collector and processor are ready.
+    /// Starts everything and waits until the processor, the collector and the query
+    /// service are ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let mut stack = Self::start_servers(options).await?;
         stack.start_processor(&[]).await?;
         stack.start_collector().await?;
+        stack.start_query().await?;
         Ok(stack)
     }
 
-    /// Starts NATS and ClickHouse only; the processor and collector are left to the test
-    /// (`self.config` names the configuration they will read).
+    /// Starts NATS and ClickHouse only; the processor, collector and query service are left
+    /// to the test (`self.config` names the configuration they will read).
     pub async fn start_servers(options: Options) -> anyhow::Result<Self> {
         let dir = match &options.dir {
             Some(dir) => {
@@ -447,6 +454,7 @@ impl Stack {
         let clickhouse_tcp_port = ports.clickhouse_tcp.unwrap_or_else(free_port);
         let collector_port = ports.collector.unwrap_or_else(free_port);
         let processor_port = ports.processor.unwrap_or_else(free_port);
+        let query_port = ports.query.unwrap_or_else(free_port);
         let config = dir.join("pipeline.yaml");
         let yaml = match &options.resources {
             Some(resources) => local_resources(resources, nats_port, clickhouse_port).to_yaml(),
@@ -460,6 +468,7 @@ impl Stack {
         let mut stack = Self {
             processor: Process::not_started("processor", dir.join("processor.log")),
             collector: Process::not_started("collector", dir.join("collector.log")),
+            query: Process::not_started("query", dir.join("query.log")),
             dir,
             config,
             nats_port,
@@ -468,6 +477,7 @@ impl Stack {
             clickhouse_tcp_port,
             collector_port,
             processor_port,
+            query_port,
             nats,
             clickhouse,
             http: reqwest::Client::new(),
@@ -656,12 +666,13 @@ impl Stack {
 
     /// Every process of the stack in start order, the servers first ([`Stack::stop`] stops
     /// them in reverse); those not started (yet) too.
-    pub fn processes(&mut self) -> [&mut Process; 4] {
+    pub fn processes(&mut self) -> [&mut Process; 5] {
         [
             &mut self.nats,
             &mut self.clickhouse,
             &mut self.processor,
             &mut self.collector,
+            &mut self.query,
         ]
     }
 
@@ -683,6 +694,51 @@ impl Stack {
                     ),
                 );
             }
+        }
+    }
+
+    /// Starts the query service and waits until it is ready (it is once ClickHouse holds
+    /// the pipeline's rollups, which the processor creates).
+    pub async fn start_query(&mut self) -> anyhow::Result<()> {
+        self.spawn_query()?;
+        let ready = self.query_url("/readyz");
+        wait_ready(&self.http, &mut self.query, &ready, Duration::from_secs(60)).await?;
+        progress(&self.options, "query service ready");
+        self.check_alive()
+    }
+
+    /// Starts the query service without waiting for it.
+    pub fn spawn_query(&mut self) -> anyhow::Result<()> {
+        let mut command = self.service("tally-query")?;
+        command.args(["--listen", &format!("127.0.0.1:{}", self.query_port)]);
+        self.query = spawn(&self.options, &self.dir, "query", "query", &mut command)?;
+        Ok(())
+    }
+
+    pub async fn wait_query_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ready = self.query_url("/readyz");
+        eventually("the query service to be ready", timeout, || {
+            let (http, ready) = (&self.http, &ready);
+            async move { http_ok(http, ready).await.then_some(()) }
+        })
+        .await
+    }
+
+    /// The query service's `/readyz`: its status code and text (0 and empty when it does not
+    /// answer).
+    pub async fn query_readiness(&self) -> (u16, String) {
+        match self
+            .http
+            .get(self.query_url("/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
         }
     }
 
@@ -725,9 +781,14 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.collector_port)
     }
 
-    /// The URL of `/v1/stats` with the given query string.
+    /// A URL of the query service: the read side (`/v1/stats`).
+    pub fn query_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.query_port)
+    }
+
+    /// The URL of the query service's `/v1/stats` with the given query string.
     pub fn stats_url(&self, query: &str) -> String {
-        self.collector_url(&format!("/v1/stats?{query}"))
+        self.query_url(&format!("/v1/stats?{query}"))
     }
 
     /// A URL of the processor's health and metrics server.
@@ -773,7 +834,8 @@ impl Stack {
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
-    /// GETs `/v1/stats` with the given query string.
+    /// GETs `/v1/stats` from the query service with the given query string; returns the
+    /// status and the JSON answer.
     pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
             .http

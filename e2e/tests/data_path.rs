@@ -1,6 +1,7 @@
 //! The data path end to end on real servers: HTTP → collector → JetStream → processor →
-//! ClickHouse rollups → stats API. The fault tests under load (processor kills, ClickHouse
-//! and NATS outages, a JetStream cluster losing a node, poison messages) are in faults.rs.
+//! ClickHouse rollups → the query service's stats API. The fault tests under load (processor
+//! kills, ClickHouse and NATS outages, a JetStream cluster losing a node, poison messages)
+//! are in faults.rs; the read side's own tests are in query.rs.
 
 use std::time::Duration;
 

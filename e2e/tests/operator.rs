@@ -1,7 +1,8 @@
 //! The operator on a real Kubernetes API server (kube-apiserver, etcd, controller-manager,
 //! scheduler, a kwok node), driven with kubectl as a user would: apply, wait for conditions,
 //! edit, break, delete. Pods do not run under kwok, so the data path then runs the real
-//! collector and processor as local processes, fed the configuration the operator rendered.
+//! collector, processor and query service as local processes, all three fed the one
+//! configuration the operator rendered.
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +12,16 @@ use tally_e2e::cluster::{Cluster, repo_root};
 use tally_e2e::{DATABASE, Options, PIPELINE, Process, Stack, free_port, pipeline_yaml, today};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// What the operator applies for pipeline `e2e`, each owned by it.
+const OWNED: [&str; 6] = [
+    "deployment/e2e-collector",
+    "deployment/e2e-processor",
+    "service/e2e-collector",
+    "deployment/e2e-query",
+    "service/e2e-query",
+    "configmap/e2e-config",
+];
 
 #[tokio::test]
 async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow::Result<()> {
@@ -49,7 +60,12 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&resources))?;
     let pipeline = format!("analyticspipeline/{PIPELINE}");
     cluster.wait_condition(&pipeline, "Ready", WAIT)?;
-    for condition in ["StreamReady", "CollectorAvailable", "ProcessorAvailable"] {
+    for condition in [
+        "StreamReady",
+        "CollectorAvailable",
+        "ProcessorAvailable",
+        "QueryAvailable",
+    ] {
         cluster.wait_condition(&pipeline, condition, WAIT)?;
     }
     cluster.wait_condition("analyticssite/shop", "Ready", WAIT)?;
@@ -68,13 +84,31 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         snippet,
         r#"<script defer src="http://e2e-collector.default.svc/tracker.js" data-site="shop"></script>"#
     );
+    // With a public URL, the site's status names it: what a browser outside can reach.
+    cluster.merge_patch(
+        &pipeline,
+        r#"{"spec":{"collector":{"publicUrl":"https://collect.example.com/"}}}"#,
+    )?;
+    cluster.wait_jsonpath(
+        "analyticssite/shop",
+        "{.status.snippet}",
+        r#"<script defer src="https://collect.example.com/tracker.js" data-site="shop"></script>"#,
+        WAIT,
+    )?;
+    cluster.wait_jsonpath(
+        "analyticssite/shop",
+        "{.status.ingestUrl}",
+        "https://collect.example.com/v1/events",
+        WAIT,
+    )?;
+    // A public URL that is not http(s) is refused by the API server, naming the field.
+    let refused = cluster.merge_patch_refused(
+        &pipeline,
+        r#"{"spec":{"collector":{"publicUrl":"collect.example.com"}}}"#,
+    )?;
+    assert!(refused.contains("spec.collector.publicUrl"), "{refused}");
     // Everything owned carries the pipeline as controller owner.
-    for object in [
-        "deployment/e2e-collector",
-        "deployment/e2e-processor",
-        "service/e2e-collector",
-        "configmap/e2e-config",
-    ] {
+    for object in OWNED {
         let owner = cluster.kubectl(&[
             "get",
             object,
@@ -96,6 +130,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     stack.config = rendered_path;
     stack.start_processor(&[]).await?;
     stack.start_collector().await?;
+    stack.start_query().await?;
     let events: Vec<_> = ["/a", "/b", "/a"]
         .iter()
         .map(|path| json!({"site_id": "shop", "event_type": "page_view", "path": path}))
@@ -120,14 +155,10 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     let checksum_path =
         "jsonpath={.spec.template.metadata.annotations.tally\\.dev/config-checksum}";
     let before = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
-    cluster.kubectl(&[
-        "patch",
+    cluster.merge_patch(
         "analyticssite/shop",
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"domains":["shop.example.com"]}}"#,
-    ])?;
+    )?;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let now = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
@@ -149,6 +180,8 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     let processor_checksum =
         cluster.kubectl(&["get", "deployment/e2e-processor", "-o", checksum_path])?;
     assert_ne!(processor_checksum, before, "the processor rolls too");
+    let query_checksum = cluster.kubectl(&["get", "deployment/e2e-query", "-o", checksum_path])?;
+    assert_ne!(query_checksum, before, "the query service rolls too");
 
     // Broken references are reported, with a reason and an Event.
     cluster.kubectl_stdin(
@@ -187,17 +220,8 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.wait_jsonpath(&pipeline, "{.status.sites}", "3", WAIT)?;
 
     // What the schema refuses, kubectl refuses, naming the field.
-    let immutable = cluster.kubectl_fails(
-        &[
-            "patch",
-            "analyticssite/shop",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"siteId":"other"}}"#,
-        ],
-        None,
-    )?;
+    let immutable =
+        cluster.merge_patch_refused("analyticssite/shop", r#"{"spec":{"siteId":"other"}}"#)?;
     assert!(immutable.contains("siteId is immutable"), "{immutable}");
     let invalid = cluster.kubectl_fails(
         &["apply", "-f", "-"],
@@ -207,29 +231,16 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         invalid.contains("spec.siteId") && invalid.contains("spec.domains[0]"),
         "{invalid}"
     );
-    let invalid = cluster.kubectl_fails(
-        &[
-            "patch",
-            &pipeline,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"processor":{"batchMaxRows":0}}}"#,
-        ],
-        None,
-    )?;
+    let invalid =
+        cluster.merge_patch_refused(&pipeline, r#"{"spec":{"processor":{"batchMaxRows":0}}}"#)?;
     assert!(invalid.contains("spec.processor.batchMaxRows"), "{invalid}");
 
     // NATS down: the status says so, and recovers with it.
     stack.stop_nats();
-    cluster.kubectl(&[
-        "patch",
+    cluster.merge_patch(
         &pipeline,
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"nats":{"stream":{"deletionPolicy":"Delete"}}}}"#,
-    ])?;
+    )?;
     let stream_ready = "{.status.conditions[?(@.type==\"StreamReady\")].status}";
     cluster.wait_jsonpath(&pipeline, stream_ready, "False", WAIT)?;
     let message = cluster.kubectl(&[
@@ -257,12 +268,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
 
     // Deleting the pipeline removes everything it owns, and (policy Delete) its stream.
     cluster.kubectl(&["delete", &pipeline, "--timeout=60s"])?;
-    for object in [
-        "deployment/e2e-collector",
-        "deployment/e2e-processor",
-        "service/e2e-collector",
-        "configmap/e2e-config",
-    ] {
+    for object in OWNED {
         let deadline = std::time::Instant::now() + WAIT;
         while cluster.kubectl(&["get", object]).is_ok() {
             assert!(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
+use kube::runtime::finalizer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,14 +24,27 @@ use crate::render::Images;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed; a failure of the apply or cleanup step
+    /// inside the finalizer is that step's own error (see the `From` conversion).
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("the pipeline's configuration is invalid: {0}")]
     InvalidConfig(#[from] tally_contracts::ConfigError),
     #[error("JetStream: {0}")]
     Stream(String),
     #[error("object without {0}")]
     MissingField(&'static str),
+}
+
+impl From<finalizer::Error<Error>> for Error {
+    /// Unwraps the failure of the apply or cleanup step to its cause, so that logs and the
+    /// failure metric name what failed, not the finalizer that ran it.
+    fn from(error: finalizer::Error<Error>) -> Self {
+        match error {
+            finalizer::Error::ApplyFailed(cause) | finalizer::Error::CleanupFailed(cause) => cause,
+            other => Self::Finalizer(Box::new(other)),
+        }
+    }
 }
 
 impl Error {
@@ -58,7 +73,7 @@ struct FailureLabels {
 
 /// Reconcile metrics, by controller.
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
     reconciles: Family<ControllerLabel, Counter>,
     failures: Family<FailureLabels, Counter>,
     durations: Family<ControllerLabel, Histogram>,
@@ -108,6 +123,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a failed reconcile of `controller`, labelled with the error's cause.
     pub fn failed(&self, controller: &'static str, error: &Error) {
         self.failures
             .get_or_create(&FailureLabels {
@@ -115,6 +131,16 @@ impl Metrics {
                 reason: error.metric_label(),
             })
             .inc();
+    }
+}
+
+impl Metrics {
+    /// The registry as OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String never fails");
+        out
     }
 }
 
@@ -213,6 +239,22 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub nats: NatsPool,
     pub images: Images,
+}
+
+impl Context {
+    /// The error policy of both controllers: logs the failure, counts it by cause, and
+    /// retries `object` after its backoff.
+    pub fn retry_after_failure<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        controller: &'static str,
+        object: &K,
+        error: &Error,
+    ) -> Action {
+        let name = object.meta().name.as_deref().unwrap_or_default();
+        tracing::warn!(controller, name, %error, "reconcile failed");
+        self.metrics.failed(controller, error);
+        Action::requeue(self.backoff.failed(&backoff_key(object)))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Scripted API-server scenarios for reconcile tests: a mock `kube::Client` whose every
-//! request is checked against the next expected step and answered by the script.
+//! Test builders: the pipeline and site objects the tests start from, the API server's
+//! answers, and scripted API-server scenarios for reconcile tests (a mock `kube::Client`
+//! whose every request is checked against the next expected step and answered by the
+//! script).
 
 use std::sync::Arc;
 
@@ -8,6 +10,8 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
+
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, PipelineRef};
 
 use crate::context::{Context, Metrics, NatsPool};
 use crate::render::Images;
@@ -67,9 +71,19 @@ pub fn scripted(steps: Vec<Step>) -> (Arc<Context>, tokio::task::JoinHandle<()>)
         images: Images {
             collector: "tally/collector:test".into(),
             processor: "tally/processor:test".into(),
+            query: "tally/query:test".into(),
         },
     });
     (ctx, tokio::spawn(play(handle, steps)))
+}
+
+/// Waits for the script of [`scripted`] to finish (5 s at most), failing the test with
+/// the script's own failure.
+pub async fn played(script: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), script)
+        .await
+        .expect("the script finished within 5 s")
+        .expect("the script's steps all played");
 }
 
 async fn play(mut handle: Handle<Request<Body>, Response<Body>>, steps: Vec<Step>) {
@@ -106,4 +120,54 @@ async fn play(mut handle: Handle<Request<Body>, Response<Body>>, steps: Vec<Step
                 .expect("a response"),
         );
     }
+}
+
+/// A pipeline `web` in `namespace` with the spec's defaults, a uid and generation 2.
+pub fn pipeline(namespace: &str) -> AnalyticsPipeline {
+    let mut p = AnalyticsPipeline::new("web", serde_json::from_str("{}").expect("defaults"));
+    p.metadata.namespace = Some(namespace.into());
+    p.metadata.uid = Some("pipeline-uid".into());
+    p.metadata.generation = Some(2);
+    p
+}
+
+/// A site `name` of pipeline `web` in `namespace`, with `site_id`, a uid and generation 4.
+pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
+    let mut s = AnalyticsSite::new(
+        name,
+        AnalyticsSiteSpec {
+            pipeline_ref: PipelineRef { name: "web".into() },
+            site_id: site_id.into(),
+            domains: vec!["example.com".into()],
+            api_key_secret_ref: None,
+        },
+    );
+    s.metadata.namespace = Some(namespace.into());
+    s.metadata.uid = Some(format!("uid-{name}"));
+    s.metadata.generation = Some(4);
+    s
+}
+
+/// The API server's answer to a list of `kind` (e.g. `AnalyticsSiteList`).
+pub fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": tally_crds::API_VERSION, "kind": kind, "metadata": {}, "items": items})
+}
+
+/// The API server's answer to a Deployment apply, reporting `available`.
+pub fn deployment_answer(name: &str, available: bool) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {}},
+        "status": {"conditions": [{"type": "Available", "status": if available { "True" } else { "False" }, "message": "from the test"}]},
+    })
+}
+
+/// The API server's answer to a recorded Event.
+pub fn event_answer() -> Value {
+    json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "e", "namespace": "default"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+    })
 }

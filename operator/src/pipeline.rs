@@ -1,26 +1,29 @@
-//! Reconciles an `AnalyticsPipeline`: renders the runtime configuration from the pipeline and
-//! its accepted sites, applies the ConfigMap, the collector Deployment and Service and the
-//! processor Deployment (server-side apply, owned by the pipeline), makes the JetStream
-//! stream match the spec, and reports what it found in the status. A finalizer deletes or
-//! keeps the stream, per `spec.nats.stream.deletionPolicy`, when the pipeline goes.
+//! Reconciles an `AnalyticsPipeline` in four steps: **accept** (which sites the pipeline
+//! takes, decided as the site controller decides), **apply children** (the ConfigMap with
+//! the runtime configuration, the collector Deployment and Service, the processor
+//! Deployment, the query Deployment and Service: server-side apply, owned by the
+//! pipeline), **observe** (the JetStream stream made to match the spec, the Deployments'
+//! availability, as conditions) and **status**. A finalizer deletes or keeps the stream,
+//! per `spec.nats.stream.deletionPolicy`, when the pipeline goes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
-use tally_contracts::stream;
+use serde::Serialize;
+use tally_contracts::{RuntimeConfig, stream};
 use tally_crds::{AnalyticsPipeline, AnalyticsPipelineStatus, AnalyticsSite, StreamDeletionPolicy};
 
 use crate::acceptance;
+use crate::api::{apply_status, namespace, publish, referenced_secrets};
 use crate::conditions::{carry_transition_times, condition, find};
 use crate::context::{Context, Error, backoff_key};
 use crate::render;
@@ -29,15 +32,15 @@ use crate::render;
 pub const FINALIZER: &str = "tally.dev/stream";
 const CONTROLLER: &str = "pipeline";
 
+/// One reconcile, as a span (exported as an OpenTelemetry span when tracing is on).
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = pipeline.namespace().unwrap_or_default(), name = %pipeline.name_any()))]
 pub async fn reconcile(
     pipeline: Arc<AnalyticsPipeline>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = pipeline
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<AnalyticsPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<AnalyticsPipeline> =
+        Api::namespaced(ctx.client.clone(), &namespace(pipeline.as_ref())?);
     let key = backoff_key(pipeline.as_ref());
     let action = finalizer(&api, FINALIZER, pipeline, |event| async {
         match event {
@@ -45,44 +48,183 @@ pub async fn reconcile(
             Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    .await?;
     ctx.backoff.succeeded(&key);
     Ok(action)
 }
 
 pub fn error_policy(pipeline: Arc<AnalyticsPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed");
-    ctx.metrics.failed(CONTROLLER, error);
-    let delay = ctx.backoff.failed(&backoff_key(pipeline.as_ref()));
-    Action::requeue(delay)
+    ctx.retry_after_failure(CONTROLLER, pipeline.as_ref(), error)
 }
 
-/// The names and keys of the Secrets that `sites` reference.
-pub async fn referenced_secrets(
-    client: &kube::Client,
-    ns: &str,
-    sites: &[AnalyticsSite],
-) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let names: BTreeSet<&str> = sites
+async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
+    let accepted = accept(pipeline, ctx).await?;
+    let config = render::runtime_config(pipeline, &accepted)?;
+    let children = apply_children(pipeline, &config, ctx).await?;
+    let stream = ensure_stream(pipeline, &config, ctx).await;
+    let observed = observe(pipeline, &children, &stream);
+    let ready = observed.ready;
+    report(pipeline, observed, accepted.len(), stream.err(), ctx).await?;
+    Ok(Action::requeue(if ready {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(10)
+    }))
+}
+
+/// The sites of the pipeline's namespace that it accepts.
+async fn accept(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Vec<AnalyticsSite>, Error> {
+    let name = pipeline.name_any();
+    let ns = namespace(pipeline)?;
+    let sites = Api::<AnalyticsSite>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let secrets = referenced_secrets(&ctx.client, &ns, &sites).await?;
+    let verdicts = acceptance::decide(&BTreeSet::from([name.clone()]), &sites, &secrets);
+    Ok(sites
+        .into_iter()
+        .filter(|s| s.spec.pipeline_ref.name == name && verdicts[&s.name_any()].is_accepted())
+        .collect())
+}
+
+/// The children as the API server answered the apply: their status is what `observe` reads.
+struct Children {
+    collector: Deployment,
+    processor: Deployment,
+    query: Deployment,
+}
+
+async fn apply_children(
+    pipeline: &AnalyticsPipeline,
+    config: &RuntimeConfig,
+    ctx: &Context,
+) -> Result<Children, Error> {
+    let ns = namespace(pipeline)?;
+    let client = &ctx.client;
+    let config_map = apply_object(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        render::config_map(pipeline, config),
+    )
+    .await?;
+    let checksum = render::checksum(&config_map);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let collector = apply_object(
+        &deployments,
+        render::collector_deployment(pipeline, &ctx.images, &checksum),
+    )
+    .await?;
+    apply_object(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        render::collector_service(pipeline),
+    )
+    .await?;
+    let processor = apply_object(
+        &deployments,
+        render::processor_deployment(pipeline, &ctx.images, &checksum),
+    )
+    .await?;
+    let query = apply_object(
+        &deployments,
+        render::query_deployment(pipeline, &ctx.images, &checksum),
+    )
+    .await?;
+    apply_object(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        render::query_service(pipeline),
+    )
+    .await?;
+    Ok(Children {
+        collector,
+        processor,
+        query,
+    })
+}
+
+/// Server-side applies `object` (forced, as the operator's field manager) under its own
+/// name; returns the object as stored.
+async fn apply_object<K>(api: &Api<K>, object: K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(render::MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await?)
+}
+
+/// Creates or updates the stream; returns its name.
+async fn ensure_stream(
+    pipeline: &AnalyticsPipeline,
+    config: &RuntimeConfig,
+    ctx: &Context,
+) -> Result<String, Error> {
+    let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
+    stream::ensure_stream(&js, config).await.map_err(|e| {
+        Error::Stream(format!(
+            "cannot create or update stream {}: {e}",
+            config.stream_name()
+        ))
+    })?;
+    Ok(config.stream_name())
+}
+
+/// What the reconcile found, as conditions.
+struct Observed {
+    conditions: Vec<Condition>,
+    ready: bool,
+}
+
+fn observe(
+    pipeline: &AnalyticsPipeline,
+    children: &Children,
+    stream: &Result<String, Error>,
+) -> Observed {
+    let generation = pipeline.metadata.generation;
+    let mut conditions = vec![
+        match stream {
+            Ok(stream) => condition(
+                "StreamReady",
+                true,
+                "StreamReady",
+                format!("stream {stream} matches the spec"),
+                generation,
+            ),
+            Err(e) => condition(
+                "StreamReady",
+                false,
+                "StreamUnavailable",
+                e.to_string(),
+                generation,
+            ),
+        },
+        availability("CollectorAvailable", &children.collector, generation),
+        availability("ProcessorAvailable", &children.processor, generation),
+        availability("QueryAvailable", &children.query, generation),
+    ];
+    let waiting: Vec<&str> = conditions
         .iter()
-        .filter_map(|s| s.spec.api_key_secret_ref.as_ref().map(|r| r.name.as_str()))
+        .filter(|c| c.status != "True")
+        .map(|c| c.type_.as_str())
         .collect();
-    let mut found = BTreeMap::new();
-    for name in names {
-        if let Some(secret) = api.get_opt(name).await? {
-            let keys = secret
-                .data
-                .iter()
-                .flat_map(|d| d.keys())
-                .chain(secret.string_data.iter().flat_map(|d| d.keys()))
-                .cloned()
-                .collect();
-            found.insert(name.to_owned(), keys);
-        }
-    }
-    Ok(found)
+    let ready = waiting.is_empty();
+    let message = if ready {
+        "the stream, collector, processor and query service are up".to_owned()
+    } else {
+        format!("waiting for {}", waiting.join(", "))
+    };
+    conditions.push(condition(
+        "Ready",
+        ready,
+        if ready { "Ready" } else { "NotReady" },
+        message,
+        generation,
+    ));
+    Observed { conditions, ready }
 }
 
 /// The condition `type_` saying whether `deployment` reports itself Available.
@@ -118,120 +260,22 @@ fn availability(type_: &str, deployment: &Deployment, generation: Option<i64>) -
     }
 }
 
-async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
-    let name = pipeline.name_any();
-    let ns = pipeline
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let client = &ctx.client;
-    let generation = pipeline.metadata.generation;
-
-    // The sites this pipeline accepts, decided exactly as the site controller decides.
-    let sites = Api::<AnalyticsSite>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let secrets = referenced_secrets(client, &ns, &sites).await?;
-    let verdicts = acceptance::decide(&BTreeSet::from([name.clone()]), &sites, &secrets);
-    let accepted: Vec<&AnalyticsSite> = sites
-        .iter()
-        .filter(|s| s.spec.pipeline_ref.name == name && verdicts[&s.name_any()].is_accepted())
-        .collect();
-
-    let config = render::runtime_config(pipeline, &accepted)?;
-    let checksum = render::checksum(&config);
-    let apply = PatchParams::apply(render::MANAGER).force();
-    let config_map = render::config_map(pipeline, &config);
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .patch(
-            &render::config_map_name(&name),
-            &apply,
-            &Patch::Apply(&config_map),
-        )
-        .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let collector = deployments
-        .patch(
-            &render::collector_name(&name),
-            &apply,
-            &Patch::Apply(&render::collector_deployment(
-                pipeline,
-                &ctx.images,
-                &checksum,
-            )),
-        )
-        .await?;
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .patch(
-            &render::collector_name(&name),
-            &apply,
-            &Patch::Apply(&render::collector_service(pipeline)),
-        )
-        .await?;
-    let processor = deployments
-        .patch(
-            &render::processor_name(&name),
-            &apply,
-            &Patch::Apply(&render::processor_deployment(
-                pipeline,
-                &ctx.images,
-                &checksum,
-            )),
-        )
-        .await?;
-
-    let stream_result = ensure_stream(pipeline, &config, ctx).await;
-    let mut conditions = vec![
-        match &stream_result {
-            Ok(stream) => condition(
-                "StreamReady",
-                true,
-                "StreamReady",
-                format!("stream {stream} matches the spec"),
-                generation,
-            ),
-            Err(e) => condition(
-                "StreamReady",
-                false,
-                "StreamUnavailable",
-                e.to_string(),
-                generation,
-            ),
-        },
-        availability("CollectorAvailable", &collector, generation),
-        availability("ProcessorAvailable", &processor, generation),
-    ];
-    let waiting: Vec<&str> = conditions
-        .iter()
-        .filter(|c| c.status != "True")
-        .map(|c| c.type_.as_str())
-        .collect();
-    let ready = waiting.is_empty();
-    conditions.push(condition(
-        "Ready",
-        ready,
-        if ready { "Ready" } else { "NotReady" },
-        if ready {
-            "the stream, collector and processor are up".to_owned()
-        } else {
-            format!("waiting for {}", waiting.join(", "))
-        },
-        generation,
-    ));
+/// Writes the status, and records a Warning when the stream becomes unavailable (once, not
+/// once per retry).
+async fn report(
+    pipeline: &AnalyticsPipeline,
+    observed: Observed,
+    sites: usize,
+    stream_error: Option<Error>,
+    ctx: &Context,
+) -> Result<(), Error> {
     let old = pipeline
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let status = AnalyticsPipelineStatus {
-        observed_generation: generation,
-        conditions: carry_transition_times(old, conditions),
-        sites: Some(accepted.len() as i32),
-        endpoint: Some(render::endpoint(pipeline)),
-    };
-    // One Warning when the stream becomes unavailable, not one per retry.
     let was_failing = find(old, "StreamReady").is_some_and(|c| c.status == "False");
-    if !was_failing && let Err(e) = &stream_result {
+    if !was_failing && let Some(e) = &stream_error {
         publish(
             ctx,
             pipeline,
@@ -241,39 +285,13 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
         )
         .await;
     }
-    Api::<AnalyticsPipeline>::namespaced(client.clone(), &ns)
-        .patch_status(
-            &name,
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": tally_crds::API_VERSION,
-                "kind": "AnalyticsPipeline",
-                "status": status,
-            })),
-        )
-        .await?;
-    Ok(Action::requeue(if ready {
-        Duration::from_secs(300)
-    } else {
-        Duration::from_secs(10)
-    }))
-}
-
-/// Creates or updates the stream; returns its name.
-async fn ensure_stream(
-    pipeline: &AnalyticsPipeline,
-    config: &str,
-    ctx: &Context,
-) -> Result<String, Error> {
-    let runtime = tally_contracts::RuntimeConfig::parse("rendered", config)?;
-    let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
-    stream::ensure_stream(&js, &runtime).await.map_err(|e| {
-        Error::Stream(format!(
-            "cannot create or update stream {}: {e}",
-            runtime.stream_name()
-        ))
-    })?;
-    Ok(runtime.stream_name())
+    let status = AnalyticsPipelineStatus {
+        observed_generation: pipeline.metadata.generation,
+        conditions: carry_transition_times(old, observed.conditions),
+        sites: Some(i32::try_from(sites).unwrap_or(i32::MAX)),
+        endpoint: Some(render::service_endpoint(pipeline)),
+    };
+    apply_status(ctx, pipeline, status).await
 }
 
 async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
@@ -315,52 +333,21 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
     Ok(Action::await_change())
 }
 
-/// Records a Kubernetes Event on `object`; failures are logged, never fatal.
-pub async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    object: &K,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot record a Kubernetes Event");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{Step, scripted};
+    use crate::fixtures::{self, Step, deployment_answer, event_answer, list, played, scripted};
     use http::{Method, StatusCode};
+    use serde_json::json;
 
     fn pipeline(with_finalizer: bool) -> AnalyticsPipeline {
-        let mut p = AnalyticsPipeline::new("web", serde_json::from_str("{}").unwrap());
-        p.metadata.namespace = Some("default".into());
-        p.metadata.uid = Some("pipeline-uid".into());
-        p.metadata.generation = Some(2);
+        let mut p = fixtures::pipeline("default");
         // Nothing listens on port 1: the stream cannot be reached.
         p.spec.nats.url = "nats://127.0.0.1:1".into();
         if with_finalizer {
             p.metadata.finalizers = Some(vec![FINALIZER.into()]);
         }
         p
-    }
-
-    fn deployment_answer(name: &str, available: bool) -> serde_json::Value {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {}},
-            "status": {"conditions": [{"type": "Available", "status": if available { "True" } else { "False" }, "message": "from the test"}]},
-        })
     }
 
     #[tokio::test]
@@ -378,17 +365,14 @@ mod tests {
         let action = reconcile(Arc::new(p), ctx)
             .await
             .expect("reconcile succeeds");
-        tokio::time::timeout(Duration::from_secs(5), script)
-            .await
-            .unwrap()
-            .unwrap();
+        played(script).await;
         assert_eq!(action, Action::await_change());
     }
 
     #[tokio::test]
     async fn a_pipeline_applies_its_objects_and_reports_what_is_not_ready() {
         let p = pipeline(true);
-        let sites = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": []});
+        let sites = list("AnalyticsSiteList", vec![]);
         let owned = |what: &'static str| {
             move |obj: &serde_json::Value| {
                 assert_eq!(
@@ -410,7 +394,11 @@ mod tests {
                 .checking(owned("service")),
             Step::new(Method::PATCH, "/namespaces/default/deployments/web-processor", StatusCode::OK, deployment_answer("web-processor", false))
                 .checking(owned("processor")),
-            Step::new(Method::POST, "/namespaces/default/events", StatusCode::CREATED, crate::site::tests::event_answer())
+            Step::new(Method::PATCH, "/namespaces/default/deployments/web-query", StatusCode::OK, deployment_answer("web-query", true))
+                .checking(owned("query")),
+            Step::new(Method::PATCH, "/namespaces/default/services/web-query", StatusCode::OK, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-query"}}))
+                .checking(owned("query service")),
+            Step::new(Method::POST, "/namespaces/default/events", StatusCode::CREATED, event_answer())
                 .checking(|e| assert_eq!(e["reason"], "StreamUnavailable")),
             Step::new(Method::PATCH, "/namespaces/default/analyticspipelines/web/status", StatusCode::OK, serde_json::to_value(pipeline(true)).unwrap())
                 .checking(|patch| {
@@ -420,6 +408,7 @@ mod tests {
                     assert!(get("StreamReady")["message"].as_str().unwrap().contains("cannot connect to NATS"));
                     assert_eq!(get("CollectorAvailable")["status"], "True");
                     assert_eq!(get("ProcessorAvailable")["status"], "False");
+                    assert_eq!(get("QueryAvailable")["status"], "True");
                     assert_eq!(get("Ready")["status"], "False");
                     assert_eq!(get("Ready")["message"], "waiting for StreamReady, ProcessorAvailable");
                     assert_eq!((&status["observedGeneration"], &status["sites"]), (&json!(2), &json!(0)));
@@ -428,10 +417,30 @@ mod tests {
         let action = reconcile(Arc::new(p), ctx)
             .await
             .expect("reconcile succeeds");
-        tokio::time::timeout(Duration::from_secs(5), script)
-            .await
-            .unwrap()
-            .unwrap();
+        played(script).await;
         assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_counts_its_own_cause_not_the_finalizer() {
+        let p = pipeline(true);
+        let (ctx, script) = scripted(vec![Step::new(
+            Method::GET,
+            "/namespaces/default/analyticssites",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is away"}),
+        )]);
+        let error = reconcile(Arc::new(p.clone()), ctx.clone())
+            .await
+            .expect_err("the site list fails");
+        played(script).await;
+        assert_eq!(error.metric_label(), "kube", "{error}");
+        assert!(error.to_string().contains("etcd is away"), "{error}");
+        error_policy(Arc::new(p), &error, ctx.clone());
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains(r#"controller="pipeline",reason="kube""#),
+            "{metrics}"
+        );
     }
 }

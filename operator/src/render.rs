@@ -1,6 +1,6 @@
 //! Pure functions from a pipeline (and its accepted sites) to the objects the operator
 //! applies: the ConfigMap with the runtime configuration, the collector Deployment and
-//! Service, and the processor Deployment. No I/O here, so every detail is unit-tested.
+//! Service, the processor Deployment, and the query Deployment and Service. No I/O here, so every detail is unit-tested.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tally_contracts::{ConfigError, RuntimeConfig};
-use tally_crds::{AnalyticsPipeline, AnalyticsSite};
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, ServiceSpec};
 
 /// The field manager of every server-side apply, and the `managed-by` label.
 pub const MANAGER: &str = "tally-operator";
@@ -22,12 +22,14 @@ pub const CHECKSUM_ANNOTATION: &str = "tally.dev/config-checksum";
 /// Container ports.
 pub const COLLECTOR_PORT: i32 = 8080;
 pub const PROCESSOR_PORT: i32 = 9091;
+pub const QUERY_PORT: i32 = 8081;
 
 /// Default images, from the operator's own installation.
 #[derive(Debug, Clone)]
 pub struct Images {
     pub collector: String,
     pub processor: String,
+    pub query: String,
 }
 
 pub fn config_map_name(pipeline: &str) -> String {
@@ -36,12 +38,9 @@ pub fn config_map_name(pipeline: &str) -> String {
 pub fn collector_name(pipeline: &str) -> String {
     format!("{pipeline}-collector")
 }
-pub fn processor_name(pipeline: &str) -> String {
-    format!("{pipeline}-processor")
-}
 
 /// The collector's address inside the cluster.
-pub fn endpoint(pipeline: &AnalyticsPipeline) -> String {
+pub fn service_endpoint(pipeline: &AnalyticsPipeline) -> String {
     let port = pipeline.spec.collector.service.port;
     let host = format!(
         "{}.{}.svc",
@@ -55,18 +54,27 @@ pub fn endpoint(pipeline: &AnalyticsPipeline) -> String {
     }
 }
 
+/// Where sites send their events: `spec.collector.publicUrl` when set (without a trailing
+/// slash), else the in-cluster address.
+pub fn ingest_endpoint(pipeline: &AnalyticsPipeline) -> String {
+    match &pipeline.spec.collector.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => service_endpoint(pipeline),
+    }
+}
+
 /// The `<script>` tag a site pastes into its pages.
 pub fn snippet(endpoint: &str, site_id: &str) -> String {
     format!(r#"<script defer src="{endpoint}/tracker.js" data-site="{site_id}"></script>"#)
 }
 
-/// The runtime configuration of `pipeline` with its accepted `sites`: the same YAML the
-/// collector and processor read from files. Only names and specs are kept, so the text (and
-/// its checksum) changes exactly when the configuration does.
+/// The runtime configuration of `pipeline` with its accepted `sites`, the one the collector
+/// and processor read from the ConfigMap. Only names and specs are kept, so its text (and
+/// the checksum) changes exactly when the configuration does.
 pub fn runtime_config(
     pipeline: &AnalyticsPipeline,
-    sites: &[&AnalyticsSite],
-) -> Result<String, ConfigError> {
+    sites: &[AnalyticsSite],
+) -> Result<RuntimeConfig, ConfigError> {
     let strip = |meta: &ObjectMeta| ObjectMeta {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
@@ -77,7 +85,7 @@ pub fn runtime_config(
         spec: pipeline.spec.clone(),
         status: None,
     };
-    let mut ordered: Vec<&AnalyticsSite> = sites.to_vec();
+    let mut ordered: Vec<&AnalyticsSite> = sites.iter().collect();
     ordered.sort_by_key(|s| s.spec.site_id.clone());
     let clean_sites = ordered
         .into_iter()
@@ -92,12 +100,19 @@ pub fn runtime_config(
         pipeline.namespace().unwrap_or_default(),
         pipeline.name_any()
     );
-    Ok(RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)?.to_yaml())
+    RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)
 }
 
-/// Hex SHA-256 of the configuration text.
-pub fn checksum(config: &str) -> String {
-    Sha256::digest(config.as_bytes())
+/// Hex SHA-256 of the configuration text in `config_map`: the pod template annotation that
+/// rolls the pods when the configuration changes.
+pub fn checksum(config_map: &ConfigMap) -> String {
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .map(String::as_str)
+        .unwrap_or_default();
+    Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -132,12 +147,14 @@ fn metadata(pipeline: &AnalyticsPipeline, name: String, component: &str) -> serd
     })
 }
 
-pub fn config_map(pipeline: &AnalyticsPipeline, config: &str) -> ConfigMap {
+/// The ConfigMap holding `config` as YAML under [`CONFIG_KEY`], the form
+/// [`RuntimeConfig::load`] reads.
+pub fn config_map(pipeline: &AnalyticsPipeline, config: &RuntimeConfig) -> ConfigMap {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(pipeline, config_map_name(&pipeline.name_any()), "config"),
-        "data": { CONFIG_KEY: config },
+        "data": { CONFIG_KEY: config.to_yaml() },
     }))
     .expect("a valid ConfigMap")
 }
@@ -151,6 +168,30 @@ struct Workload<'a> {
     resources: Option<&'a k8s_openapi::api::core::v1::ResourceRequirements>,
     port: i32,
     port_name: &'a str,
+}
+
+/// The container's environment: the log format, and the OpenTelemetry variables from
+/// `spec.tracing` (none without an endpoint, so tracing stays off).
+fn environment(pipeline: &AnalyticsPipeline, component: &str) -> serde_json::Value {
+    let tracing = &pipeline.spec.tracing;
+    let mut env = vec![json!({ "name": "TALLY_LOG_FORMAT", "value": "json" })];
+    if let Some(endpoint) = &tracing.otlp_endpoint {
+        let mut otel = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_SERVICE_NAME", format!("tally-{component}")),
+        ];
+        if let Some(sampler) = &tracing.sampler {
+            otel.push(("OTEL_TRACES_SAMPLER", sampler.clone()));
+        }
+        if let Some(ratio) = tracing.sampler_ratio {
+            otel.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+        }
+        env.extend(
+            otel.into_iter()
+                .map(|(name, value)| json!({ "name": name, "value": value })),
+        );
+    }
+    serde_json::Value::Array(env)
 }
 
 fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> Deployment {
@@ -167,7 +208,7 @@ fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> 
         "name": w.component,
         "image": w.image,
         "args": ["--config", config_file, "--listen", format!("0.0.0.0:{}", w.port)],
-        "env": [{ "name": "TALLY_LOG_FORMAT", "value": "json" }],
+        "env": environment(pipeline, w.component),
         "ports": [{ "name": w.port_name, "containerPort": w.port, "protocol": "TCP" }],
         "readinessProbe": probe("/readyz"),
         "livenessProbe": probe("/healthz"),
@@ -253,17 +294,45 @@ pub fn processor_deployment(
     )
 }
 
+pub fn query_deployment(
+    pipeline: &AnalyticsPipeline,
+    images: &Images,
+    checksum: &str,
+) -> Deployment {
+    let spec = &pipeline.spec.query;
+    deployment(
+        pipeline,
+        checksum,
+        Workload {
+            component: "query",
+            image: spec.image.as_deref().unwrap_or(&images.query),
+            replicas: spec.replicas,
+            resources: spec.resources.as_ref(),
+            port: QUERY_PORT,
+            port_name: "http",
+        },
+    )
+}
+
 pub fn collector_service(pipeline: &AnalyticsPipeline) -> Service {
+    service(pipeline, "collector", &pipeline.spec.collector.service)
+}
+
+pub fn query_service(pipeline: &AnalyticsPipeline) -> Service {
+    service(pipeline, "query", &pipeline.spec.query.service)
+}
+
+/// The Service `<pipeline>-<component>` in front of the component's "http" port.
+fn service(pipeline: &AnalyticsPipeline, component: &str, spec: &ServiceSpec) -> Service {
     let name = pipeline.name_any();
-    let service = &pipeline.spec.collector.service;
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(pipeline, collector_name(&name), "collector"),
+        "metadata": metadata(pipeline, format!("{name}-{component}"), component),
         "spec": {
-            "type": service.type_.as_str(),
-            "selector": selector(&name, "collector"),
-            "ports": [{ "name": "http", "port": service.port, "targetPort": "http", "protocol": "TCP" }],
+            "type": spec.type_.as_str(),
+            "selector": selector(&name, component),
+            "ports": [{ "name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP" }],
         },
     }))
     .expect("a valid Service")
@@ -272,39 +341,29 @@ pub fn collector_service(pipeline: &AnalyticsPipeline) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_crds::{AnalyticsPipelineSpec, AnalyticsSiteSpec, PipelineRef};
+    use crate::fixtures;
 
     fn pipeline() -> AnalyticsPipeline {
-        let mut p = AnalyticsPipeline::new(
-            "web",
-            serde_json::from_str::<AnalyticsPipelineSpec>("{}").unwrap(),
-        );
-        p.metadata.namespace = Some("analytics".into());
+        let mut p = fixtures::pipeline("analytics");
         p.metadata.uid = Some("1234".into());
         p.metadata.resource_version = Some("99".into());
         p
     }
 
     fn site(name: &str, id: &str) -> AnalyticsSite {
-        let mut s = AnalyticsSite::new(
-            name,
-            AnalyticsSiteSpec {
-                pipeline_ref: PipelineRef { name: "web".into() },
-                site_id: id.into(),
-                domains: vec!["example.com".into()],
-                api_key_secret_ref: None,
-            },
-        );
-        s.metadata.namespace = Some("analytics".into());
-        s.metadata.uid = Some(format!("uid-{name}"));
-        s
+        fixtures::site(name, id, "analytics")
     }
 
     #[test]
     fn runtime_config_is_what_the_services_read() {
         let (a, b) = (site("a", "shop"), site("b", "blog"));
-        let yaml = runtime_config(&pipeline(), &[&a, &b]).unwrap();
-        let config = RuntimeConfig::parse("rendered", &yaml).unwrap();
+        let config = runtime_config(&pipeline(), &[a.clone(), b.clone()]).unwrap();
+        let yaml = config.to_yaml();
+        // What the services parse back from the ConfigMap is what was rendered.
+        assert_eq!(
+            RuntimeConfig::parse("rendered", &yaml).unwrap().to_yaml(),
+            yaml
+        );
         assert_eq!(config.name(), "web");
         assert!(config.site("shop").is_some() && config.site("blog").is_some());
         // Bookkeeping metadata stays out, so it cannot churn the checksum.
@@ -313,16 +372,25 @@ mod tests {
             "{yaml}"
         );
         // Site order does not matter.
-        assert_eq!(yaml, runtime_config(&pipeline(), &[&b, &a]).unwrap());
+        assert_eq!(
+            yaml,
+            runtime_config(&pipeline(), &[b, a]).unwrap().to_yaml()
+        );
     }
 
     #[test]
     fn checksum_follows_the_configuration() {
         let a = site("a", "shop");
-        let one = checksum(&runtime_config(&pipeline(), &[&a]).unwrap());
+        let rendered = |site: &AnalyticsSite| {
+            config_map(
+                &pipeline(),
+                &runtime_config(&pipeline(), std::slice::from_ref(site)).unwrap(),
+            )
+        };
+        let one = checksum(&rendered(&a));
         let mut changed = a.clone();
         changed.spec.domains.push("shop.example.com".into());
-        let two = checksum(&runtime_config(&pipeline(), &[&changed]).unwrap());
+        let two = checksum(&rendered(&changed));
         assert_eq!(one.len(), 64);
         assert_ne!(one, two);
         let d = collector_deployment(&pipeline(), &images(), &two);
@@ -341,6 +409,7 @@ mod tests {
         Images {
             collector: "tally/collector:1".into(),
             processor: "tally/processor:1".into(),
+            query: "tally/query:1".into(),
         }
     }
 
@@ -387,15 +456,97 @@ mod tests {
     #[test]
     fn service_and_site_addresses() {
         let mut p = pipeline();
-        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc");
+        assert_eq!(service_endpoint(&p), "http://web-collector.analytics.svc");
         p.spec.collector.service.port = 8080;
-        assert_eq!(endpoint(&p), "http://web-collector.analytics.svc:8080");
+        assert_eq!(
+            service_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
         let svc = collector_service(&p).spec.unwrap();
         assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(svc.ports.unwrap()[0].port, 8080);
         assert_eq!(
+            ingest_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
+        p.spec.collector.public_url = Some("https://collect.example.com/".into());
+        assert_eq!(ingest_endpoint(&p), "https://collect.example.com");
+        assert_eq!(
+            service_endpoint(&p),
+            "http://web-collector.analytics.svc:8080"
+        );
+        assert_eq!(
             snippet("http://c", "shop"),
             r#"<script defer src="http://c/tracker.js" data-site="shop"></script>"#
         );
+    }
+
+    #[test]
+    fn the_query_service_runs_beside_the_collector_with_its_own_service() {
+        let mut p = pipeline();
+        p.spec.query.replicas = 2;
+        p.spec.query.service.port = 8081;
+        let query = query_deployment(&p, &images(), "c");
+        assert_eq!(query.metadata.name.as_deref(), Some("web-query"));
+        let spec = query.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let c = &spec.template.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("tally/query:1"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, QUERY_PORT);
+        let svc = query_service(&p);
+        assert_eq!(svc.metadata.name.as_deref(), Some("web-query"));
+        let svc = svc.spec.unwrap();
+        assert_eq!(svc.ports.unwrap()[0].port, 8081);
+        assert_eq!(
+            svc.selector.unwrap()["app.kubernetes.io/name"],
+            "tally-query"
+        );
+    }
+
+    fn env_of(d: Deployment) -> Vec<(String, String)> {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_set_and_then_names_each_service() {
+        let mut p = pipeline();
+        let off = env_of(collector_deployment(&p, &images(), "c"));
+        assert!(
+            off.iter().all(|(name, _)| !name.starts_with("OTEL_")),
+            "{off:?}"
+        );
+        p.spec.tracing.otlp_endpoint = Some("http://otel:4318".into());
+        p.spec.tracing.sampler = Some("parentbased_traceidratio".into());
+        p.spec.tracing.sampler_ratio = Some(0.25);
+        let get = |env: &[(String, String)], name: &str| {
+            env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        for (d, service) in [
+            (collector_deployment(&p, &images(), "c"), "tally-collector"),
+            (processor_deployment(&p, &images(), "c"), "tally-processor"),
+            (query_deployment(&p, &images(), "c"), "tally-query"),
+        ] {
+            let env = env_of(d);
+            assert_eq!(
+                get(&env, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+                Some("http://otel:4318")
+            );
+            assert_eq!(get(&env, "OTEL_SERVICE_NAME").as_deref(), Some(service));
+            assert_eq!(
+                get(&env, "OTEL_TRACES_SAMPLER").as_deref(),
+                Some("parentbased_traceidratio")
+            );
+            assert_eq!(
+                get(&env, "OTEL_TRACES_SAMPLER_ARG").as_deref(),
+                Some("0.25")
+            );
+            assert_eq!(get(&env, "TALLY_LOG_FORMAT").as_deref(), Some("json"));
+        }
     }
 }

@@ -8,25 +8,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use serde_json::json;
 use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteStatus};
 
 use crate::acceptance::{self, Verdict};
+use crate::api::{apply_status, namespace, publish, referenced_secrets};
 use crate::conditions::{carry_transition_times, condition, find, is_true};
 use crate::context::{Context, Error, backoff_key};
-use crate::pipeline::{publish, referenced_secrets};
 use crate::render;
 
 const CONTROLLER: &str = "site";
 
+/// One reconcile, as a span (exported as an OpenTelemetry span when tracing is on).
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = site.namespace().unwrap_or_default(), name = %site.name_any()))]
 pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = site
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = namespace(site.as_ref())?;
     let client = &ctx.client;
     let generation = site.metadata.generation;
     let pipeline_name = &site.spec.pipeline_ref.name;
@@ -79,7 +78,7 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let endpoint = pipeline.as_ref().map(render::endpoint);
+    let endpoint = pipeline.as_ref().map(render::ingest_endpoint);
     let status = AnalyticsSiteStatus {
         observed_generation: generation,
         conditions: carry_transition_times(old, conditions),
@@ -105,17 +104,7 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
         )
         .await;
     }
-    Api::<AnalyticsSite>::namespaced(client.clone(), &ns)
-        .patch_status(
-            &site.name_any(),
-            &PatchParams::apply(render::MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": tally_crds::API_VERSION,
-                "kind": "AnalyticsSite",
-                "status": status,
-            })),
-        )
-        .await?;
+    apply_status(&ctx, site.as_ref(), status).await?;
     ctx.backoff.succeeded(&backoff_key(site.as_ref()));
     Ok(Action::requeue(if ready {
         Duration::from_secs(300)
@@ -125,47 +114,29 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
 }
 
 pub fn error_policy(site: Arc<AnalyticsSite>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(site = %site.name_any(), %error, "reconcile failed");
-    ctx.metrics.failed(CONTROLLER, error);
-    let delay = ctx.backoff.failed(&backoff_key(site.as_ref()));
-    Action::requeue(delay)
+    ctx.retry_after_failure(CONTROLLER, site.as_ref(), error)
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::fixtures::{Step, not_found, scripted};
+    use crate::fixtures::{self, Step, event_answer, list, not_found, played, scripted};
     use http::{Method, StatusCode};
-    use tally_crds::{AnalyticsSiteSpec, PipelineRef};
+    use serde_json::json;
 
     fn site() -> AnalyticsSite {
-        let mut s = AnalyticsSite::new(
-            "shop",
-            AnalyticsSiteSpec {
-                pipeline_ref: PipelineRef { name: "web".into() },
-                site_id: "shop".into(),
-                domains: vec![],
-                api_key_secret_ref: None,
-            },
-        );
-        s.metadata.namespace = Some("default".into());
-        s.metadata.uid = Some("site-uid".into());
-        s.metadata.generation = Some(4);
+        let mut s = fixtures::site("shop", "shop", "default");
+        s.spec.domains.clear();
         s
-    }
-
-    pub fn event_answer() -> serde_json::Value {
-        json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "e", "namespace": "default"},
-            "eventTime": "2026-01-01T00:00:00.000000Z",
-        })
     }
 
     #[tokio::test]
     async fn a_site_whose_pipeline_is_missing_is_not_accepted_and_says_why() {
         let site = site();
-        let list = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": [site]});
+        let sites = list(
+            "AnalyticsSiteList",
+            vec![serde_json::to_value(&site).unwrap()],
+        );
         let (ctx, script) = scripted(vec![
             Step::new(
                 Method::GET,
@@ -177,7 +148,7 @@ pub(crate) mod tests {
                 Method::GET,
                 "/namespaces/default/analyticssites",
                 StatusCode::OK,
-                list,
+                sites,
             ),
             Step::new(
                 Method::POST,
@@ -219,10 +190,7 @@ pub(crate) mod tests {
         let action = reconcile(Arc::new(site), ctx)
             .await
             .expect("reconcile succeeds");
-        tokio::time::timeout(Duration::from_secs(5), script)
-            .await
-            .unwrap()
-            .unwrap();
+        played(script).await;
         assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     }
 
@@ -234,16 +202,18 @@ pub(crate) mod tests {
             conditions: vec![condition("Accepted", true, "Accepted", "", Some(4))],
             ..Default::default()
         });
-        let mut pipeline = AnalyticsPipeline::new("web", serde_json::from_str("{}").unwrap());
-        pipeline.metadata.namespace = Some("default".into());
+        let mut pipeline = fixtures::pipeline("default");
         pipeline.status = Some(tally_crds::AnalyticsPipelineStatus {
             conditions: vec![condition("Ready", true, "Ready", "", Some(1))],
             ..Default::default()
         });
-        let list = json!({"apiVersion": "tally.dev/v1alpha1", "kind": "AnalyticsSiteList", "metadata": {}, "items": [site]});
+        let sites = list(
+            "AnalyticsSiteList",
+            vec![serde_json::to_value(&site).unwrap()],
+        );
         let (ctx, script) = scripted(vec![
             Step::new(Method::GET, "/namespaces/default/analyticspipelines/web", StatusCode::OK, serde_json::to_value(&pipeline).unwrap()),
-            Step::new(Method::GET, "/namespaces/default/analyticssites", StatusCode::OK, list),
+            Step::new(Method::GET, "/namespaces/default/analyticssites", StatusCode::OK, sites),
             Step::new(Method::PATCH, "/namespaces/default/analyticssites/shop/status", StatusCode::OK, serde_json::to_value(&site).unwrap())
                 .checking(|patch| {
                     let status = &patch["status"];
@@ -258,10 +228,7 @@ pub(crate) mod tests {
         let action = reconcile(Arc::new(site), ctx)
             .await
             .expect("reconcile succeeds");
-        tokio::time::timeout(Duration::from_secs(5), script)
-            .await
-            .unwrap()
-            .unwrap();
+        played(script).await;
         assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     }
 }

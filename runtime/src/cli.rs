@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use tally_contracts::{ConfigError, RuntimeConfig};
 
-/// Arguments common to the collector and the processor.
+/// Arguments common to the collector, the processor and the query service (each ignores the
+/// server it does not use).
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// The pipeline and site resources: a YAML file (documents separated by `---`) or a

@@ -1,7 +1,7 @@
 //! The endpoints every service answers, written once: `/healthz` (the process lives),
 //! `/readyz` (it can do its work now) and `/metrics` (Prometheus text). A service says what
 //! "ready" means and what its metrics are by implementing [`Health`]; it either merges
-//! [`routes`] into its own router (the collector) or serves them alone on its own port
+//! [`routes`] into its own router (the collector, the query service) or serves them alone on its own port
 //! ([`serve_health`]: the processor, the operator).
 
 use std::future::Future;

@@ -1,11 +1,13 @@
 //! How every Tally binary runs, written once: the command-line arguments that locate the
 //! configuration ([`cli`]), structured logging ([`logging`]), the shutdown signal
-//! ([`signal`]), the `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]) and retries
-//! with exponential backoff ([`backoff`]). The wire contracts live in `tally-contracts`.
+//! ([`signal`]), the `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]), the
+//! request-duration metric of the HTTP APIs ([`http`]) and retries with exponential backoff
+//! ([`backoff`]). The wire contracts live in `tally-contracts`.
 
 pub mod backoff;
 pub mod cli;
 pub mod health;
+pub mod http;
 pub mod logging;
 pub mod signal;
 

@@ -1,0 +1,59 @@
+//! The HTTP contract of the query service: every error a request can meet, mapped to its
+//! status code and stable error code in one place, and the body of an error answer. The codes
+//! and bodies are the ones the collector answered `/v1/stats` with before the read side moved
+//! here: `{"error","message"}`, and `Retry-After: 1` with every 503.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything that ends a request with an error. The `Display` text is the message clients
+/// read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query parameter is missing or malformed; the message names it.
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("site_id {0:?} is not configured in this pipeline")]
+    UnknownSite(String),
+    /// ClickHouse did not answer; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// The status code and the stable machine-readable error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+/// The JSON body of an error answer.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: code,
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A 503 tells the client when to retry: after a second.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,48 @@
+//! `tally-query`: Tally's read side. It serves `GET /v1/stats` (one site's figures for one
+//! UTC day) from the rollups the processor's materialized views keep in ClickHouse.
+//!
+//! Reads live here, not in the collector, so that a slow or heavy query never takes CPU,
+//! memory or connections from ingest: the collector's only job is to take events fast. The
+//! tenancy, query-API and dashboard work grows here too.
+//!
+//! The binary (`main.rs`) reads its command line and calls [`serve`]. The crate's layout
+//! follows the collector's: shared state (`state.rs`), the routes (`router.rs`), the stats
+//! handler (`stats.rs`), the errors and their answers (`api.rs`), the ClickHouse read client
+//! (`store.rs`), readiness (`health.rs`) and the metrics (`metrics.rs`).
+
+use std::net::SocketAddr;
+
+use tally_contracts::RuntimeConfig;
+use tally_runtime::shutdown_signal;
+
+mod api;
+mod health;
+mod metrics;
+mod router;
+mod state;
+mod stats;
+mod store;
+
+/// The answer of `/v1/stats`, for clients written in Rust.
+pub use stats::{PathViews, Stats};
+
+/// Serves the query API with `/healthz`, `/readyz` and `/metrics` on `listen` until SIGINT
+/// or SIGTERM; requests in progress are answered before it returns. ClickHouse is not needed
+/// to start: `/readyz` says whether it answers and holds the pipeline's rollups.
+pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let (pipeline, database) = (config.name().to_owned(), config.database());
+    let clickhouse = config.pipeline.spec.clickhouse.url.clone();
+    let state = state::AppState::new(config);
+    let listener = tally_runtime::health::bind(listen).await?;
+    let watch = tokio::spawn(health::watch(
+        state.stats.store.clone(),
+        state.readiness.clone(),
+    ));
+    tracing::info!(%listen, %pipeline, %database, %clickhouse, "query service started");
+    axum::serve(listener, router::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    watch.abort();
+    tracing::info!("query service stopped");
+    Ok(())
+}

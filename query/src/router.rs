@@ -1,0 +1,33 @@
+//! The query service's HTTP surface in one place: routes, CORS, the request-timing
+//! middleware, and the health and metrics endpoints every service shares.
+
+use axum::Router;
+use axum::http::{Method, header};
+use axum::routing::get;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::state::AppState;
+use crate::stats;
+
+/// The routes of the query service over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/stats", get(stats::get_stats))
+        .merge(tally_runtime::health::routes(state.health.clone()))
+        // Dashboards may read from any origin, as they could when the collector served
+        // `/v1/stats`.
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET])
+                .allow_headers([header::CONTENT_TYPE]),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.requests.clone(),
+            tally_runtime::http::time_requests,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

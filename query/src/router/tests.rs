@@ -1,0 +1,239 @@
+//! The router in process (tower's `oneshot`), over a ClickHouse URL where nothing listens:
+//! every answer the query service gives without ClickHouse's help — the checks of the query
+//! string, a store that does not answer, readiness, metrics and CORS. The e2e tests
+//! (`e2e/tests/query.rs`, `e2e/tests/data_path.rs`) read real answers from a real ClickHouse.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use serde_json::Value;
+use tally_contracts::RuntimeConfig;
+use tower::ServiceExt as _;
+
+use super::router;
+use crate::state::AppState;
+
+/// A URL on loopback that refuses connections: a port that was free a moment ago.
+fn refusing_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig::parse(
+        "router-test",
+        &format!(
+            "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {{name: web}}\n\
+             spec: {{clickhouse: {{url: \"{}\"}}}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: shop}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: shop}}\n",
+            refusing_url()
+        ),
+    )
+    .expect("the test configuration is valid")
+}
+
+fn app() -> (AppState, axum::Router) {
+    let state = AppState::new(config());
+    (state.clone(), router(state))
+}
+
+async fn get(app: &axum::Router, uri: &str) -> Response {
+    app.clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .expect("the router never fails")
+}
+
+async fn body_text(response: Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body reads");
+    String::from_utf8(bytes.to_vec()).expect("the body is UTF-8")
+}
+
+/// The status, the `Retry-After` header and the JSON body of an answer.
+async fn answer(response: Response) -> (StatusCode, Option<String>, Value) {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = serde_json::from_str(&body_text(response).await).expect("the body is JSON");
+    (status, retry_after, body)
+}
+
+#[tokio::test]
+async fn stats_queries_are_checked_before_clickhouse_is_asked() {
+    let (_, app) = app();
+    let cases = [
+        (
+            "/v1/stats",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "site_id",
+        ),
+        (
+            "/v1/stats?site_id=",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "site_id",
+        ),
+        (
+            "/v1/stats?site_id=nope",
+            StatusCode::NOT_FOUND,
+            "unknown_site",
+            "\"nope\"",
+        ),
+        (
+            "/v1/stats?site_id=shop&date=May",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "date",
+        ),
+        (
+            "/v1/stats?site_id=shop&date=2026-02-30",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "date",
+        ),
+        (
+            "/v1/stats?site_id=shop&limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+        (
+            "/v1/stats?site_id=shop&limit=1001",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+        (
+            "/v1/stats?site_id=shop&limit=ten",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+    ];
+    for (uri, want_status, want_code, named) in cases {
+        let (status, retry_after, body) = answer(get(&app, uri).await).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (want_status, want_code),
+            "{uri}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{uri}: {body}"
+        );
+        assert_eq!(retry_after, None, "{uri}");
+        assert_eq!(
+            body.as_object().unwrap().len(),
+            2,
+            "{uri}: only error and message: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_answer_gives_503_with_retry_after() {
+    let (_, app) = app();
+    for uri in [
+        "/v1/stats?site_id=shop",
+        "/v1/stats?site_id=shop&date=2026-01-31&limit=1000",
+        "/v1/stats?site_id=shop&date=&limit=",
+    ] {
+        let (status, retry_after, body) = answer(get(&app, uri).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["error"], "unavailable");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the stats store did not answer"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_clickhouse_check() {
+    let (state, app) = app();
+    let response = get(&app, "/readyz").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body_text(response).await,
+        "starting: ClickHouse not checked yet"
+    );
+    // What the watch records for a ClickHouse that refuses connections.
+    let verdict = state.stats.store.check().await;
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|why| why.starts_with("ClickHouse does not answer")),
+        "{verdict:?}"
+    );
+    state.readiness.set(verdict);
+    let response = get(&app, "/readyz").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body_text(response)
+            .await
+            .starts_with("ClickHouse does not answer")
+    );
+    state.readiness.set(Ok(()));
+    let response = get(&app, "/readyz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "ready");
+    // Liveness never depends on ClickHouse.
+    state.readiness.set(Err("down".into()));
+    assert_eq!(get(&app, "/healthz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_time_requests_by_route_and_clickhouse_queries_by_outcome() {
+    let (_, app) = app();
+    get(&app, "/v1/stats").await;
+    get(&app, "/v1/stats?site_id=shop").await;
+    get(&app, "/nowhere").await;
+    let response = get(&app, "/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    for line in [
+        "tally_query_request_duration_seconds_count{route=\"/v1/stats\",status=\"400\"} 1",
+        "tally_query_request_duration_seconds_count{route=\"/v1/stats\",status=\"503\"} 1",
+        "tally_query_request_duration_seconds_count{route=\"unmatched\",status=\"404\"} 1",
+        "tally_query_clickhouse_query_duration_seconds_count{query=\"Totals\",outcome=\"Failed\"} 1",
+        "tally_query_clickhouse_query_duration_seconds_count{query=\"TopPaths\",outcome=\"Failed\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn cross_origin_reads_are_allowed_and_events_are_not_taken() {
+    let (_, app) = app();
+    let preflight = Request::options("/v1/stats")
+        .header(header::ORIGIN, "https://dashboard.example.com")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(preflight).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    // Ingest is the collector's alone.
+    let post = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"site_id":"shop","type":"page_view","path":"/"}"#,
+        ))
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(post).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}

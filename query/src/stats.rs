@@ -1,0 +1,125 @@
+//! `GET /v1/stats`: one site's figures for one UTC day, read from the rollups. Every query
+//! parameter is checked before ClickHouse is asked, so a mistake is answered at once and
+//! names the parameter.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use tally_contracts::RuntimeConfig;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+use crate::api::ApiError;
+pub use crate::store::PathViews;
+use crate::store::Store;
+
+/// What the stats handler needs: the configured sites and the read client.
+pub struct StatsState {
+    pub config: RuntimeConfig,
+    pub store: Arc<Store>,
+}
+
+const DEFAULT_LIMIT: u32 = 10;
+const MAX_LIMIT: u32 = 1000;
+
+/// Query string of `/v1/stats`; every value is checked here so errors name the parameter.
+#[derive(Debug, Deserialize)]
+pub struct StatsQuery {
+    site_id: Option<String>,
+    date: Option<String>,
+    limit: Option<String>,
+}
+
+/// The answer of `/v1/stats`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub site_id: String,
+    pub date: String,
+    pub total_views: u64,
+    pub unique_users: u64,
+    pub unique_visitors: u64,
+    pub top_paths: Vec<PathViews>,
+}
+
+/// A checked request: a configured site, a day and a limit.
+struct StatsRequest {
+    site_id: String,
+    day: Date,
+    limit: u32,
+}
+
+impl StatsRequest {
+    /// Checks the query string against the pipeline's sites; `date` defaults to today
+    /// (UTC) and `limit` to 10.
+    fn parse(config: &RuntimeConfig, query: StatsQuery) -> Result<Self, ApiError> {
+        let site_id = match query.site_id {
+            None => return Err(ApiError::InvalidQuery("site_id is required".into())),
+            Some(id) if id.is_empty() => {
+                return Err(ApiError::InvalidQuery("site_id is required".into()));
+            }
+            Some(id) if config.site(&id).is_none() => return Err(ApiError::UnknownSite(id)),
+            Some(id) => id,
+        };
+        let day = match query.date.as_deref() {
+            None | Some("") => OffsetDateTime::now_utc().date(),
+            Some(text) => {
+                Date::parse(text, format_description!("[year]-[month]-[day]")).map_err(|_| {
+                    ApiError::InvalidQuery(format!("date {text:?} is not a date like 2026-01-31"))
+                })?
+            }
+        };
+        let limit = match query.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::InvalidQuery(format!(
+                        "limit {text:?} must be a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        };
+        Ok(Self {
+            site_id,
+            day,
+            limit,
+        })
+    }
+}
+
+pub async fn get_stats(
+    State(state): State<Arc<StatsState>>,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<Stats>, ApiError> {
+    let StatsRequest {
+        site_id,
+        day,
+        limit,
+    } = StatsRequest::parse(&state.config, query)?;
+    let date = day.to_string();
+    let unavailable = |e: clickhouse::error::Error| {
+        tracing::warn!(error = %e, "stats query failed");
+        ApiError::Unavailable(format!("the stats store did not answer: {e}"))
+    };
+    // The two queries are independent: run them at once, so the answer takes as long as
+    // the slower one rather than both in turn.
+    let (totals, top_paths) = tokio::join!(
+        state.store.totals(&site_id, &date),
+        state.store.top_paths(&site_id, &date, limit),
+    );
+    let (totals, top_paths) = (
+        totals.map_err(unavailable)?,
+        top_paths.map_err(unavailable)?,
+    );
+    Ok(Json(Stats {
+        site_id,
+        date,
+        total_views: totals.total_views,
+        unique_users: totals.unique_users,
+        unique_visitors: totals.unique_visitors,
+        top_paths,
+    }))
+}

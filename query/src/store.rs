@@ -1,0 +1,127 @@
+//! The ClickHouse read client: the pipeline's database at `spec.clickhouse.url`, the queries
+//! behind the stats API (their SQL is `tally_contracts::schema`'s, documented in the README),
+//! and the check that readiness runs. Every query is timed into the metrics by name and outcome.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use tally_contracts::RuntimeConfig;
+use tally_contracts::schema::{PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
+
+use crate::metrics::{Metrics, ReadQuery};
+
+/// One path's page views on a day.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Row)]
+pub struct PathViews {
+    pub path: String,
+    pub views: u64,
+}
+
+/// A site's totals on a day.
+#[derive(Debug, Deserialize, Row)]
+pub struct Totals {
+    pub total_views: u64,
+    pub unique_users: u64,
+    pub unique_visitors: u64,
+}
+
+/// The longest a stats query may run in ClickHouse (its `max_execution_time`).
+pub const MAX_READ_SECONDS: u32 = 10;
+
+/// The tables the stats API reads; readiness waits until they all exist.
+const READ_TABLES: [&str; 2] = [SITE_DAILY, PATH_DAILY];
+
+/// Reads a pipeline's database.
+pub struct Store {
+    client: clickhouse::Client,
+    db: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// The pipeline's database at its `spec.clickhouse.url`.
+    pub fn new(config: &RuntimeConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client: clickhouse::Client::default()
+                .with_url(&config.pipeline.spec.clickhouse.url)
+                // A read that runs longer is stopped by ClickHouse and answered with 503,
+                // so that a slow store never holds requests open without end.
+                .with_option("max_execution_time", MAX_READ_SECONDS.to_string()),
+            db: config.database(),
+            metrics,
+        }
+    }
+
+    /// Page views, unique users and unique visitors of `site` on `day` (`YYYY-MM-DD`); zeros
+    /// for a day without data.
+    pub async fn totals(&self, site: &str, day: &str) -> Result<Totals, clickhouse::error::Error> {
+        let query = self
+            .client
+            .query(&totals_sql(&self.db))
+            .param("site", site)
+            .param("day", day)
+            .fetch_one::<Totals>();
+        self.timed(ReadQuery::Totals, query).await
+    }
+
+    /// The `limit` paths of `site` with the most page views on `day`, most viewed first (ties
+    /// by path).
+    pub async fn top_paths(
+        &self,
+        site: &str,
+        day: &str,
+        limit: u32,
+    ) -> Result<Vec<PathViews>, clickhouse::error::Error> {
+        let query = self
+            .client
+            .query(&top_paths_sql(&self.db))
+            .param("site", site)
+            .param("day", day)
+            .param("limit", limit)
+            .fetch_all::<PathViews>();
+        self.timed(ReadQuery::TopPaths, query).await
+    }
+
+    /// `Ok` when ClickHouse answers and the pipeline's rollups exist (the processor creates
+    /// them), else why not.
+    pub async fn check(&self) -> Result<(), String> {
+        let found: Vec<String> = self
+            .client
+            .query("SELECT name FROM system.tables WHERE database = ? AND name IN (?, ?)")
+            .bind(&self.db)
+            .bind(READ_TABLES[0])
+            .bind(READ_TABLES[1])
+            .fetch_all()
+            .await
+            .map_err(|e| format!("ClickHouse does not answer: {e}"))?;
+        let missing: Vec<&str> = READ_TABLES
+            .into_iter()
+            .filter(|t| !found.iter().any(|f| f == t))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ClickHouse answers, but {} of database {} do not exist yet \
+                 (the processor creates them at start)",
+                missing.join(" and "),
+                self.db
+            ))
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        query: ReadQuery,
+        run: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, clickhouse::error::Error> {
+        let start = Instant::now();
+        let result = run.await;
+        self.metrics
+            .observe_query(query, result.is_ok(), start.elapsed().as_secs_f64());
+        result
+    }
+}
