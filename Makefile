@@ -1,5 +1,7 @@
-# Thin entry points; the logic lives in e2e/scripts/ (see lib.sh for the
-# shared settings: TALLY_CACHE, CARGO_TARGET_DIR, pinned server versions).
+# Thin entry points into e2e/scripts/ (see lib.sh for the shared settings:
+# TALLY_CACHE, CARGO_TARGET_DIR, pinned server versions). Where the work is more
+# than installing and building, the scripts run Rust: `make dev` runs tally-dev
+# (e2e/src/dev.rs, on the e2e harness), `make bench` runs tally-bench (bench/).
 # Pass extra arguments with ARGS, e.g. `make dev ARGS=--reset`,
 # `make test ARGS="-p tally-processor"`.
 
@@ -15,7 +17,7 @@ help: ## Show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-dev: ## Run NATS, ClickHouse, processor and collector locally (e2e/scripts/dev.sh --help)
+dev: ## Run NATS, ClickHouse, processor, collector and query service locally until Ctrl-C (ARGS=--help: options)
 	$(SCRIPTS)/dev.sh $(ARGS)
 
 test: ## Install the test servers, then cargo test --workspace --locked
@@ -24,7 +26,7 @@ test: ## Install the test servers, then cargo test --workspace --locked
 fuzz: ## Fuzz the collector's request parsing (ARGS=seconds, default 60; needs nightly)
 	$(SCRIPTS)/fuzz.sh $(ARGS)
 
-bench: ## Measure on this machine: throughput, latency, lag, reads, overload (ARGS=--quick: smoke run)
+bench: ## Measure on this machine: throughput, latency, lag, reads, overload (ARGS=--quick: smoke run; bench/)
 	$(SCRIPTS)/bench.sh $(ARGS)
 
 build: ## cargo build --workspace --locked

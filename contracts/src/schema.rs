@@ -160,9 +160,46 @@ pub fn retention_statement(db: &str, retention_days: Option<u32>) -> String {
     }
 }
 
+/// The SQL behind the totals of `/v1/stats` (and documented in the README): one site's page
+/// views, unique users and unique visitors on one UTC day, from the daily rollup. Parameters:
+/// `{site:String}`, `{day:Date}`. The bench times this same statement.
+pub fn totals_sql(db: &str) -> String {
+    format!(
+        "SELECT sum(page_views) AS total_views, uniqExactMerge(users) AS unique_users, \
+         uniqExactMerge(visitors) AS unique_visitors \
+         FROM `{db}`.{SITE_DAILY} WHERE site_id = {{site:String}} AND day = {{day:Date}}"
+    )
+}
+
+/// The SQL behind `top_paths` of `/v1/stats` (and documented in the README): one site's most
+/// viewed paths on one UTC day. Parameters: `{site:String}`, `{day:Date}`, `{limit:UInt32}`.
+pub fn top_paths_sql(db: &str) -> String {
+    format!(
+        "SELECT path, sum(page_views) AS views FROM `{db}`.{PATH_DAILY} \
+         WHERE site_id = {{site:String}} AND day = {{day:Date}} \
+         GROUP BY path HAVING views > 0 ORDER BY views DESC, path ASC LIMIT {{limit:UInt32}}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stats_sql_reads_the_rollups_of_the_given_database() {
+        let totals = totals_sql("tally_web");
+        assert!(totals.contains("FROM `tally_web`.site_daily"), "{totals}");
+        let top = top_paths_sql("tally_web");
+        assert!(top.contains("FROM `tally_web`.path_daily"), "{top}");
+        for (sql, params) in [
+            (&totals, &["{site:String}", "{day:Date}"][..]),
+            (&top, &["{site:String}", "{day:Date}", "{limit:UInt32}"][..]),
+        ] {
+            for param in params {
+                assert!(sql.contains(param), "{param} not in {sql}");
+            }
+        }
+    }
 
     #[test]
     fn versions_strictly_increase_from_one() {

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark Tally on this machine (what `make bench` runs): installs the pinned
 # servers (install-servers.sh), builds the release binaries, then runs
-# tally-bench, which starts its own stack the way `make dev` does (real
-# nats-server and ClickHouse, release collector and processor, on free loopback
-# ports), measures, prints a table, writes a JSON report, and stops every
-# process it started. docs/performance.md explains the figures.
+# tally-bench (the bench/ crate), which starts its own stack through the e2e
+# harness the way `make dev` does (real nats-server and ClickHouse, release
+# collector and processor, on free loopback ports), measures, prints a table,
+# writes a JSON report, and stops every process it started.
+# docs/performance.md explains the figures.
 #
 # Usage: e2e/scripts/bench.sh [tally-bench options]
 #   --quick            smaller sizes, shorter runs (a smoke run of a few minutes)
@@ -25,7 +26,7 @@ source "$TALLY_SERVERS_ENV"
 
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
 cd "$TALLY_ROOT"
-log "building tally-collector, tally-processor and tally-bench (release)"
-cargo build --release -p tally-collector -p tally-processor -p tally-e2e --bins
+log "building tally-collector, tally-processor, tally-query and tally-bench (release)"
+cargo build --release -p tally-collector -p tally-processor -p tally-query -p tally-bench --bins
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 exec "$CARGO_TARGET_DIR/release/tally-bench" "$@"

@@ -4,22 +4,31 @@
 //! to the collector ([`Stack::post`]); reads go to the query service ([`Stack::stats`]).
 //! When a test fails, the tail of every process log is printed.
 //!
+//! The same [`Stack`] runs the local stack of `make dev` ([`dev`], the `tally-dev` binary:
+//! fixed ports, a kept data directory, the resources of `examples/`) and the bench's (the
+//! `tally-bench` crate: release binaries, its own pipeline); [`Options`] says how.
+//!
 //! Server locations come from the environment that `make test` sets up:
 //! `TALLY_NATS_SERVER` (the nats-server binary), `TALLY_CLICKHOUSE_SERVER` (the launcher
-//! script) and `TALLY_JAEGER` (the trace backend, [`jaeger`]). The Tally binaries are found in `TALLY_BIN_DIR`, or next to the test binary's
-//! directory (cargo's `target/<profile>/`).
+//! script) and `TALLY_JAEGER` (the trace backend, [`jaeger`]). The Tally binaries are found
+//! in [`Options::bin_dir`], else `TALLY_BIN_DIR`, else next to the test binary's directory
+//! (cargo's `target/<profile>/`).
 
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tally_contracts::RuntimeConfig;
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, PipelineRef};
 
 pub mod chart;
 pub mod cluster;
+pub mod dev;
 pub mod jaeger;
 pub mod nats_cluster;
 
@@ -98,15 +107,50 @@ impl Process {
         })
     }
 
+    /// A process not started yet: what its name and log will be.
+    pub fn not_started(name: &str, log: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            child: None,
+            log,
+        }
+    }
+
+    /// The name the harness gave the process (`nats-server`, `collector`, …).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file its output goes to.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
     /// The process id, while the harness holds the process.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Fails, naming the process and its log, when a process that was started has exited.
+    /// How the process ended, once a process that was started has ended.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// An error naming the process, saying `what` happened to it, with its log's last lines.
+    pub fn failure(&self, what: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} {what}\n----- last lines of {} -----\n{}\n-----",
+            self.name,
+            self.log.display(),
+            self.log_tail()
+        )
+    }
+
+    /// Fails, naming the process and showing its log's last lines, when a process that was
+    /// started has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if self.child.is_some() && !self.is_running() {
-            bail!("{} exited; see {}", self.name, self.log.display());
+        if let Some(status) = self.exit_status() {
+            return Err(self.failure(&format!("exited ({status})")));
         }
         Ok(())
     }
@@ -142,18 +186,33 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        if self.wait_exit(Duration::from_secs(10)).is_none() {
-            self.kill();
-        }
-        self.child = None;
+        self.stop_within(Duration::from_secs(10));
     }
 
-    fn log_tail(&self) -> String {
+    /// SIGTERM, then SIGKILL if it has not exited within `timeout`; true when it had to be
+    /// killed.
+    pub fn stop_within(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        let mut killed = true;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                killed = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        killed
+    }
+
+    /// The last 40 lines of its log.
+    pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -201,7 +260,21 @@ async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// Settings of a test stack's pipeline.
+/// Ports of a stack; each one left `None` is a free one ([`free_port`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ports {
+    pub nats: Option<u16>,
+    pub nats_monitor: Option<u16>,
+    pub clickhouse_http: Option<u16>,
+    pub clickhouse_tcp: Option<u16>,
+    pub processor: Option<u16>,
+    pub collector: Option<u16>,
+    pub query: Option<u16>,
+}
+
+/// How a stack runs. The first four settings shape the test pipeline ([`pipeline_yaml`]);
+/// the others serve the stacks of `make dev` and the bench, and default to what a test
+/// wants.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub batch_max_rows: u32,
@@ -209,6 +282,34 @@ pub struct Options {
     pub ack_wait: &'static str,
     /// The stream's `duplicateWindow` (the pipeline's default when `None`).
     pub duplicate_window: Option<&'static str>,
+    /// Resources to run instead of the test pipeline (`make dev` runs `examples/`, the bench
+    /// its `bench` pipeline); the stack points their NATS and ClickHouse URLs at its own
+    /// servers ([`local_resources`]).
+    pub resources: Option<RuntimeConfig>,
+    pub ports: Ports,
+    /// The stack's directory (server data, logs, the configuration the services read),
+    /// created if missing and kept when the stack stops. `None`: a fresh temporary
+    /// directory, removed when the stack is dropped (unless a test failed).
+    pub dir: Option<PathBuf>,
+    /// Where `tally-collector`, `tally-processor` and `tally-query` are. `None`: `TALLY_BIN_DIR`, else the
+    /// directory above the test binary's (cargo's `target/<profile>/`).
+    pub bin_dir: Option<PathBuf>,
+    /// `RUST_LOG` of the Tally services; `None`: this process's own.
+    pub rust_log: Option<String>,
+    /// Extra arguments of the collector.
+    pub collector_args: Vec<String>,
+    /// Starts every process in a process group of its own, so that a Ctrl-C at the terminal
+    /// reaches only this program, which then stops them in order ([`Stack::stop`]). Off for
+    /// tests: when a test binary is interrupted, its servers get the signal too.
+    pub own_process_groups: bool,
+    /// Prints a timestamped line on stderr as each process starts, is ready and stops.
+    pub progress: bool,
+    /// Passes this process's `OTEL_*` variables on to the services, so that `make dev` and
+    /// the bench are traced by setting them. Off for tests: their services trace only
+    /// when the test sets [`Stack::env`].
+    pub otel_from_env: bool,
+    /// How long each process gets to exit after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
 }
 
 impl Default for Options {
@@ -218,13 +319,84 @@ impl Default for Options {
             batch_max_wait: "100ms",
             ack_wait: "3s",
             duplicate_window: None,
+            resources: None,
+            ports: Ports::default(),
+            dir: None,
+            bin_dir: None,
+            rust_log: None,
+            collector_args: Vec::new(),
+            own_process_groups: false,
+            progress: false,
+            otel_from_env: false,
+            stop_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// A line on stderr, stamped with the time of day (UTC), as the scripts' `log` writes them.
+pub fn announce(message: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    eprintln!(
+        "[{:02}:{:02}:{:02}] {message}",
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+}
+
+/// [`announce`]s, when `options.progress` asks for it.
+fn progress(options: &Options, message: &str) {
+    if options.progress {
+        announce(message);
+    }
+}
+
+/// Starts `command` as the process `name` of a stack, its output in `dir/<log>.log`.
+fn spawn(
+    options: &Options,
+    dir: &Path,
+    name: &str,
+    log: &str,
+    command: &mut Command,
+) -> anyhow::Result<Process> {
+    if options.own_process_groups {
+        command.process_group(0);
+    }
+    let log = dir.join(format!("{log}.log"));
+    progress(
+        options,
+        &format!("starting {name} (log: {})", log.display()),
+    );
+    Process::spawn(name, command, log)
+}
+
+/// Polls `url` until it answers 2xx. Fails early, with the log's last lines, when `process`
+/// exits, and once `timeout` has passed.
+async fn wait_ready(
+    http: &reqwest::Client,
+    process: &mut Process,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_ok(http, url).await {
+            return Ok(());
+        }
+        if let Some(status) = process.exit_status() {
+            return Err(process.failure(&format!("exited during start-up ({status})")));
+        }
+        if Instant::now() > deadline {
+            return Err(process.failure(&format!("did not answer {url} within {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
 
-/// NATS, ClickHouse, a processor, a collector and a query service for one test.
+/// NATS, ClickHouse, a processor, a collector and a query service for one test (or for
+/// `make dev`, or the bench: see [`Options`]).
 pub struct Stack {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -242,10 +414,12 @@ pub struct Stack {
     pub collector: Process,
     pub query: Process,
     pub http: reqwest::Client,
-    /// Environment variables the processor and collector are started with, on top of the
-    /// test's own less every `OTEL_*` variable (so that tracing is off unless a test turns
-    /// it on here).
+    /// Environment variables the processor and collector are started with, on top of this
+    /// process's own less its `OTEL_*` variables unless [`Options::otel_from_env`] (so that
+    /// tracing is off unless a test turns it on here).
     pub env: Vec<(String, String)>,
+    /// How the stack was started.
+    pub options: Options,
 }
 
 impl Stack {
@@ -262,38 +436,50 @@ impl Stack {
     /// Starts NATS and ClickHouse only; the processor, collector and query service are left
     /// to the test (`self.config` names the configuration they will read).
     pub async fn start_servers(options: Options) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "tally-e2e-{}-{}",
-            std::process::id(),
-            NEXT_STACK.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)?;
-        let (nats_port, nats_monitor_port) = (free_port(), free_port());
-        let (clickhouse_port, clickhouse_tcp_port) = (free_port(), free_port());
-        let (collector_port, processor_port, query_port) = (free_port(), free_port(), free_port());
+        let dir = match &options.dir {
+            Some(dir) => {
+                fs::create_dir_all(dir)?;
+                // The logs are this run's; the data stays.
+                for entry in fs::read_dir(dir)?.flatten() {
+                    if entry.path().extension().is_some_and(|e| e == "log") {
+                        fs::remove_file(entry.path())?;
+                    }
+                }
+                dir.clone()
+            }
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "tally-e2e-{}-{}",
+                    std::process::id(),
+                    NEXT_STACK.fetch_add(1, Ordering::Relaxed)
+                ));
+                let _ = fs::remove_dir_all(&dir);
+                fs::create_dir_all(&dir)?;
+                dir
+            }
+        };
+        let ports = options.ports;
+        let nats_port = ports.nats.unwrap_or_else(free_port);
+        let nats_monitor_port = ports.nats_monitor.unwrap_or_else(free_port);
+        let clickhouse_port = ports.clickhouse_http.unwrap_or_else(free_port);
+        let clickhouse_tcp_port = ports.clickhouse_tcp.unwrap_or_else(free_port);
+        let collector_port = ports.collector.unwrap_or_else(free_port);
+        let processor_port = ports.processor.unwrap_or_else(free_port);
+        let query_port = ports.query.unwrap_or_else(free_port);
         let config = dir.join("pipeline.yaml");
-        fs::write(&config, pipeline_yaml(&options, nats_port, clickhouse_port))?;
+        let yaml = match &options.resources {
+            Some(resources) => local_resources(resources, nats_port, clickhouse_port).to_yaml(),
+            None => pipeline_yaml(&options, nats_port, clickhouse_port),
+        };
+        fs::write(&config, yaml)?;
 
-        let nats = Self::spawn_nats(&dir, nats_port, nats_monitor_port)?;
-        let clickhouse = Self::spawn_clickhouse(&dir, clickhouse_port, clickhouse_tcp_port)?;
-        let http = reqwest::Client::new();
+        let nats = Self::spawn_nats(&options, &dir, nats_port, nats_monitor_port)?;
+        let clickhouse =
+            Self::spawn_clickhouse(&options, &dir, clickhouse_port, clickhouse_tcp_port)?;
         let mut stack = Self {
-            processor: Process {
-                name: "processor".into(),
-                child: None,
-                log: dir.join("processor.log"),
-            },
-            collector: Process {
-                name: "collector".into(),
-                child: None,
-                log: dir.join("collector.log"),
-            },
-            query: Process {
-                name: "query".into(),
-                child: None,
-                log: dir.join("query.log"),
-            },
+            processor: Process::not_started("processor", dir.join("processor.log")),
+            collector: Process::not_started("collector", dir.join("collector.log")),
+            query: Process::not_started("query", dir.join("query.log")),
             dir,
             config,
             nats_port,
@@ -305,8 +491,9 @@ impl Stack {
             query_port,
             nats,
             clickhouse,
-            http,
+            http: reqwest::Client::new(),
             env: Vec::new(),
+            options,
         };
         stack.wait_nats().await?;
         stack.wait_clickhouse().await?;
@@ -314,29 +501,36 @@ impl Stack {
         Ok(stack)
     }
 
-    fn spawn_clickhouse(dir: &Path, http_port: u16, tcp_port: u16) -> anyhow::Result<Process> {
-        Process::spawn(
+    fn spawn_clickhouse(
+        options: &Options,
+        dir: &Path,
+        http_port: u16,
+        tcp_port: u16,
+    ) -> anyhow::Result<Process> {
+        spawn(
+            options,
+            dir,
+            "clickhouse",
             "clickhouse",
             Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?)
                 .arg("--data-dir")
                 .arg(dir.join("clickhouse"))
                 .args(["--http-port", &http_port.to_string()])
                 .args(["--tcp-port", &tcp_port.to_string()]),
-            dir.join("clickhouse.log"),
         )
     }
 
-    async fn wait_clickhouse(&self) -> anyhow::Result<()> {
-        let ping = format!("http://127.0.0.1:{}/ping", self.clickhouse_port);
-        eventually(
-            "ClickHouse to answer /ping",
+    async fn wait_clickhouse(&mut self) -> anyhow::Result<()> {
+        let ping = self.clickhouse_url() + "/ping";
+        wait_ready(
+            &self.http,
+            &mut self.clickhouse,
+            &ping,
             Duration::from_secs(60),
-            || {
-                let (http, ping) = (&self.http, &ping);
-                async move { http_ok(http, ping).await.then_some(()) }
-            },
         )
-        .await
+        .await?;
+        progress(&self.options, "clickhouse ready");
+        Ok(())
     }
 
     /// Stops ClickHouse (SIGTERM; its data stays).
@@ -346,42 +540,48 @@ impl Stack {
 
     /// Starts ClickHouse again on the same ports with the same data.
     pub async fn restart_clickhouse(&mut self) -> anyhow::Result<()> {
-        self.clickhouse =
-            Self::spawn_clickhouse(&self.dir, self.clickhouse_port, self.clickhouse_tcp_port)?;
+        self.clickhouse = Self::spawn_clickhouse(
+            &self.options,
+            &self.dir,
+            self.clickhouse_port,
+            self.clickhouse_tcp_port,
+        )?;
         self.wait_clickhouse().await
     }
 
     /// The processor's `/readyz` status code.
     pub async fn processor_ready_status(&self) -> u16 {
         self.http
-            .get(format!("http://127.0.0.1:{}/readyz", self.processor_port))
+            .get(self.processor_url("/readyz"))
             .timeout(Duration::from_secs(2))
             .send()
             .await
             .map_or(0, |r| r.status().as_u16())
     }
 
-    fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> anyhow::Result<Process> {
-        Process::spawn(
+    fn spawn_nats(
+        options: &Options,
+        dir: &Path,
+        port: u16,
+        monitor: u16,
+    ) -> anyhow::Result<Process> {
+        spawn(
+            options,
+            dir,
             "nats-server",
+            "nats",
             Command::new(env_path("TALLY_NATS_SERVER")?)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
                 .args(["-m", &monitor.to_string(), "-js", "-sd"])
                 .arg(dir.join("nats")),
-            dir.join("nats.log"),
         )
     }
 
-    async fn wait_nats(&self) -> anyhow::Result<()> {
-        let health = format!(
-            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
-            self.nats_monitor_port
-        );
-        eventually("nats-server to be healthy", Duration::from_secs(30), || {
-            let (http, health) = (&self.http, &health);
-            async move { http_ok(http, health).await.then_some(()) }
-        })
-        .await
+    async fn wait_nats(&mut self) -> anyhow::Result<()> {
+        let health = self.nats_monitor_url() + "/healthz?js-enabled-only=true";
+        wait_ready(&self.http, &mut self.nats, &health, Duration::from_secs(30)).await?;
+        progress(&self.options, "nats-server ready");
+        Ok(())
     }
 
     /// The path of a workspace binary.
@@ -396,28 +596,51 @@ impl Stack {
         Ok(path)
     }
 
-    /// A command for a Tally binary, with [`Self::env`] as its OpenTelemetry environment.
-    fn tally_command(&self, binary: &str) -> anyhow::Result<Command> {
-        let mut command = Command::new(Self::binary(binary)?);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OTEL_") {
-                command.env_remove(name);
+    /// A Tally service's command line: its binary (from [`Options::bin_dir`] when given),
+    /// the stack's configuration, the services' log level and [`Self::env`] as its
+    /// OpenTelemetry environment.
+    fn service(&self, binary: &str) -> anyhow::Result<Command> {
+        let path = match &self.options.bin_dir {
+            Some(dir) => {
+                let path = dir.join(binary);
+                if !path.exists() {
+                    bail!(
+                        "{} is missing: build the release binaries first",
+                        path.display()
+                    );
+                }
+                path
+            }
+            None => Self::binary(binary)?,
+        };
+        let mut command = Command::new(path);
+        if !self.options.otel_from_env {
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("OTEL_") {
+                    command.env_remove(name);
+                }
             }
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command.arg("--config").arg(&self.config);
+        if let Some(level) = &self.options.rust_log {
+            command.env("RUST_LOG", level);
+        }
         Ok(command)
     }
 
     /// Starts the processor with extra arguments, without waiting for it.
     pub fn spawn_processor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
-        self.processor = Process::spawn(
+        let mut command = self.service("tally-processor")?;
+        command
+            .args(["--listen", &format!("127.0.0.1:{}", self.processor_port)])
+            .args(extra);
+        self.processor = spawn(
+            &self.options,
+            &self.dir,
             "processor",
-            self.tally_command("tally-processor")?
-                .arg("--config")
-                .arg(&self.config)
-                .args(["--listen", &format!("127.0.0.1:{}", self.processor_port)])
-                .args(extra),
-            self.dir.join("processor.log"),
+            "processor",
+            &mut command,
         )?;
         Ok(())
     }
@@ -425,52 +648,89 @@ impl Stack {
     /// Starts the processor with extra arguments and waits until it is ready.
     pub async fn start_processor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.spawn_processor(extra)?;
-        let ready = format!("http://127.0.0.1:{}/readyz", self.processor_port);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if http_ok(&self.http, &ready).await {
-                return self.check_alive();
-            }
-            if !self.processor.is_running() {
-                bail!("the processor exited during start-up");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("the processor did not become ready within 60 s")
+        self.wait_started(|stack| &mut stack.processor, self.processor_port)
+            .await
     }
 
-    /// Starts the collector and waits until it is ready.
-    pub async fn start_collector(&mut self) -> anyhow::Result<()> {
-        self.collector = Process::spawn(
-            "collector",
-            self.tally_command("tally-collector")?
-                .arg("--config")
-                .arg(&self.config)
-                .args(["--listen", &format!("127.0.0.1:{}", self.collector_port)]),
-            self.dir.join("collector.log"),
-        )?;
-        self.wait_collector_ready(Duration::from_secs(60)).await?;
+    /// Waits until the service `pick` chooses answers `/readyz` on `port` (failing early if
+    /// it exits), then checks that every process of the stack still runs.
+    async fn wait_started(
+        &mut self,
+        pick: fn(&mut Self) -> &mut Process,
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let http = self.http.clone();
+        let process = pick(self);
+        wait_ready(&http, process, &ready, Duration::from_secs(60)).await?;
+        let name = process.name.clone();
+        progress(&self.options, &format!("{name} ready"));
         self.check_alive()
+    }
+
+    /// Starts the collector (with [`Options::collector_args`]) and waits until it is ready.
+    pub async fn start_collector(&mut self) -> anyhow::Result<()> {
+        let mut command = self.service("tally-collector")?;
+        command
+            .args(["--listen", &format!("127.0.0.1:{}", self.collector_port)])
+            .args(&self.options.collector_args);
+        self.collector = spawn(
+            &self.options,
+            &self.dir,
+            "collector",
+            "collector",
+            &mut command,
+        )?;
+        self.wait_started(|stack| &mut stack.collector, self.collector_port)
+            .await
+    }
+
+    /// Every process of the stack in start order, the servers first ([`Stack::stop`] stops
+    /// them in reverse); those not started (yet) too.
+    pub fn processes(&mut self) -> [&mut Process; 5] {
+        [
+            &mut self.nats,
+            &mut self.clickhouse,
+            &mut self.processor,
+            &mut self.collector,
+            &mut self.query,
+        ]
+    }
+
+    /// Stops every process still running, the services before the servers: SIGTERM, then
+    /// SIGKILL after [`Options::stop_timeout`]. Dropping the stack does the same.
+    pub fn stop(&mut self) {
+        let options = self.options.clone();
+        for process in self.processes().into_iter().rev() {
+            if !process.is_running() {
+                continue;
+            }
+            progress(&options, &format!("stopping {}", process.name));
+            if process.stop_within(options.stop_timeout) {
+                progress(
+                    &options,
+                    &format!(
+                        "{} did not stop within {:?}; killed it",
+                        process.name, options.stop_timeout
+                    ),
+                );
+            }
+        }
     }
 
     /// Starts the query service and waits until it is ready (it is once ClickHouse holds
     /// the pipeline's rollups, which the processor creates).
     pub async fn start_query(&mut self) -> anyhow::Result<()> {
         self.spawn_query()?;
-        self.wait_query_ready(Duration::from_secs(60)).await?;
-        self.check_alive()
+        self.wait_started(|stack| &mut stack.query, self.query_port)
+            .await
     }
 
     /// Starts the query service without waiting for it.
     pub fn spawn_query(&mut self) -> anyhow::Result<()> {
-        self.query = Process::spawn(
-            "query",
-            Command::new(Self::binary("tally-query")?)
-                .arg("--config")
-                .arg(&self.config)
-                .args(["--listen", &format!("127.0.0.1:{}", self.query_port)]),
-            self.dir.join("query.log"),
-        )?;
+        let mut command = self.service("tally-query")?;
+        command.args(["--listen", &format!("127.0.0.1:{}", self.query_port)]);
+        self.query = spawn(&self.options, &self.dir, "query", "query", &mut command)?;
         Ok(())
     }
 
@@ -505,13 +765,7 @@ impl Stack {
     /// another process exits at once, while the other process answers the readiness probe:
     /// without this check the test would silently talk to somebody else's server.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for process in [
-            &mut self.nats,
-            &mut self.clickhouse,
-            &mut self.processor,
-            &mut self.collector,
-            &mut self.query,
-        ] {
+        for process in self.processes() {
             process.ensure_running()?;
         }
         Ok(())
@@ -533,7 +787,12 @@ impl Stack {
 
     /// Starts nats-server again on the same port with the same store.
     pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
-        self.nats = Self::spawn_nats(&self.dir, self.nats_port, self.nats_monitor_port)?;
+        self.nats = Self::spawn_nats(
+            &self.options,
+            &self.dir,
+            self.nats_port,
+            self.nats_monitor_port,
+        )?;
         self.wait_nats().await
     }
 
@@ -544,6 +803,30 @@ impl Stack {
     /// A URL of the query service: the read side (`/v1/stats`).
     pub fn query_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.query_port)
+    }
+
+    /// The URL of the query service's `/v1/stats` with the given query string.
+    pub fn stats_url(&self, query: &str) -> String {
+        self.query_url(&format!("/v1/stats?{query}"))
+    }
+
+    /// A URL of the processor's health and metrics server.
+    pub fn processor_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.processor_port)
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// nats-server's monitoring endpoint.
+    pub fn nats_monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.nats_monitor_port)
+    }
+
+    /// ClickHouse's HTTP interface.
+    pub fn clickhouse_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.clickhouse_port)
     }
 
     /// POSTs a body to `/v1/events`; returns the status and the JSON answer.
@@ -566,7 +849,7 @@ impl Stack {
 
     /// The processor's `/metrics` text.
     pub async fn processor_metrics(&self) -> anyhow::Result<String> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.processor_port);
+        let url = self.processor_url("/metrics");
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
@@ -575,7 +858,7 @@ impl Stack {
     pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
             .http
-            .get(self.query_url(&format!("/v1/stats?{query}")))
+            .get(self.stats_url(query))
             .timeout(Duration::from_secs(30))
             .send()
             .await?;
@@ -605,7 +888,7 @@ impl Stack {
 
     /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
-        let url = format!("http://127.0.0.1:{}/", self.clickhouse_port);
+        let url = self.clickhouse_url() + "/";
         clickhouse_sql(&self.http, &url, query, Duration::from_secs(30)).await
     }
 
@@ -640,14 +923,62 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.query.stop();
-        self.collector.stop();
-        self.processor.stop();
-        self.clickhouse.stop();
-        self.nats.kill();
-        if !std::thread::panicking() {
+        self.stop();
+        if self.options.dir.is_none() && !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// `config` pointed at a stack's local servers: `spec.nats.url` and `spec.clickhouse.url`
+/// replaced, everything else as it was.
+pub fn local_resources(
+    config: &RuntimeConfig,
+    nats_port: u16,
+    clickhouse_port: u16,
+) -> RuntimeConfig {
+    let mut config = config.clone();
+    let spec = &mut config.pipeline.spec;
+    spec.nats.url = format!("nats://127.0.0.1:{nats_port}");
+    spec.clickhouse.url = format!("http://127.0.0.1:{clickhouse_port}");
+    config
+}
+
+/// `pipeline` with one `AnalyticsSite` for each id of `site_ids` (named after it, without
+/// domains), checked like any configuration.
+pub fn with_sites(
+    pipeline: AnalyticsPipeline,
+    site_ids: impl IntoIterator<Item = String>,
+) -> anyhow::Result<RuntimeConfig> {
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let sites = site_ids
+        .into_iter()
+        .map(|site_id| {
+            AnalyticsSite::new(
+                &site_id,
+                AnalyticsSiteSpec {
+                    pipeline_ref: PipelineRef { name: name.clone() },
+                    site_id: site_id.clone(),
+                    domains: Vec::new(),
+                    api_key_secret_ref: None,
+                },
+            )
+        })
+        .collect();
+    RuntimeConfig::from_resources("generated sites", pipeline, sites)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The repository's `examples/`: what `make dev` runs, and where the bench's pipeline
+/// settings come from. `$TALLY_ROOT/examples` when the scripts set `TALLY_ROOT`, else the
+/// `examples/` of the workspace this crate was built in.
+pub fn examples_dir() -> PathBuf {
+    match std::env::var_os("TALLY_ROOT") {
+        Some(root) => PathBuf::from(root).join("examples"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the e2e crate is inside the workspace")
+            .join("examples"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The ClickHouse read client: the pipeline's database at `spec.clickhouse.url`, the queries
-//! behind the stats API (their SQL is also documented in the README), and the check that
-//! readiness runs. Every query is timed into the metrics by name and outcome.
+//! behind the stats API (their SQL is `tally_contracts::schema`'s, documented in the README),
+//! and the check that readiness runs. Every query is timed into the metrics by name and outcome.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
-use tally_contracts::schema::{PATH_DAILY, SITE_DAILY};
+use tally_contracts::schema::{PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
 
 use crate::metrics::{Metrics, ReadQuery};
 
@@ -26,24 +26,6 @@ pub struct Totals {
     pub total_views: u64,
     pub unique_users: u64,
     pub unique_visitors: u64,
-}
-
-/// The SQL behind the totals; also documented in the README.
-pub fn totals_sql(db: &str) -> String {
-    format!(
-        "SELECT sum(page_views) AS total_views, uniqExactMerge(users) AS unique_users, \
-         uniqExactMerge(visitors) AS unique_visitors \
-         FROM `{db}`.{SITE_DAILY} WHERE site_id = {{site:String}} AND day = {{day:Date}}"
-    )
-}
-
-/// The SQL behind `top_paths`; also documented in the README.
-pub fn top_paths_sql(db: &str) -> String {
-    format!(
-        "SELECT path, sum(page_views) AS views FROM `{db}`.{PATH_DAILY} \
-         WHERE site_id = {{site:String}} AND day = {{day:Date}} \
-         GROUP BY path HAVING views > 0 ORDER BY views DESC, path ASC LIMIT {{limit:UInt32}}"
-    )
 }
 
 /// The longest a stats query may run in ClickHouse (its `max_execution_time`).

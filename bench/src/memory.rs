@@ -32,41 +32,6 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     status_mib(pid, "VmRSS:")
 }
 
-/// Direct children of this process whose command name is `name` (as `/proc/<pid>/comm`
-/// shows it, at most 15 bytes).
-pub fn children_named(name: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) && comm == &name[..name.len().min(15)] {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Samples a process's `VmRSS` every 100 ms until stopped.
 pub struct Sampler {
     stop: Arc<AtomicBool>,

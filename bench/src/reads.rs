@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use tally_contracts::schema;
 
 use crate::client::{Conn, Request};
 use crate::generate::{Gen, now_ms};
 use crate::load::{histogram, ms};
-use crate::stack::Target;
+use crate::target::Target;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Load {
@@ -127,23 +128,6 @@ pub async fn load(
     })
 }
 
-/// The documented SQL (README, and what `/v1/stats` runs).
-fn totals_sql(db: &str) -> String {
-    format!(
-        "SELECT sum(page_views) AS total_views, uniqExactMerge(users) AS unique_users, \
-         uniqExactMerge(visitors) AS unique_visitors \
-         FROM `{db}`.site_daily WHERE site_id = {{site:String}} AND day = {{day:Date}}"
-    )
-}
-
-fn top_paths_sql(db: &str) -> String {
-    format!(
-        "SELECT path, sum(page_views) AS views FROM `{db}`.path_daily \
-         WHERE site_id = {{site:String}} AND day = {{day:Date}} \
-         GROUP BY path HAVING views > 0 ORDER BY views DESC, path ASC LIMIT 10"
-    )
-}
-
 fn raw_sql(db: &str) -> String {
     format!(
         "SELECT countIf(event_type = 'page_view'), uniqExactIf(user_id, user_id != '') \
@@ -210,10 +194,16 @@ fn clickhouse_addr(target: &Target) -> anyhow::Result<(std::net::SocketAddr, Str
     Ok((addr, host))
 }
 
+/// The top paths `/v1/stats` shows by default, and the SQL timing asks for.
+const TOP_PATHS: u32 = 10;
+
+/// A POST of `sql` (the documented statements: what `/v1/stats` runs) with its parameters.
 fn sql_request(host: &str, sql: &str, site: &str, day: &str) -> Request {
     Request::post(
         host,
-        &format!("/?param_site={site}&param_day={day}&default_format=JSONCompact"),
+        &format!(
+            "/?param_site={site}&param_day={day}&param_limit={TOP_PATHS}&default_format=JSONCompact"
+        ),
         "text/plain",
         sql.as_bytes(),
         0,
@@ -227,13 +217,13 @@ pub async fn queries(
     queries: usize,
 ) -> anyhow::Result<Vec<Query>> {
     let db = target.database();
-    let host = target.host.clone();
+    let host = target.stats_host.clone();
     let mut results = Vec::new();
     eprintln!("  /v1/stats × {queries}");
     results.push(
         time_queries(
             "GET /v1/stats",
-            target.collector,
+            target.stats,
             queries,
             sites,
             days,
@@ -243,8 +233,12 @@ pub async fn queries(
     );
     let (ch, ch_host) = clickhouse_addr(target)?;
     for (name, sql, n) in [
-        ("SQL totals (site_daily)", totals_sql(&db), queries),
-        ("SQL top paths (path_daily)", top_paths_sql(&db), queries),
+        ("SQL totals (site_daily)", schema::totals_sql(&db), queries),
+        (
+            "SQL top paths (path_daily)",
+            schema::top_paths_sql(&db),
+            queries,
+        ),
         ("SQL from raw events", raw_sql(&db), (queries / 5).max(10)),
     ] {
         eprintln!("  {name} × {n}");
@@ -264,7 +258,7 @@ pub async fn check(target: &Target, site: &str) -> anyhow::Result<()> {
     let date = day(3);
     let response = target
         .http
-        .get(target.collector_url(&format!("/v1/stats?site_id={site}&date={date}")))
+        .get(target.stats_url(&format!("/v1/stats?site_id={site}&date={date}")))
         .timeout(Duration::from_secs(30))
         .send()
         .await?;

@@ -7,8 +7,8 @@ use async_nats::jetstream;
 use serde::Serialize;
 use tally_contracts::naming;
 
-use crate::memory::{children_named, peak_mib};
-use crate::stack::Target;
+use crate::memory::peak_mib;
+use crate::target::Target;
 use crate::{Cli, Report};
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,14 +32,14 @@ pub fn memory(target: &Target, cli: &Cli) -> Vec<Memory> {
     };
     add("collector", target.collector_pid().or(cli.collector_pid));
     add("processor", target.processor_pid().or(cli.processor_pid));
-    if target.local.is_some() {
-        for pid in children_named("nats-server") {
-            add("nats-server", Some(pid));
-        }
+    for (name, pid) in target.servers() {
         // The ClickHouse launcher runs the engine inside python3.
-        for pid in children_named("python3") {
-            add("clickhouse (chdb engine)", Some(pid));
-        }
+        let name = if name == "clickhouse" {
+            "clickhouse (chdb engine)"
+        } else {
+            name
+        };
+        add(name, Some(pid));
     }
     out
 }

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::client::{Conn, Request};
 use crate::load::{self, Pace, histogram, ms};
-use crate::stack::{PROBE_SITE, Target};
+use crate::target::{PROBE_SITE, Target};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Capacity {

@@ -1,8 +1,9 @@
 //! `tally-bench`: measures Tally on this machine and prints a table (and writes JSON).
 //!
 //! By default it starts its own stack the way `make dev` does — release binaries, real
-//! nats-server and ClickHouse on free loopback ports (the e2e harness) — with a `bench`
-//! pipeline of 50 sites, and stops every process it started when it ends, however it ends.
+//! nats-server and ClickHouse on free loopback ports (the e2e harness, `tally_e2e::Stack`)
+//! — with a `bench` pipeline of 50 sites that has the settings of `examples/`, and stops
+//! every process it started when it ends, however it ends.
 //! `--target URL` measures a stack that is already running instead.
 //!
 //! Phases, in order (`--phases` picks some):
@@ -39,9 +40,9 @@ mod load;
 mod memory;
 mod reads;
 mod report;
-mod stack;
+mod target;
 
-use stack::{PipelineSettings, Target};
+use target::{PipelineSettings, Target};
 
 /// Tally's load generator and benchmark: collector ingestion against the JetStream
 /// ceiling, end-to-end throughput and lag, stats reads over 10 million events, memory
@@ -56,6 +57,9 @@ pub struct Cli {
     /// starting a stack. Loopback addresses only.
     #[arg(long, value_name = "URL")]
     target: Option<String>,
+    /// With --target: its query service (`/v1/stats`).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    query_url: String,
     /// With --target: its NATS server.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -120,7 +124,8 @@ pub struct Cli {
     /// The bench pipeline's spec.processor.batchMaxWait.
     #[arg(long, default_value = "500ms")]
     batch_max_wait: String,
-    /// Where tally-collector and tally-processor are [default: next to this binary].
+    /// Where tally-collector, tally-processor and tally-query are [default: next to this
+    /// binary].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// An extra argument for the local collector (repeatable), e.g.
@@ -348,7 +353,13 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             t.start_collector().await?;
             t
         }
-        Some(url) => Target::remote(url, &cli.nats_url, &cli.clickhouse_url, &cli.config)?,
+        Some(url) => Target::remote(
+            url,
+            &cli.query_url,
+            &cli.nats_url,
+            &cli.clickhouse_url,
+            &cli.config,
+        )?,
     };
     let target = slot.insert(target);
     // The sites the load goes to: the bench's 50, or those of a remote target.
