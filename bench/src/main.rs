@@ -21,7 +21,10 @@
 //! 5. `reads` — 10 million generated events over 30 days and 50 sites are inserted straight
 //!    into `events` (the views fill the rollups), then `/v1/stats` and the documented SQL
 //!    are timed;
-//! 6. the peak resident memory (VmHWM) of every process.
+//! 6. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
+//!    run against the query service (paced, then as fast as they go), then alone again: the
+//!    collector's p99 with reads against its p99 alone;
+//! 7. the peak resident memory (VmHWM) of every process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ mod client;
 mod e2e;
 mod generate;
 mod ingest;
+mod isolation;
 mod load;
 mod memory;
 mod reads;
@@ -84,11 +88,11 @@ pub struct Cli {
     /// A label stored in the JSON report (e.g. "before", "after").
     #[arg(long, default_value = "")]
     label: String,
-    /// Comma-separated phases: baseline,single,batch,overload,e2e,reads.
+    /// Comma-separated phases: baseline,single,batch,overload,e2e,reads,isolation.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,e2e,reads"
+        default_value = "baseline,single,batch,overload,e2e,reads,isolation"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -118,6 +122,15 @@ pub struct Cli {
     /// Queries timed per read query kind [default: 300, --quick 60].
     #[arg(long)]
     read_queries: Option<usize>,
+    /// Isolation phase: single-event POSTs per second in each leg.
+    #[arg(long, default_value_t = 2000.0)]
+    isolation_rate: f64,
+    /// Isolation phase: `/v1/stats` requests per second in the paced leg.
+    #[arg(long, default_value_t = 50.0)]
+    isolation_read_rate: f64,
+    /// Isolation phase: connections of the readers.
+    #[arg(long, default_value_t = 4)]
+    read_connections: usize,
     /// The bench pipeline's spec.processor.batchMaxRows.
     #[arg(long, default_value_t = 10_000)]
     batch_max_rows: u32,
@@ -182,6 +195,7 @@ pub struct Report {
     pub e2e_lag: Option<e2e::Lag>,
     pub read_load: Option<reads::Load>,
     pub reads: Vec<reads::Query>,
+    pub isolation: Option<isolation::Isolation>,
     pub memory: Vec<report::Memory>,
     pub errors: Vec<String>,
     pub seconds: f64,
@@ -335,6 +349,9 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         "batch_max_wait": cli.batch_max_wait,
         "collector_args": cli.collector_arg,
         "client_threads": cli.client_threads,
+        "isolation_rate": cli.isolation_rate,
+        "isolation_read_rate": cli.isolation_read_rate,
+        "read_connections": cli.read_connections,
         "phases": cli.phases,
     });
 
@@ -552,7 +569,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
-    if cli.has("e2e") || cli.has("reads") {
+    if cli.has("e2e") || cli.has("reads") || cli.has("isolation") {
         if local {
             // The collector phases filled the stream; the processor starts on an empty one.
             report::purge_stream(target).await?;
@@ -616,6 +633,31 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         eprintln!("reads: timing queries");
         report.reads =
             reads::queries(target, &load_sites, cli.read_days, cli.read_queries()).await?;
+    }
+    if cli.has("isolation") {
+        eprintln!(
+            "isolation: single-event POSTs at {:.0}/s beside /v1/stats reads",
+            cli.isolation_rate
+        );
+        let plan = isolation::Plan {
+            ingest_rate: cli.isolation_rate,
+            ingest_connections: cli.single_connections,
+            read_rate: cli.isolation_read_rate,
+            read_connections: cli.read_connections,
+            duration,
+        };
+        report.isolation = Some(
+            isolation::run(
+                target.collector,
+                ingest::requests(&target.host, &load_sites, 1, 4096),
+                target.stats,
+                isolation::stats_requests(&target.stats_host, &load_sites, cli.read_days),
+                &plan,
+                || procs(target),
+            )
+            .await,
+        );
+        target.check_alive()?;
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub fn memory(target: &Target, cli: &Cli) -> Vec<Memory> {
     };
     add("collector", target.collector_pid().or(cli.collector_pid));
     add("processor", target.processor_pid().or(cli.processor_pid));
+    add("query", target.query_pid());
     for (name, pid) in target.servers() {
         // The ClickHouse launcher runs the engine inside python3.
         let name = if name == "clickhouse" {
@@ -336,6 +337,48 @@ pub fn print(r: &Report) {
                 f(q.p99_ms, 2),
                 f(q.max_ms, 1)
             );
+        }
+    }
+
+    if let Some(iso) = &r.isolation {
+        println!(
+            "\nIngest beside reads: single-event POSTs at {} req/s over {} connections, {:.0} s per leg; reads: /v1/stats from the query service over {} connections",
+            n(iso.ingest_rate),
+            iso.ingest_connections,
+            iso.seconds_per_leg,
+            iso.read_connections
+        );
+        println!(
+            "  {:<26} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6} | {:>8} {:>7} {:>7} {:>6}",
+            "leg",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "×alone",
+            "non2xx",
+            "reads/s",
+            "p50 ms",
+            "p99 ms",
+            "non2xx"
+        );
+        for leg in &iso.legs {
+            let read = leg.read_latency.as_ref();
+            println!(
+                "  {:<26} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6} | {:>8} {:>7} {:>7} {:>6}",
+                leg.name,
+                n(leg.ingest_achieved_per_second),
+                f(leg.ingest_latency.p50_ms, 2),
+                f(leg.ingest_latency.p99_ms, 2),
+                f(leg.ingest_latency.max_ms, 1),
+                f(leg.p99_ratio_to_alone, 2),
+                leg.ingest_non_2xx,
+                n(leg.reads_per_second),
+                read.map_or("-".into(), |l| f(l.p50_ms, 2)),
+                read.map_or("-".into(), |l| f(l.p99_ms, 2)),
+                leg.read_non_2xx
+            );
+            println!("{}", cpu(&leg.cpu));
         }
     }
 

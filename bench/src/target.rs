@@ -187,6 +187,10 @@ impl Target {
         self.local.as_ref()?.processor.pid()
     }
 
+    pub fn query_pid(&self) -> Option<u32> {
+        self.local.as_ref()?.query.pid()
+    }
+
     /// The `/metrics` text of the processor the bench started (none with `--target`).
     pub async fn processor_metrics(&self) -> Option<String> {
         self.local.as_ref()?.processor_metrics().await.ok()
@@ -219,6 +223,9 @@ impl Target {
         }
         if let Some(pid) = self.processor_pid().or(processor_pid) {
             out.push(("processor".into(), pid));
+        }
+        if let Some(pid) = self.query_pid() {
+            out.push(("query".into(), pid));
         }
         for (name, pid) in self.servers() {
             out.push((name.into(), pid));

@@ -1,6 +1,7 @@
-//! The end-to-end harness: starts a real `nats-server`, a real ClickHouse server and the
-//! real `tally-collector` / `tally-processor` / `tally-query` binaries on free loopback
-//! ports, each in its own temporary directory, and stops them all when dropped. Events go
+//! The end-to-end harness: starts a real `nats-server`, a ClickHouse server (the ClickHouse
+//! engine of `chdb-core` serving HTTP and native TCP) and the real `tally-collector` /
+//! `tally-processor` / `tally-query` binaries on free loopback ports, each in its own
+//! temporary directory, and stops them all when dropped. Events go
 //! to the collector ([`Stack::post`]); reads go to the query service ([`Stack::stats`]).
 //! When a test fails, the tail of every process log is printed.
 //!

@@ -1,5 +1,5 @@
 //! The read side on real servers: the query service (`tally-query`) answers `/v1/stats` from
-//! a real ClickHouse, in its own process. Rows written straight into `events` (the
+//! the test stack's ClickHouse (the `chdb-core` engine as a local server), in its own process. Rows written straight into `events` (the
 //! materialized views fill the rollups as they do for the processor's inserts) give exact
 //! answers to check every figure against; readiness waits for the rollups; and while
 //! ClickHouse is down reads answer 503 and ingest goes on untouched.
