@@ -32,10 +32,22 @@ pub struct Plan {
     pub duration: Duration,
 }
 
+/// What runs beside the ingest load in a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reads {
+    None,
+    /// At [`Plan::read_rate`].
+    Paced,
+    /// As fast as [`Plan::read_connections`] go.
+    Unpaced,
+}
+
 /// One leg: the collector's latency, and what the reads did meanwhile.
 #[derive(Debug, Clone, Serialize)]
 pub struct Leg {
     pub name: String,
+    pub reads: Reads,
     pub ingest_achieved_per_second: f64,
     pub ingest_latency: Latency,
     pub ingest_non_2xx: u64,
@@ -105,21 +117,23 @@ pub async fn run(
     plan: &Plan,
     processes: impl Fn() -> Vec<(String, u32)>,
 ) -> Isolation {
-    let legs: [(&str, Option<Pace>); 4] = [
-        ("alone", None),
-        (
-            "reads at a fixed rate",
-            Some(Pace::Open {
-                rate: plan.read_rate,
-            }),
-        ),
-        ("reads as fast as they go", Some(Pace::Closed)),
-        ("alone again", None),
+    let legs = [
+        ("alone", Reads::None),
+        ("reads at a fixed rate", Reads::Paced),
+        ("reads as fast as they go", Reads::Unpaced),
+        ("alone again", Reads::None),
     ];
     let mut out = Vec::new();
-    for (name, pace) in legs {
+    for (name, reads_beside) in legs {
         eprintln!("  {name}");
         let meter = CpuMeter::start(processes());
+        let pace = match reads_beside {
+            Reads::None => None,
+            Reads::Paced => Some(Pace::Open {
+                rate: plan.read_rate,
+            }),
+            Reads::Unpaced => Some(Pace::Closed),
+        };
         let readers = pace.map(|pace| {
             spawn_reads(
                 stats,
@@ -143,6 +157,7 @@ pub async fn run(
         let read = readers.and_then(|handle| handle.join().ok());
         out.push(Leg {
             name: name.to_owned(),
+            reads: reads_beside,
             ingest_achieved_per_second: ingested.ok_per_second(),
             ingest_latency: Latency::of(&ingested),
             ingest_non_2xx: ingested.answered() - ingested.ok() + ingested.errors,
@@ -158,7 +173,7 @@ pub async fn run(
     }
     let alone: Vec<f64> = out
         .iter()
-        .filter(|leg| leg.read_latency.is_none())
+        .filter(|leg| leg.reads == Reads::None)
         .map(|leg| leg.ingest_latency.p99_ms)
         .collect();
     let mean_alone = alone.iter().sum::<f64>() / alone.len() as f64;

@@ -450,6 +450,24 @@ pub fn print(r: &Report) {
             .filter(|_| r.read_load.as_ref().is_some_and(|l| l.events >= 10_000_000))
             .map(|q| q.p95_ms < 50.0),
     );
+    // The paced leg is what the verdict reads: reads at a fixed rate beside ingest. The
+    // unpaced leg shows what a machine without spare cores does (see docs/performance.md).
+    let paced = r.isolation.as_ref().and_then(|iso| {
+        iso.legs
+            .iter()
+            .find(|leg| leg.reads == crate::isolation::Reads::Paced)
+    });
+    line(
+        "single-event p99 beside paced reads ≤ 1.2 × alone",
+        paced.map_or("-".into(), |leg| {
+            format!(
+                "{} ms = {} × alone",
+                f(leg.ingest_latency.p99_ms, 2),
+                f(leg.p99_ratio_to_alone, 2)
+            )
+        }),
+        paced.map(|leg| leg.p99_ratio_to_alone <= 1.2 && leg.read_non_2xx == 0),
+    );
     line(
         "10× overload: sheds load, memory bounded",
         r.overload.as_ref().map_or("-".into(), |o| {
