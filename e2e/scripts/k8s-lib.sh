@@ -60,6 +60,16 @@ k8s_die() {
   exit 1
 }
 
+# k8s_option FLAG [ARG] — the one optional flag of a k8s script: prints 1 when ARG is FLAG,
+# 0 when there is no ARG, and dies with the usage otherwise.
+k8s_option() {
+  case "${2:-}" in
+    "$1") echo 1 ;;
+    "") echo 0 ;;
+    *) k8s_die "usage: $0 [$1]" ;;
+  esac
+}
+
 # k8s_staging_version — v1.35.8 -> v0.35.8 (the staging modules' tag).
 k8s_staging_version() {
   printf 'v0.%s\n' "${KUBE_VERSION#v1.}"

@@ -394,6 +394,22 @@ async fn wait_ready(
     }
 }
 
+/// What a GET of [`Stack::get`] answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// 0 when nothing answered (then `body` says why).
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
 
 /// NATS, ClickHouse, a processor, a collector and a query service for one test (or for
@@ -552,12 +568,33 @@ impl Stack {
 
     /// The processor's `/readyz` status code.
     pub async fn processor_ready_status(&self) -> u16 {
-        self.http
-            .get(self.processor_url("/readyz"))
-            .timeout(Duration::from_secs(2))
+        self.get(&self.processor_url("/readyz")).await.status
+    }
+
+    /// GETs `url`, waiting 10 s at most for the answer.
+    pub async fn get(&self, url: &str) -> Answer {
+        let sent = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
             .send()
-            .await
-            .map_or(0, |r| r.status().as_u16())
+            .await;
+        match sent {
+            Ok(response) => Answer {
+                status: response.status().as_u16(),
+                retry_after: response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body: response.text().await.unwrap_or_default(),
+            },
+            Err(error) => Answer {
+                status: 0,
+                retry_after: None,
+                body: format!("no answer from {url}: {error}"),
+            },
+        }
     }
 
     fn spawn_nats(
@@ -744,22 +781,10 @@ impl Stack {
         .await
     }
 
-    /// The query service's `/readyz`: its status code and text (0 and empty when it does not
-    /// answer).
+    /// The query service's `/readyz`: its status code and text (0 when it does not answer).
     pub async fn query_readiness(&self) -> (u16, String) {
-        match self
-            .http
-            .get(self.query_url("/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            Ok(response) => (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            ),
-            Err(_) => (0, String::new()),
-        }
+        let answer = self.get(&self.query_url("/readyz")).await;
+        (answer.status, answer.body)
     }
 
     /// Fails when a server this stack started has exited. A server that lost its port to

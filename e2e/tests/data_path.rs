@@ -267,13 +267,8 @@ async fn with_nats_down_posts_get_503_and_arrive_once_it_is_back() -> anyhow::Re
         answered_503,
         "the collector kept answering while NATS was down"
     );
-    let ready = stack
-        .http
-        .get(stack.collector_url("/readyz"))
-        .send()
-        .await?
-        .status();
-    assert_eq!(ready.as_u16(), 503);
+    let ready = stack.get(&stack.collector_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
 
     stack.restart_nats().await?;
     stack.wait_collector_ready(WAIT).await?;

@@ -278,13 +278,10 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    let jsz: serde_json::Value = stack
-        .http
-        .get(format!("http://127.0.0.1:{}/jsz", stack.nats_monitor_port))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let jsz = stack
+        .get(&format!("{}/jsz", stack.nats_monitor_url()))
+        .await
+        .json();
     assert_eq!(jsz["streams"], 0, "the stream is deleted: {jsz}");
     // The sites now report their missing pipeline.
     cluster.wait_jsonpath("analyticssite/shop", reason, "PipelineNotFound", WAIT)?;
@@ -292,12 +289,9 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     let (port, operator) = &mut operators[survivor];
     assert!(operator.is_running(), "the new leader kept running");
     let metrics = stack
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .body;
     assert!(
         metrics.contains("tally_operator_reconciles_total{controller=\"pipeline\"}"),
         "{metrics}"

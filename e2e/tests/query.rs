@@ -1,16 +1,23 @@
 //! The read side on real servers: the query service (`tally-query`) answers `/v1/stats` from
-//! the test stack's ClickHouse (the `chdb-core` engine as a local server), in its own process. Rows written straight into `events` (the
-//! materialized views fill the rollups as they do for the processor's inserts) give exact
-//! answers to check every figure against; readiness waits for the rollups; and while
+//! the test stack's ClickHouse (the `chdb-core` engine as a local server), in its own
+//! process. Rows written straight into `events` (the materialized views fill the rollups as
+//! they do for the processor's inserts) give exact answers to check every figure against; readiness waits for the rollups; and while
 //! ClickHouse is down reads answer 503 and ingest goes on untouched.
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tally_e2e::{DATABASE, Options, Stack, eventually, today};
+use serde_json::json;
+use tally_e2e::{Answer, DATABASE, Options, Stack, eventually, today};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A read refused because ClickHouse cannot answer it: 503 `unavailable`, retry in a second.
+fn assert_unavailable(answer: &Answer) {
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert_eq!(answer.json()["error"], "unavailable", "{}", answer.body);
+}
 
 /// NATS, ClickHouse, the processor (it applies the schema) and the query service; no
 /// collector.
@@ -129,13 +136,7 @@ async fn stats_are_exact_figures_of_the_rollups() -> anyhow::Result<()> {
     assert_eq!((status, &answer["error"]), (404, &json!("unknown_site")));
     let (status, answer) = stack.stats("site_id=shop&limit=5000").await?;
     assert_eq!((status, &answer["error"]), (400, &json!("invalid_query")));
-    let metrics = stack
-        .http
-        .get(stack.query_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = stack.get(&stack.query_url("/metrics")).await.body;
     assert!(
         metrics.contains(
             "tally_query_clickhouse_query_duration_seconds_count{query=\"Totals\",outcome=\"Answered\"}"
@@ -160,26 +161,9 @@ async fn the_query_service_is_ready_once_the_rollups_exist() -> anyhow::Result<(
     )
     .await?;
     assert!(why.contains(DATABASE), "{why}");
-    let response = stack
-        .http
-        .get(stack.query_url("/v1/stats?site_id=shop"))
-        .send()
-        .await?;
-    assert_eq!(response.status().as_u16(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
-    let answer: Value = response.json().await?;
-    assert_eq!(answer["error"], "unavailable");
-    assert_eq!(
-        stack
-            .http
-            .get(stack.query_url("/healthz"))
-            .send()
-            .await?
-            .status()
-            .as_u16(),
-        200,
-        "alive while not ready"
-    );
+    assert_unavailable(&stack.get(&stack.stats_url("site_id=shop")).await);
+    let alive = stack.get(&stack.query_url("/healthz")).await;
+    assert_eq!(alive.status, 200, "alive while not ready: {}", alive.body);
 
     stack.start_processor(&[]).await?;
     stack.wait_query_ready(WAIT).await?;
@@ -202,23 +186,13 @@ async fn with_clickhouse_down_reads_answer_503_and_ingest_goes_on() -> anyhow::R
         .wait_stats("site_id=shop", |s| s["total_views"] == 1)
         .await?;
     // Reads are not the collector's.
-    let response = stack
-        .http
-        .get(stack.collector_url("/v1/stats?site_id=shop"))
-        .send()
-        .await?;
-    assert_eq!(response.status().as_u16(), 404);
+    let answer = stack
+        .get(&stack.collector_url("/v1/stats?site_id=shop"))
+        .await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
 
     stack.stop_clickhouse();
-    let response = stack
-        .http
-        .get(stack.query_url("/v1/stats?site_id=shop"))
-        .send()
-        .await?;
-    assert_eq!(response.status().as_u16(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
-    let answer: Value = response.json().await?;
-    assert_eq!(answer["error"], "unavailable", "{answer}");
+    assert_unavailable(&stack.get(&stack.stats_url("site_id=shop")).await);
     eventually("the query service to report not ready", WAIT, || async {
         let (status, why) = stack.query_readiness().await;
         (status == 503 && why.contains("ClickHouse")).then_some(())
@@ -227,13 +201,8 @@ async fn with_clickhouse_down_reads_answer_503_and_ingest_goes_on() -> anyhow::R
     // Ingest does not notice: JetStream holds the events until ClickHouse is back.
     let (status, answer) = stack.post(event("/during")).await?;
     assert_eq!(status, 202, "{answer}");
-    let ready = stack
-        .http
-        .get(stack.collector_url("/readyz"))
-        .send()
-        .await?
-        .status();
-    assert_eq!(ready.as_u16(), 200);
+    let ready = stack.get(&stack.collector_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
 
     stack.restart_clickhouse().await?;
     stack.wait_query_ready(WAIT).await?;

@@ -13,6 +13,8 @@ pub mod logging;
 pub mod propagation;
 pub mod signal;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backoff::{Backoff, retry};
 pub use cli::{CommonArgs, LogFormat};

@@ -11,8 +11,8 @@ use axum::response::Response;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tally_contracts::{Event, RuntimeConfig};
+use tally_runtime::testing::{answer, body_json, body_text, send};
 use tokio::sync::Semaphore;
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 use super::router;
@@ -111,39 +111,8 @@ fn json_post(body: &Value) -> Request<Body> {
         .expect("a valid request")
 }
 
-async fn send(app: &axum::Router, request: Request<Body>) -> Response {
-    app.clone()
-        .oneshot(request)
-        .await
-        .expect("the router never fails")
-}
-
-async fn body_json(response: Response) -> Value {
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("the body reads");
-    serde_json::from_slice(&bytes).expect("the body is JSON")
-}
-
-async fn body_text(response: Response) -> String {
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("the body reads");
-    String::from_utf8(bytes.to_vec()).expect("the body is UTF-8")
-}
-
 fn event(site: &str) -> Value {
     json!({"site_id": site, "type": "page_view", "path": "/home"})
-}
-
-/// The status, the error code and the `Retry-After` header of an answer, and its body.
-async fn answer(response: Response) -> (StatusCode, Option<String>, Value) {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, retry_after, body_json(response).await)
 }
 
 #[tokio::test]

@@ -5,10 +5,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use axum::response::Response;
-use serde_json::Value;
 use tally_contracts::RuntimeConfig;
-use tower::ServiceExt as _;
+use tally_runtime::testing::{answer, body_text, get, send};
 
 use super::router;
 use crate::state::AppState;
@@ -38,31 +36,6 @@ fn config() -> RuntimeConfig {
 fn app() -> (AppState, axum::Router) {
     let state = AppState::new(config());
     (state.clone(), router(state))
-}
-
-async fn get(app: &axum::Router, uri: &str) -> Response {
-    app.clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .expect("the router never fails")
-}
-
-async fn body_text(response: Response) -> String {
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("the body reads");
-    String::from_utf8(bytes.to_vec()).expect("the body is UTF-8")
-}
-
-/// The status, the `Retry-After` header and the JSON body of an answer.
-async fn answer(response: Response) -> (StatusCode, Option<String>, Value) {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = serde_json::from_str(&body_text(response).await).expect("the body is JSON");
-    (status, retry_after, body)
 }
 
 #[tokio::test]
@@ -222,7 +195,7 @@ async fn cross_origin_reads_are_allowed_and_events_are_not_taken() {
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
         .body(Body::empty())
         .unwrap();
-    let response = app.clone().oneshot(preflight).await.unwrap();
+    let response = send(&app, preflight).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     // Ingest is the collector's alone.
@@ -232,8 +205,5 @@ async fn cross_origin_reads_are_allowed_and_events_are_not_taken() {
             r#"{"site_id":"shop","type":"page_view","path":"/"}"#,
         ))
         .unwrap();
-    assert_eq!(
-        app.clone().oneshot(post).await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(send(&app, post).await.status(), StatusCode::NOT_FOUND);
 }
