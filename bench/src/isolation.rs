@@ -5,6 +5,14 @@
 //! a drift of the machine during the phase shows as a difference between them; each leg
 //! with reads is compared with the mean of the two.
 //!
+//! The legs run twice. First with every process free to use every core, as `make dev`
+//! runs them: on a small machine the reads' ClickHouse work then competes with ingest for
+//! the same cores. Then placed as a cluster places them — the read side on nodes of its own:
+//! the collector, NATS and the load generator pinned to the first CPU, ClickHouse, the query
+//! service and the processor to the others (`taskset`, every thread). The collector shares
+//! no code path, connection or process with the reads; the second run shows what is left
+//! when it shares no core either.
+//!
 //! The reads run on a thread and runtime of their own, so that the load generator's own
 //! work for them does not delay the ingest requests it times.
 
@@ -12,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, ensure};
 use serde::Serialize;
 
 use crate::client::Request;
@@ -62,13 +71,60 @@ pub struct Leg {
     pub cpu: Vec<CpuUse>,
 }
 
+/// The four legs with the processes placed one way.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Where the processes ran.
+    pub placement: String,
+    /// True when the ingest side and the read side had cores of their own.
+    pub pinned: bool,
+    pub legs: Vec<Leg>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Isolation {
     pub ingest_rate: f64,
     pub ingest_connections: usize,
+    pub read_rate: f64,
     pub read_connections: usize,
     pub seconds_per_leg: f64,
-    pub legs: Vec<Leg>,
+    pub runs: Vec<Run>,
+    /// Why the pinned run did not happen, if it did not.
+    pub not_pinned: Option<String>,
+}
+
+/// The processes of the ingest side; every other process of the stack is the read side's.
+const INGEST_SIDE: [&str; 3] = ["tally-bench", "collector", "nats-server"];
+
+/// Pins every thread of `pid` to `cpus` (a `taskset` CPU list); threads started later
+/// inherit the placement of the thread that starts them.
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset")?;
+    ensure!(
+        status.success(),
+        "taskset could not pin {pid} to {cpus}: {status}"
+    );
+    Ok(())
+}
+
+/// Places the ingest side on CPU 0 and the read side on the others (`pinned`), or every
+/// process on every CPU.
+fn place(processes: &[(String, u32)], cpus: usize, pinned: bool) -> anyhow::Result<()> {
+    let all = format!("0-{}", cpus - 1);
+    let read_side = format!("1-{}", cpus - 1);
+    for (name, pid) in processes {
+        let list = match (pinned, INGEST_SIDE.contains(&name.as_str())) {
+            (false, _) => &all,
+            (true, true) => "0",
+            (true, false) => &read_side,
+        };
+        pin(*pid, list)?;
+    }
+    Ok(())
 }
 
 /// `/v1/stats` of random sites and days of the read history.
@@ -109,14 +165,31 @@ fn spawn_reads(
     })
 }
 
-pub async fn run(
+/// Ingest alone for a moment before the legs, so that none of them starts on a cold path.
+async fn warm_up(collector: SocketAddr, ingest: &Arc<Vec<Request>>, plan: &Plan) {
+    let _ = load::run(
+        collector,
+        ingest.clone(),
+        plan.ingest_connections,
+        Pace::Open {
+            rate: plan.ingest_rate,
+        },
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// The four legs, with the processes placed as they are.
+async fn legs(
     collector: SocketAddr,
-    ingest: Arc<Vec<Request>>,
+    ingest: &Arc<Vec<Request>>,
     stats: SocketAddr,
-    reads: Arc<Vec<Request>>,
+    reads: &Arc<Vec<Request>>,
     plan: &Plan,
-    processes: impl Fn() -> Vec<(String, u32)>,
-) -> Isolation {
+    processes: &[(String, u32)],
+) -> Vec<Leg> {
+    warm_up(collector, ingest, plan).await;
     let legs = [
         ("alone", Reads::None),
         ("reads at a fixed rate", Reads::Paced),
@@ -125,8 +198,8 @@ pub async fn run(
     ];
     let mut out = Vec::new();
     for (name, reads_beside) in legs {
-        eprintln!("  {name}");
-        let meter = CpuMeter::start(processes());
+        eprintln!("    {name}");
+        let meter = CpuMeter::start(processes.to_vec());
         let pace = match reads_beside {
             Reads::None => None,
             Reads::Paced => Some(Pace::Open {
@@ -180,11 +253,63 @@ pub async fn run(
     for leg in &mut out {
         leg.p99_ratio_to_alone = leg.ingest_latency.p99_ms / mean_alone;
     }
+    out
+}
+
+/// The legs on shared cores, then (with two CPUs or more) with the ingest side and the read
+/// side on cores of their own. Every process is free on every core again
+/// when it ends.
+pub async fn run(
+    collector: SocketAddr,
+    ingest: Arc<Vec<Request>>,
+    stats: SocketAddr,
+    reads: Arc<Vec<Request>>,
+    plan: &Plan,
+    processes: Vec<(String, u32)>,
+) -> Isolation {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut runs = Vec::new();
+    eprintln!("  every process on every CPU");
+    runs.push(Run {
+        placement: format!("every process on all {cpus} CPUs"),
+        pinned: false,
+        legs: legs(collector, &ingest, stats, &reads, plan, &processes).await,
+    });
+    let not_pinned = if cpus < 2 {
+        Some(format!("{cpus} CPU: nothing to pin apart"))
+    } else {
+        match place(&processes, cpus, true) {
+            Ok(()) => {
+                let read_side = match cpus {
+                    2 => "CPU 1".to_owned(),
+                    _ => format!("CPUs 1-{}", cpus - 1),
+                };
+                let placement = format!(
+                    "collector, NATS and the load generator on CPU 0; ClickHouse, query and processor on {read_side}"
+                );
+                eprintln!("  {placement}");
+                runs.push(Run {
+                    placement,
+                    pinned: true,
+                    legs: legs(collector, &ingest, stats, &reads, plan, &processes).await,
+                });
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        }
+    };
+    if cpus >= 2
+        && let Err(e) = place(&processes, cpus, false)
+    {
+        eprintln!("  could not free the processes again: {e:#}");
+    }
     Isolation {
         ingest_rate: plan.ingest_rate,
         ingest_connections: plan.ingest_connections,
+        read_rate: plan.read_rate,
         read_connections: plan.read_connections,
         seconds_per_leg: plan.duration.as_secs_f64(),
-        legs: out,
+        runs,
+        not_pinned,
     }
 }

@@ -23,7 +23,8 @@
 //!    are timed;
 //! 6. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
 //!    run against the query service (paced, then as fast as they go), then alone again: the
-//!    collector's p99 with reads against its p99 alone;
+//!    collector's p99 with reads against its p99 alone; once on shared cores, once with the
+//!    ingest side and the read side pinned to cores of their own (as nodes of a cluster);
 //! 7. the peak resident memory (VmHWM) of every process.
 
 use std::path::PathBuf;
@@ -126,7 +127,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 2000.0)]
     isolation_rate: f64,
     /// Isolation phase: `/v1/stats` requests per second in the paced leg.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 20.0)]
     isolation_read_rate: f64,
     /// Isolation phase: connections of the readers.
     #[arg(long, default_value_t = 4)]
@@ -653,7 +654,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                 target.stats,
                 isolation::stats_requests(&target.stats_host, &load_sites, cli.read_days),
                 &plan,
-                || procs(target),
+                procs(target),
             )
             .await,
         );
