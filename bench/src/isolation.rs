@@ -93,6 +93,32 @@ pub struct Isolation {
     pub not_pinned: Option<String>,
 }
 
+/// "Unchanged": the collector's p99 beside paced reads at most this factor above the higher
+/// p99 of the two legs alone. Those two differ from each other by as much (up to 2.5× in
+/// the runs of docs/performance.md) with nothing but noise between them.
+pub const UNCHANGED_MARGIN: f64 = 1.2;
+
+impl Run {
+    /// The collector's p99 beside paced reads, and the higher p99 of the legs alone.
+    pub fn paced_against_alone(&self) -> Option<(f64, f64)> {
+        let p99 = |reads: Reads| {
+            self.legs
+                .iter()
+                .filter(move |leg| leg.reads == reads)
+                .map(|leg| leg.ingest_latency.p99_ms)
+        };
+        let alone = p99(Reads::None).reduce(f64::max)?;
+        Some((p99(Reads::Paced).next()?, alone))
+    }
+
+    /// Whether the collector's p99 was unchanged beside paced reads, none of them refused.
+    pub fn unchanged_beside_paced_reads(&self) -> Option<bool> {
+        let (paced, alone) = self.paced_against_alone()?;
+        let refused = self.legs.iter().any(|leg| leg.read_non_2xx > 0);
+        Some(paced <= UNCHANGED_MARGIN * alone && !refused)
+    }
+}
+
 /// The processes of the ingest side; every other process of the stack is the read side's.
 const INGEST_SIDE: [&str; 3] = ["tally-bench", "collector", "nats-server"];
 
@@ -311,5 +337,69 @@ pub async fn run(
         seconds_per_leg: plan.duration.as_secs_f64(),
         runs,
         not_pinned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(reads: Reads, p99_ms: f64, read_non_2xx: u64) -> Leg {
+        Leg {
+            name: String::new(),
+            reads,
+            ingest_achieved_per_second: 0.0,
+            ingest_latency: Latency {
+                p50_ms: 0.4,
+                p99_ms,
+                p999_ms: p99_ms,
+                max_ms: p99_ms,
+            },
+            ingest_non_2xx: 0,
+            ingest_overdue: 0,
+            reads_per_second: 0.0,
+            read_latency: None,
+            read_non_2xx,
+            p99_ratio_to_alone: 0.0,
+            cpu: Vec::new(),
+        }
+    }
+
+    fn run(alone: f64, paced: f64, again: f64, refused: u64) -> Run {
+        Run {
+            placement: String::new(),
+            pinned: true,
+            legs: vec![
+                leg(Reads::None, alone, 0),
+                leg(Reads::Paced, paced, refused),
+                leg(Reads::Unpaced, 50.0, 0),
+                leg(Reads::None, again, 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn paced_reads_are_judged_against_the_higher_leg_alone() {
+        assert_eq!(
+            run(1.0, 1.3, 1.2, 0).paced_against_alone(),
+            Some((1.3, 1.2))
+        );
+        assert_eq!(
+            run(1.0, 1.44, 1.2, 0).unchanged_beside_paced_reads(),
+            Some(true)
+        );
+        assert_eq!(
+            run(1.0, 1.45, 1.2, 0).unchanged_beside_paced_reads(),
+            Some(false)
+        );
+        // A refused read fails it whatever the latency.
+        assert_eq!(
+            run(1.0, 1.0, 1.0, 1).unchanged_beside_paced_reads(),
+            Some(false)
+        );
+        // The unpaced leg does not count.
+        let mut without_paced = run(1.0, 1.0, 1.0, 0);
+        without_paced.legs.remove(1);
+        assert_eq!(without_paced.unchanged_beside_paced_reads(), None);
     }
 }

@@ -459,24 +459,18 @@ pub fn print(r: &Report) {
     );
     // The verdict reads the paced leg with the sides on cores of their own, as a cluster
     // runs them; the shared-core run shows what a small machine does (docs/performance.md).
-    let paced = r.isolation.as_ref().and_then(|iso| {
-        iso.runs
-            .iter()
-            .find(|run| run.pinned)?
-            .legs
-            .iter()
-            .find(|leg| leg.reads == crate::isolation::Reads::Paced)
-    });
+    let pinned = r
+        .isolation
+        .as_ref()
+        .and_then(|iso| iso.runs.iter().find(|run| run.pinned));
     line(
-        "single-event p99 beside reads ≤ 1.2 × alone (pinned)",
-        paced.map_or("-".into(), |leg| {
-            format!(
-                "{} ms = {} × alone",
-                f(leg.ingest_latency.p99_ms, 2),
-                f(leg.p99_ratio_to_alone, 2)
-            )
-        }),
-        paced.map(|leg| leg.p99_ratio_to_alone <= 1.2 && leg.read_non_2xx == 0),
+        "single-event p99 beside reads unchanged (pinned)",
+        pinned
+            .and_then(|run| run.paced_against_alone())
+            .map_or("-".into(), |(paced, alone)| {
+                format!("{} ms vs {} ms alone", f(paced, 2), f(alone, 2))
+            }),
+        pinned.and_then(|run| run.unchanged_beside_paced_reads()),
     );
     line(
         "10× overload: sheds load, memory bounded",

@@ -12,7 +12,7 @@
 #   --target URL       measure a running stack instead (e.g. http://127.0.0.1:8080
 #                      of `make dev`; with --nats-url, --clickhouse-url, --config)
 #   --out PATH         the JSON report [$CARGO_TARGET_DIR/bench/tally-bench-<time>.json]
-#   --phases LIST      some of baseline,single,batch,overload,e2e,reads
+#   --phases LIST      some of baseline,single,batch,overload,e2e,reads,isolation
 #   --help             every option of tally-bench
 #
 # Environment: TALLY_CACHE, CARGO_TARGET_DIR (see lib.sh).
