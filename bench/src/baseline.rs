@@ -15,8 +15,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tally_contracts::{Event, schema};
-use tally_processor::EventRow;
+use tally_contracts::{Event, EventRow, schema};
 use uuid::Uuid;
 
 use crate::generate::{Gen, now_ms};

@@ -5,9 +5,13 @@
 
 pub mod config;
 pub mod event;
+#[cfg(feature = "event-row")]
+pub mod event_row;
 pub mod naming;
 pub mod schema;
 pub mod stream;
 
 pub use config::{ConfigError, RuntimeConfig};
 pub use event::Event;
+#[cfg(feature = "event-row")]
+pub use event_row::EventRow;

@@ -1,9 +1,8 @@
 //! `tally-processor`: drains a pipeline's JetStream stream into ClickHouse — raw events plus
 //! the rollups its materialized views keep — acknowledging only what ClickHouse confirmed.
 //!
-//! The binary (`main.rs`) reads its command line and calls [`run`]. [`EventRow`], the row
-//! the processor inserts, is open to the benchmark's ClickHouse ceiling, which inserts the
-//! same rows. Everything else stays inside the crate.
+//! The binary (`main.rs`) reads its command line and calls [`run`]. Everything else stays
+//! inside the crate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +24,6 @@ mod redelivery;
 mod schema;
 mod store;
 mod trace;
-
-pub use store::EventRow;
 
 /// Serves /healthz, /readyz and /metrics on `listen`, connects to both servers and drains
 /// the stream until SIGINT or SIGTERM; a batch being written then is finished first.
