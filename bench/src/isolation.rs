@@ -30,6 +30,7 @@ use crate::load::{self, LoadResult, Pace};
 use crate::memory::{CpuMeter, CpuUse};
 
 /// What the phase runs.
+#[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// Single-event POSTs per second, in every leg.
     pub ingest_rate: f64,
@@ -38,7 +39,12 @@ pub struct Plan {
     pub read_rate: f64,
     pub read_connections: usize,
     /// Length of each leg.
+    #[serde(rename = "seconds_per_leg", serialize_with = "seconds")]
     pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(duration.as_secs_f64())
 }
 
 /// What runs beside the ingest load in a leg.
@@ -83,11 +89,7 @@ pub struct Run {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Isolation {
-    pub ingest_rate: f64,
-    pub ingest_connections: usize,
-    pub read_rate: f64,
-    pub read_connections: usize,
-    pub seconds_per_leg: f64,
+    pub plan: Plan,
     pub runs: Vec<Run>,
     /// Why the pinned run did not happen, if it did not.
     pub not_pinned: Option<String>,
@@ -330,11 +332,7 @@ pub async fn run(
         eprintln!("  could not free the processes again: {e:#}");
     }
     Isolation {
-        ingest_rate: plan.ingest_rate,
-        ingest_connections: plan.ingest_connections,
-        read_rate: plan.read_rate,
-        read_connections: plan.read_connections,
-        seconds_per_leg: plan.duration.as_secs_f64(),
+        plan: plan.clone(),
         runs,
         not_pinned,
     }

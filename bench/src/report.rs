@@ -343,11 +343,11 @@ pub fn print(r: &Report) {
     if let Some(iso) = &r.isolation {
         println!(
             "\nIngest beside reads: single-event POSTs at {} req/s over {} connections, {:.0} s per leg; reads: /v1/stats from the query service over {} connections ({} req/s when paced)",
-            n(iso.ingest_rate),
-            iso.ingest_connections,
-            iso.seconds_per_leg,
-            iso.read_connections,
-            n(iso.read_rate)
+            n(iso.plan.ingest_rate),
+            iso.plan.ingest_connections,
+            iso.plan.duration.as_secs_f64(),
+            iso.plan.read_connections,
+            n(iso.plan.read_rate)
         );
         for run in &iso.runs {
             println!("  {}", run.placement);
