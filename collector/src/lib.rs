@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tally_contracts::RuntimeConfig;
-use tally_runtime::shutdown_signal;
+use tally_runtime::{ServerLimits, shutdown_signal};
 
 mod admission;
 mod api;
@@ -41,14 +41,25 @@ pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?,
     );
     let (pipeline, sites) = (config.name().to_owned(), config.sites.len());
+    let limits = ServerLimits {
+        header_read_timeout: config.timings.header_read_timeout,
+        request_timeout: config.timings.request_timeout,
+        max_connections: config.pipeline.spec.collector.max_connections as usize,
+    };
     let state = state::AppState::new(config, sink.clone());
+    let connections = state.metrics.connections.clone();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, %pipeline, sites, "collector started");
-    axum::serve(listener, router::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tally_runtime::serve(
+        listener,
+        router::router(state),
+        limits,
+        connections,
+        shutdown_signal(),
+    )
+    .await?;
     sink.flush().await;
     tracing::info!("collector stopped");
     Ok(())

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tally_runtime::http::RequestDurations;
+use tally_runtime::server::ConnectionMetrics;
 
 use crate::api::{ApiError, EventOutcome};
 
@@ -49,6 +50,8 @@ pub struct Metrics {
     events: Family<OutcomeLabels, Counter>,
     /// `request_duration_seconds{route,status}`, filled by the routes' middleware.
     pub requests: Arc<RequestDurations>,
+    /// `connections_open`, `connections_refused_total`, kept by the server.
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -57,10 +60,12 @@ impl Default for Metrics {
         let events = Family::<OutcomeLabels, Counter>::default();
         registry.register("events", "Events received, by outcome", events.clone());
         let requests = Arc::new(RequestDurations::register(&mut registry));
+        let connections = ConnectionMetrics::register(&mut registry);
         Self {
             registry,
             events,
             requests,
+            connections,
         }
     }
 }

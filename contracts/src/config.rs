@@ -42,6 +42,8 @@ pub struct Timings {
     pub stream_max_age: Duration,
     pub duplicate_window: Duration,
     pub publish_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
     pub batch_max_wait: Duration,
     pub ack_wait: Duration,
 }
@@ -196,6 +198,11 @@ impl RuntimeConfig {
                 &spec.nats.stream.duplicate_window,
             )?,
             publish_timeout: duration("collector.publishTimeout", &spec.collector.publish_timeout)?,
+            header_read_timeout: duration(
+                "collector.headerReadTimeout",
+                &spec.collector.header_read_timeout,
+            )?,
+            request_timeout: duration("collector.requestTimeout", &spec.collector.request_timeout)?,
             batch_max_wait: duration("processor.batchMaxWait", &spec.processor.batch_max_wait)?,
             ack_wait: duration("processor.ackWait", &spec.processor.ack_wait)?,
         };

@@ -241,6 +241,22 @@ pub struct CollectorSpec {
     #[serde(default = "default_publish_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub publish_timeout: String,
+    /// How long a client may take to send a request's headers, counted from the
+    /// connection's start or from the end of its last answer: a connection that is idle,
+    /// or sends its headers a byte at a time, is closed after it.
+    #[serde(default = "default_header_read_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub header_read_timeout: String,
+    /// How long one request may take from its headers to its answer, reading the body
+    /// included: a body still arriving then is answered with 408 and its connection closed.
+    #[serde(default = "default_request_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub request_timeout: String,
+    /// Open connections per collector at most; one more is closed as soon as it is
+    /// accepted (and counted in `tally_collector_connections_refused_total`).
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1))]
+    pub max_connections: u32,
 }
 
 /// A Kubernetes Service in front of a component's pods (the collector's, the query
@@ -385,6 +401,15 @@ fn default_max_in_flight_events() -> u32 {
 fn default_publish_timeout() -> String {
     "5s".into()
 }
+fn default_header_read_timeout() -> String {
+    "10s".into()
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
 fn default_batch_max_rows() -> u32 {
     10_000
 }
@@ -441,6 +466,8 @@ mod tests {
             &spec.nats.stream.max_age,
             &spec.nats.stream.duplicate_window,
             &spec.collector.publish_timeout,
+            &spec.collector.header_read_timeout,
+            &spec.collector.request_timeout,
             &spec.processor.batch_max_wait,
             &spec.processor.ack_wait,
         ] {

@@ -273,7 +273,7 @@ pub struct Ports {
     pub query: Option<u16>,
 }
 
-/// How a stack runs. The first four settings shape the test pipeline ([`pipeline_yaml`]);
+/// How a stack runs. The first five settings shape the test pipeline ([`pipeline_yaml`]);
 /// the others serve the stacks of `make dev` and the bench, and default to what a test
 /// wants.
 #[derive(Debug, Clone)]
@@ -283,6 +283,9 @@ pub struct Options {
     pub ack_wait: &'static str,
     /// The stream's `duplicateWindow` (the pipeline's default when `None`).
     pub duplicate_window: Option<&'static str>,
+    /// More `spec.collector` settings of the test pipeline, as YAML lines
+    /// (`"requestTimeout: 2s"`).
+    pub collector_spec: Vec<String>,
     /// Resources to run instead of the test pipeline (`make dev` runs `examples/`, the bench
     /// its `bench` pipeline); the stack points their NATS and ClickHouse URLs at its own
     /// servers ([`local_resources`]).
@@ -320,6 +323,7 @@ impl Default for Options {
             batch_max_wait: "100ms",
             ack_wait: "3s",
             duplicate_window: None,
+            collector_spec: Vec::new(),
             resources: None,
             ports: Ports::default(),
             dir: None,
@@ -1049,7 +1053,7 @@ spec:
   clickhouse:
     url: http://127.0.0.1:{clickhouse_port}
   collector:
-    publishTimeout: 2s
+    publishTimeout: 2s{collector}
   processor:
     batchMaxRows: {rows}
     batchMaxWait: {wait}
@@ -1058,6 +1062,11 @@ spec:
         rows = options.batch_max_rows,
         wait = options.batch_max_wait,
         ack = options.ack_wait,
+        collector = options
+            .collector_spec
+            .iter()
+            .map(|line| format!("\n    {line}"))
+            .collect::<String>(),
         stream = options
             .duplicate_window
             .map(|w| format!("\n    stream:\n      duplicateWindow: {w}"))

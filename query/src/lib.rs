@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use tally_contracts::RuntimeConfig;
-use tally_runtime::shutdown_signal;
+use tally_runtime::{ServerLimits, shutdown_signal};
 
 mod api;
 mod health;
@@ -33,15 +33,23 @@ pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<
     let (pipeline, database) = (config.name().to_owned(), config.database());
     let clickhouse = config.pipeline.spec.clickhouse.url.clone();
     let state = state::AppState::new(config);
+    let connections = state.metrics.connections.clone();
     let listener = tally_runtime::health::bind(listen).await?;
     let watch = tokio::spawn(health::watch(
         state.stats.store.clone(),
         state.readiness.clone(),
     ));
     tracing::info!(%listen, %pipeline, %database, %clickhouse, "query service started");
-    axum::serve(listener, router::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The collector's defaults for slow and idle clients; the query service has no
+    // settings of its own for them yet.
+    tally_runtime::serve(
+        listener,
+        router::router(state),
+        ServerLimits::default(),
+        connections,
+        shutdown_signal(),
+    )
+    .await?;
     watch.abort();
     tracing::info!("query service stopped");
     Ok(())

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tally_runtime::http::RequestDurations;
+use tally_runtime::server::ConnectionMetrics;
 
 /// Which query of the stats API ran.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -36,6 +37,8 @@ pub struct Metrics {
     registry: Registry,
     /// `request_duration_seconds{route,status}`, filled by the routes' middleware.
     pub requests: Arc<RequestDurations>,
+    /// `connections_open`, `connections_refused_total`, kept by the server.
+    pub connections: ConnectionMetrics,
     clickhouse: Family<QueryLabels, Histogram>,
 }
 
@@ -43,6 +46,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tally_query");
         let requests = Arc::new(RequestDurations::register(&mut registry));
+        let connections = ConnectionMetrics::register(&mut registry);
         let clickhouse = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
@@ -54,6 +58,7 @@ impl Default for Metrics {
         Self {
             registry,
             requests,
+            connections,
             clickhouse,
         }
     }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod propagation;
+pub mod server;
 pub mod signal;
 pub mod telemetry;
 #[cfg(feature = "testing")]
@@ -20,5 +21,6 @@ pub use backoff::{Backoff, retry};
 pub use cli::{CommonArgs, LogFormat};
 pub use health::{Health, serve_health};
 pub use logging::init_telemetry;
+pub use server::{ServerLimits, serve};
 pub use signal::shutdown_signal;
 pub use telemetry::Telemetry;
