@@ -143,6 +143,9 @@ pub enum EventOutcome {
     Refused(ApiError),
     /// Valid but not stored: the client may retry it.
     Failed { event_id: Option<Uuid>, why: String },
+    /// Valid, and not stored on purpose: the visitor asked not to be tracked and the site
+    /// respects it (`spec.privacy.respectDoNotTrack`). Answered 202: nothing to retry.
+    DoNotTrack,
 }
 
 /// The answer to a POST of events, from what became of each. A single object answers as
@@ -182,8 +185,10 @@ pub fn ingest_answer(shape: Shape, mut outcomes: Vec<EventOutcome>) -> Response 
             _ => StatusCode::BAD_REQUEST,
         }
     };
+    let not_stored = results.iter().filter(|r| r.stored == Some(false)).count();
     let body = IngestResponse {
         accepted,
+        not_stored,
         rejected,
         failed,
         results,
@@ -194,7 +199,11 @@ pub fn ingest_answer(shape: Shape, mut outcomes: Vec<EventOutcome>) -> Response 
 /// The answer to a POST of events: counts, and one result per event in request order.
 #[derive(Debug, Serialize)]
 struct IngestResponse {
+    /// Answered 202: stored, or (see `not_stored`) not stored on purpose.
     accepted: usize,
+    /// Of the accepted, those not stored because the visitor asked not to be tracked.
+    #[serde(skip_serializing_if = "is_zero")]
+    not_stored: usize,
     rejected: usize,
     failed: usize,
     results: Vec<ItemResult>,
@@ -217,10 +226,32 @@ struct ItemResult {
     message: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     problems: Vec<Problem>,
+    /// `false` for an event accepted but not stored on purpose (`reason` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ItemResult {
     fn of(index: usize, outcome: EventOutcome) -> Self {
+        if matches!(outcome, EventOutcome::DoNotTrack) {
+            return Self {
+                index,
+                status: StatusCode::ACCEPTED.as_u16(),
+                event_id: None,
+                duplicate: false,
+                error: None,
+                message: None,
+                problems: Vec::new(),
+                stored: Some(false),
+                reason: Some("do_not_track"),
+            };
+        }
         let (event_id, duplicate, error) = match outcome {
             EventOutcome::Stored {
                 event_id,
@@ -230,6 +261,7 @@ impl ItemResult {
             EventOutcome::Failed { event_id, why } => {
                 (event_id, false, Some(ApiError::Unavailable(why)))
             }
+            EventOutcome::DoNotTrack => (None, false, None),
         };
         let Some(error) = error else {
             return Self {
@@ -240,6 +272,8 @@ impl ItemResult {
                 error: None,
                 message: None,
                 problems: Vec::new(),
+                stored: None,
+                reason: None,
             };
         };
         let (status, code) = error.status_and_code();
@@ -255,6 +289,8 @@ impl ItemResult {
                 ApiError::InvalidEvent(problems) => problems,
                 _ => Vec::new(),
             },
+            stored: None,
+            reason: None,
         }
     }
 }

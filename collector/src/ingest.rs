@@ -214,17 +214,22 @@ async fn ingest(
         },
     )?;
 
-    // Refusals keep their place; the valid events are stored together, then take theirs.
+    // Refusals and events not to be tracked keep their place; the other valid events are
+    // stored together, then take theirs.
+    let do_not_track = asks_not_to_be_tracked(headers);
     let mut events = Vec::with_capacity(parsed.items.len());
-    let refusals: Vec<Option<ApiError>> = parsed
+    let kept: Vec<Option<EventOutcome>> = parsed
         .items
         .into_iter()
         .map(|item| match item {
+            Ok(event) if do_not_track && respects_do_not_track(&state.config, &event) => {
+                Some(EventOutcome::DoNotTrack)
+            }
             Ok(event) => {
                 events.push(event);
                 None
             }
-            Err(error) => Some(error),
+            Err(error) => Some(EventOutcome::Refused(error)),
         })
         .collect();
     let results = if events.is_empty() {
@@ -233,14 +238,29 @@ async fn ingest(
         state.sink.store(&events).await
     };
     let mut stored = events.iter().zip(results);
-    let outcomes = refusals
+    let outcomes = kept
         .into_iter()
-        .map(|refusal| match refusal {
-            Some(error) => EventOutcome::Refused(error),
-            None => stored_outcome(stored.next()),
-        })
+        .map(|outcome| outcome.unwrap_or_else(|| stored_outcome(stored.next())))
         .collect();
     Ok((parsed.shape, outcomes))
+}
+
+/// `DNT: 1` or `Sec-GPC: 1`: the visitor asked not to be tracked.
+fn asks_not_to_be_tracked(headers: &HeaderMap) -> bool {
+    let says_one = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "1")
+    };
+    says_one("dnt") || says_one("sec-gpc")
+}
+
+/// Whether the event's site drops the events of visitors who asked not to be tracked.
+fn respects_do_not_track(config: &RuntimeConfig, event: &Event) -> bool {
+    config
+        .site(&event.site_id)
+        .is_some_and(|site| site.privacy.respect_do_not_track)
 }
 
 /// What the sink answered for one event (nothing at all counts as not stored).

@@ -22,6 +22,7 @@ pub enum Outcome {
     UnknownSite,
     ForbiddenOrigin,
     Failed,
+    DoNotTrack,
 }
 
 impl From<&EventOutcome> for Outcome {
@@ -35,6 +36,7 @@ impl From<&EventOutcome> for Outcome {
             EventOutcome::Refused(ApiError::ForbiddenOrigin { .. }) => Self::ForbiddenOrigin,
             EventOutcome::Refused(_) => Self::Invalid,
             EventOutcome::Failed { .. } => Self::Failed,
+            EventOutcome::DoNotTrack => Self::DoNotTrack,
         }
     }
 }

@@ -76,6 +76,20 @@ pub struct AnalyticsSiteSpec {
     /// none. Without a cluster (configuration files) nothing checks this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// What the collector does to respect this site's visitors' privacy.
+    #[serde(default)]
+    pub privacy: PrivacySpec,
+}
+
+/// A site's privacy settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivacySpec {
+    /// When true, the events of a request that carries `DNT: 1` or `Sec-GPC: 1` (the
+    /// visitor asked not to be tracked) are answered 202 but not stored: each says
+    /// `"stored": false` and `"reason": "do_not_track"` in the answer.
+    #[serde(default)]
+    pub respect_do_not_track: bool,
 }
 
 /// A key of a Secret in the site's namespace.
@@ -147,6 +161,7 @@ mod tests {
             site_id: "s".into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             api_key_secret_ref: None,
+            privacy: PrivacySpec::default(),
         }
     }
 

@@ -991,6 +991,7 @@ pub fn with_sites(
                     site_id: site_id.clone(),
                     domains: Vec::new(),
                     api_key_secret_ref: None,
+                    privacy: Default::default(),
                 },
             )
         })

@@ -129,6 +129,7 @@ mod tests {
                 site_id: site_id.into(),
                 domains: vec![],
                 api_key_secret_ref: None,
+                privacy: Default::default(),
             },
         );
         s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));

@@ -140,6 +140,7 @@ pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
             site_id: site_id.into(),
             domains: vec!["example.com".into()],
             api_key_secret_ref: None,
+            privacy: Default::default(),
         },
     );
     s.metadata.namespace = Some(namespace.into());

@@ -29,7 +29,9 @@ fn config() -> RuntimeConfig {
             "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {{name: web}}\n\
              spec: {{collector: {{maxBodyBytes: {MAX_BODY}, maxBatchEvents: 3}}}}\n---\n\
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: shop}}\n\
-             spec: {{pipelineRef: {{name: web}}, siteId: shop, domains: [shop.example.com]}}\n"
+             spec: {{pipelineRef: {{name: web}}, siteId: shop, domains: [shop.example.com]}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: quiet}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: quiet, privacy: {{respectDoNotTrack: true}}}}\n"
         ),
     )
     .expect("the test configuration is valid")
@@ -131,6 +133,50 @@ async fn a_valid_event_is_stored_and_answered_202() {
         stored[0].event_id.to_string()
     );
     assert_eq!(stored[0].path, "/home");
+}
+
+#[tokio::test]
+async fn do_not_track_requests_are_answered_and_not_stored_where_the_site_respects_them() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    for header in ["dnt", "sec-gpc"] {
+        let request = post()
+            .header(header, "1")
+            .body(Body::from(
+                json!([event("quiet"), event("shop")]).to_string(),
+            ))
+            .expect("a valid request");
+        let (status, _, body) = answer(send(&app, request).await).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(
+            (&body["accepted"], &body["not_stored"]),
+            (&json!(2), &json!(1))
+        );
+        let quiet = &body["results"][0];
+        assert_eq!(quiet["status"], 202);
+        assert_eq!(
+            (&quiet["stored"], &quiet["reason"]),
+            (&json!(false), &json!("do_not_track"))
+        );
+        assert!(quiet.get("event_id").is_none(), "{quiet}");
+        // The site that does not ask for it stores the event as before.
+        assert!(body["results"][1].get("stored").is_none(), "{body}");
+    }
+    // Only the two `shop` events were stored; without the header `quiet` stores too.
+    assert!(sink.stored().iter().all(|e| e.site_id == "shop"));
+    assert_eq!(sink.stored().len(), 2);
+    let request = post()
+        .header("dnt", "0")
+        .body(Body::from(event("quiet").to_string()))
+        .expect("a valid request");
+    let (status, _, body) = answer(send(&app, request).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(sink.stored().len(), 3);
+    let metrics = body_text(tally_runtime::testing::get(&app, "/metrics").await).await;
+    assert!(
+        metrics.contains("tally_collector_events_total{outcome=\"DoNotTrack\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
