@@ -239,19 +239,7 @@ fn is_zero(n: &usize) -> bool {
 
 impl ItemResult {
     fn of(index: usize, outcome: EventOutcome) -> Self {
-        if matches!(outcome, EventOutcome::DoNotTrack) {
-            return Self {
-                index,
-                status: StatusCode::ACCEPTED.as_u16(),
-                event_id: None,
-                duplicate: false,
-                error: None,
-                message: None,
-                problems: Vec::new(),
-                stored: Some(false),
-                reason: Some("do_not_track"),
-            };
-        }
+        let not_tracked = matches!(outcome, EventOutcome::DoNotTrack);
         let (event_id, duplicate, error) = match outcome {
             EventOutcome::Stored {
                 event_id,
@@ -272,8 +260,8 @@ impl ItemResult {
                 error: None,
                 message: None,
                 problems: Vec::new(),
-                stored: None,
-                reason: None,
+                stored: not_tracked.then_some(false),
+                reason: not_tracked.then_some("do_not_track"),
             };
         };
         let (status, code) = error.status_and_code();

@@ -206,6 +206,29 @@ impl RuntimeConfig {
             batch_max_wait: duration("processor.batchMaxWait", &spec.processor.batch_max_wait)?,
             ack_wait: duration("processor.ackWait", &spec.processor.ack_wait)?,
         };
+        // What the CRD's schema refuses, refused for files too: a zero here would make the
+        // collector close every connection.
+        for (field, zero) in [
+            (
+                "collector.maxConnections",
+                spec.collector.max_connections == 0,
+            ),
+            (
+                "collector.headerReadTimeout",
+                timings.header_read_timeout.is_zero(),
+            ),
+            (
+                "collector.requestTimeout",
+                timings.request_timeout.is_zero(),
+            ),
+        ] {
+            if zero {
+                return Err(invalid(
+                    &pipeline_origin,
+                    format!("spec.{field} must be more than 0"),
+                ));
+            }
+        }
         if let Some(db) = &spec.clickhouse.database
             && !is_identifier(db)
         {
@@ -419,6 +442,18 @@ spec:
             error_of("apiVersion: v1\nkind: ConfigMap\n")
                 .contains("apiVersion must be tally.dev/v1alpha1")
         );
+        for field in [
+            "maxConnections: 0",
+            "headerReadTimeout: 0s",
+            "requestTimeout: 0s",
+        ] {
+            let name = field.split(':').next().unwrap();
+            assert!(
+                error_of(&format!("{header}spec: {{collector: {{{field}}}}}\n"))
+                    .contains(&format!("spec.collector.{name} must be more than 0")),
+                "{field}"
+            );
+        }
         assert!(
             error_of(&format!("{header}spec: {{processor: {{ackWait: soon}}}}\n"))
                 .contains("spec.processor.ackWait")

@@ -60,16 +60,23 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
-/// Serves [`routes`] on `listener` until `shutdown` resolves.
+/// Serves [`routes`] on `listener` until `shutdown` resolves, with the APIs' default
+/// limits on slow, idle and surplus connections ([`crate::server`]; its connection counts
+/// are not reported here).
 pub async fn serve_health(
     listener: tokio::net::TcpListener,
     health: Arc<dyn Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, routes::<()>(health))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the health server failed")
+    crate::server::serve(
+        listener,
+        routes::<()>(health),
+        crate::ServerLimits::default(),
+        crate::server::ConnectionMetrics::default(),
+        shutdown,
+    )
+    .await
+    .context("the health server failed")
 }
 
 #[cfg(test)]
