@@ -35,8 +35,17 @@ impl Request {
     }
 
     pub fn get(host: &str, path_and_query: &str) -> Self {
+        Self::get_with(host, path_and_query, "")
+    }
+
+    /// A GET that carries `api_key`: a read of the query service.
+    pub fn read(host: &str, path_and_query: &str, api_key: &str) -> Self {
+        Self::get_with(host, path_and_query, &format!("X-API-Key: {api_key}\r\n"))
+    }
+
+    fn get_with(host: &str, path_and_query: &str, headers: &str) -> Self {
         Self {
-            bytes: format!("GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+            bytes: format!("GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n")
                 .into_bytes()
                 .into(),
             events: 0,

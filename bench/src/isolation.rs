@@ -156,14 +156,23 @@ fn place(processes: &[(String, u32)], cpus: usize, pinned: bool) -> anyhow::Resu
 }
 
 /// `/v1/stats` of random sites and days of the read history.
-pub fn stats_requests(host: &str, sites: &[String], days: u32) -> Arc<Vec<Request>> {
+pub fn stats_requests(
+    host: &str,
+    read_key: &str,
+    sites: &[String],
+    days: u32,
+) -> Arc<Vec<Request>> {
     let mut generator = Gen::new(7);
     let today = time::OffsetDateTime::now_utc().date();
     let requests = (0..256)
         .map(|_| {
             let site = &sites[generator.below(sites.len() as u64) as usize];
             let day = today - time::Duration::days(generator.below(u64::from(days)) as i64);
-            Request::get(host, &format!("/v1/stats?site_id={site}&date={day}"))
+            Request::read(
+                host,
+                &format!("/v1/stats?site_id={site}&date={day}"),
+                read_key,
+            )
         })
         .collect();
     Arc::new(requests)

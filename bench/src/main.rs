@@ -65,6 +65,10 @@ pub struct Cli {
     /// With --target: its query service (`/v1/stats`).
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     query_url: String,
+    /// With --target: a key that reads every site of its pipeline (an admin key; for
+    /// `make dev`, the `admin` key of examples/keys.yaml).
+    #[arg(long, env = "TALLY_READ_KEY", value_name = "KEY")]
+    read_key: Option<String>,
     /// With --target: its NATS server.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -377,10 +381,12 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             &cli.nats_url,
             &cli.clickhouse_url,
             &cli.config,
+            cli.read_key.clone().unwrap_or_default(),
         )?,
     };
     let target = slot.insert(target);
-    // The sites the load goes to: the bench's 50, or those of a remote target.
+    // The sites the load goes to: the bench's 50, or those of a remote target that take
+    // events without a key (the load carries none).
     let load_sites: Vec<String> = if local {
         sites.clone()
     } else {
@@ -388,9 +394,15 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             .config
             .sites
             .iter()
+            .filter(|s| !s.spec.has_key_with(tally_crds::KeyScope::Ingest))
             .map(|s| s.spec.site_id.clone())
             .collect()
     };
+    if load_sites.is_empty() {
+        anyhow::bail!(
+            "every site of --config needs an ingest key; the bench sends events without one"
+        );
+    }
 
     let procs = |t: &Target| t.processes(cli.collector_pid, cli.processor_pid);
     let mut jetstream = 0.0;
@@ -652,7 +664,12 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                 target.collector,
                 ingest::requests(&target.host, &load_sites, 1, 4096),
                 target.stats,
-                isolation::stats_requests(&target.stats_host, &load_sites, cli.read_days),
+                isolation::stats_requests(
+                    &target.stats_host,
+                    &target.read_key,
+                    &load_sites,
+                    cli.read_days,
+                ),
                 &plan,
                 procs(target),
             )

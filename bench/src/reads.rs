@@ -218,6 +218,7 @@ pub async fn queries(
 ) -> anyhow::Result<Vec<Query>> {
     let db = target.database();
     let host = target.stats_host.clone();
+    let key = target.read_key.clone();
     let mut results = Vec::new();
     eprintln!("  /v1/stats × {queries}");
     results.push(
@@ -227,7 +228,7 @@ pub async fn queries(
             queries,
             sites,
             days,
-            |site, day| Request::get(&host, &format!("/v1/stats?site_id={site}&date={day}")),
+            |site, day| Request::read(&host, &format!("/v1/stats?site_id={site}&date={day}"), &key),
         )
         .await?,
     );
@@ -259,6 +260,7 @@ pub async fn check(target: &Target, site: &str) -> anyhow::Result<()> {
     let response = target
         .http
         .get(target.stats_url(&format!("/v1/stats?site_id={site}&date={date}")))
+        .header("x-api-key", &target.read_key)
         .timeout(Duration::from_secs(30))
         .send()
         .await?;

@@ -29,6 +29,8 @@ pub struct Target {
     /// The stack the bench started (none with `--target`); dropping it stops every process.
     pub local: Option<Stack>,
     pub http: reqwest::Client,
+    /// The key `/v1/stats` is read with: an admin key of the pipeline.
+    pub read_key: String,
 }
 
 /// Settings of the bench pipeline.
@@ -116,6 +118,7 @@ impl Target {
             config,
             http: reqwest::Client::new(),
             local: Some(stack),
+            read_key: tally_e2e::ADMIN_KEY.to_owned(),
         })
     }
 
@@ -126,6 +129,7 @@ impl Target {
         nats_url: &str,
         clickhouse_url: &str,
         config: &Path,
+        read_key: String,
     ) -> anyhow::Result<Self> {
         let (host, collector) = http_host(collector_url, "--target")?;
         if !collector.ip().is_loopback() {
@@ -147,6 +151,7 @@ impl Target {
             config,
             local: None,
             http: reqwest::Client::new(),
+            read_key,
         })
     }
 

@@ -8,7 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
+use tally_runtime::access::{Denied, with_challenge};
+
 use crate::payload::Shape;
+use crate::rate_limit::{Limited, Standing, header_values};
 use crate::validate::{Problem, Rejection};
 
 /// Everything that ends a request with an error. The `Display` text is the message clients
@@ -32,11 +35,41 @@ pub enum ApiError {
         site_id: String,
         origin_host: String,
     },
+    /// The request's key is missing, unknown, or not one of the event's site (401/403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// Over a site's or key's rate limit (429), or more events at once than its burst (413).
+    #[error("{}", limited_message(.0))]
+    RateLimited(Limited),
     #[error("{0}")]
     Unavailable(String),
     /// Load shedding: the collector holds as many events as it admits at once.
     #[error("the collector is at its limit of {0} events in flight; retry shortly")]
     Overloaded(u32),
+}
+
+fn limited_message(limited: &Limited) -> String {
+    let whose = |name: &str| match name.strip_prefix("site:") {
+        Some(site_id) => format!("site {site_id:?}"),
+        None => "this API key".to_owned(),
+    };
+    match limited {
+        Limited::Over(standing) => {
+            let policy = &standing.policy;
+            format!(
+                "{} is over its rate limit of {} events per second (burst {}) at this collector; retry in {} s",
+                whose(&policy.name),
+                policy.per_second,
+                policy.burst,
+                standing.reset_seconds
+            )
+        }
+        Limited::LargerThanBurst { policy, events } => format!(
+            "a request of {events} events is more than the burst of {} events that {} allows; send smaller batches",
+            policy.burst,
+            whose(&policy.name)
+        ),
+    }
 }
 
 fn summary(problems: &[Problem]) -> String {
@@ -60,6 +93,11 @@ impl ApiError {
             Self::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
             Self::ForbiddenOrigin { .. } => (StatusCode::FORBIDDEN, "forbidden_origin"),
+            Self::Denied(denied) => denied.status_and_code(),
+            Self::RateLimited(Limited::Over(_)) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::RateLimited(Limited::LargerThanBurst { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
@@ -78,6 +116,11 @@ impl From<Rejection> for ApiError {
                 site_id,
                 origin_host,
             },
+            Rejection::MissingKey { site_id } => Self::Denied(Denied::no_ingest_key(&site_id)),
+            Rejection::OtherSite { site_id } => Self::Denied(Denied::OtherSite {
+                action: "post events for",
+                site_id,
+            }),
         }
     }
 }
@@ -95,6 +138,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
+        let limited = match &self {
+            Self::RateLimited(Limited::Over(standing)) => vec![standing.clone()],
+            _ => Vec::new(),
+        };
         let problems = match self {
             Self::InvalidEvent(problems) => problems,
             _ => Vec::new(),
@@ -115,7 +162,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        with_retry_after(response)
+        with_challenge(with_limits(with_retry_after(response), &limited))
     }
 }
 
@@ -125,6 +172,27 @@ fn with_retry_after(mut response: Response) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers of the limits a request met, and for a
+/// 429 the `Retry-After` of the longest wait among them.
+pub fn with_limits(mut response: Response, standings: &[Standing]) -> Response {
+    let Some((policy, state)) = header_values(standings) else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        let wait = standings.iter().map(|s| s.reset_seconds).max().unwrap_or(1);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
     }
     response
 }
@@ -193,7 +261,7 @@ pub fn ingest_answer(shape: Shape, mut outcomes: Vec<EventOutcome>) -> Response 
         failed,
         results,
     };
-    with_retry_after((status, Json(body)).into_response())
+    with_challenge(with_retry_after((status, Json(body)).into_response()))
 }
 
 /// The answer to a POST of events: counts, and one result per event in request order.

@@ -51,6 +51,7 @@ fn ingest(
         content_type: ndjson.then_some("application/x-ndjson"),
         content_encoding: encoding,
         origin: None,
+        key: None,
     };
     parse_events(config(), body.into(), headers, NOW_MS, |_| Ok(())).map(|parsed| parsed.items)
 }

@@ -4,29 +4,68 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
+use tally_contracts::access::Grant;
 use tally_contracts::{Event, RuntimeConfig};
 use time::OffsetDateTime;
+
+use std::collections::HashMap;
+
+use tally_crds::KeyScope;
+use tally_runtime::access::{Denied, grant_of};
 
 use crate::admission::Admission;
 use crate::api::{self, ApiError, EventOutcome};
 use crate::metrics::Metrics;
 use crate::payload::{Item, Shape, decode_body, split_items};
+use crate::rate_limit::{Limited, RateLimits, Standing};
 use crate::sink::{EventSink, Stored};
-use crate::validate::{Limits, Problem, Rejection, validate_event};
+use crate::validate::{Caller, Limits, Problem, Rejection, validate_event};
 
-/// What the ingest handler needs: the sites, the limits, the events budget, the sink and the
-/// metrics it counts outcomes in.
+/// What the ingest handler needs: the rules requests are checked against, the events
+/// budget, the sink and the metrics it counts outcomes in.
 pub struct IngestState {
-    pub config: RuntimeConfig,
-    pub limits: IngestLimits,
+    /// Replaced whole when the configuration is reloaded (SIGHUP); a request keeps the
+    /// rules it started with.
+    pub rules: ArcSwap<Rules>,
+    /// How many collectors share the rate limits.
+    pub collectors: u32,
     /// Load shedding: the events requests in progress may hold.
     pub admission: Admission,
     pub sink: Arc<dyn EventSink>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The part of the configuration a request is checked against: the sites and keys, the
+/// request limits, and the rate limits (whose buckets start full again after a reload).
+pub struct Rules {
+    pub config: RuntimeConfig,
+    pub limits: IngestLimits,
+    /// The sites' and keys' rate limits, at this collector's share.
+    pub rate_limits: RateLimits,
+}
+
+impl Rules {
+    pub fn new(config: RuntimeConfig, collectors: u32) -> Self {
+        Self {
+            limits: IngestLimits::of(&config),
+            rate_limits: RateLimits::of(&config, collectors),
+            config,
+        }
+    }
+}
+
+impl IngestState {
+    /// Checks the requests that start from now on against `config`. Connection settings,
+    /// NATS and the events budget stay as they were started.
+    pub fn reload(&self, config: RuntimeConfig) {
+        self.rules
+            .store(Arc::new(Rules::new(config, self.collectors)));
+    }
 }
 
 /// The limits of one request, from the pipeline's `spec.collector`.
@@ -61,20 +100,23 @@ impl IngestLimits {
     }
 }
 
-/// The request headers that parsing reads.
+/// What parsing reads of a request: its headers, and the grant of its API key (checked
+/// before the body is read).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestHeaders<'a> {
     pub content_type: Option<&'a str>,
     pub content_encoding: Option<&'a str>,
     pub origin: Option<&'a str>,
+    pub key: Option<&'a Grant>,
 }
 
 impl<'a> RequestHeaders<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
+    fn of(headers: &'a HeaderMap, key: Option<&'a Grant>) -> Self {
         Self {
             content_type: header_str(headers, header::CONTENT_TYPE),
             content_encoding: header_str(headers, header::CONTENT_ENCODING),
             origin: header_str(headers, header::ORIGIN),
+            key,
         }
     }
 }
@@ -107,12 +149,13 @@ pub fn parse_events(
     let (shape, items) = read_items(&body, headers.content_type, &limits)?;
     admit(items.len())?;
     let origin_host = origin_host(headers.origin);
+    let caller = Caller {
+        origin_host: origin_host.as_deref(),
+        key: headers.key,
+    };
     let items = items
         .into_iter()
-        .map(|item| {
-            check_item(item, config, &limits.event, now_ms, origin_host.as_deref())
-                .map_err(ApiError::from)
-        })
+        .map(|item| check_item(item, config, &limits.event, now_ms, caller).map_err(ApiError::from))
         .collect();
     Ok(Parsed { shape, items })
 }
@@ -143,10 +186,10 @@ fn check_item(
     config: &RuntimeConfig,
     limits: &Limits,
     now_ms: i64,
-    origin_host: Option<&str>,
+    caller: Caller<'_>,
 ) -> Result<Event, Rejection> {
     match item {
-        Ok(raw) => validate_event(raw, config, limits, now_ms, origin_host),
+        Ok(raw) => validate_event(raw, config, limits, now_ms, caller),
         Err(message) => Err(Rejection::Invalid(vec![Problem {
             field: "event",
             message,
@@ -160,12 +203,12 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (shape, outcomes) = match ingest(&state, &headers, body).await {
+    let (shape, outcomes, standings) = match ingest(&state, &headers, body).await {
         Ok(done) => done,
         Err(error) => return api::error_answer(error),
     };
     state.metrics.count_outcomes(&outcomes);
-    api::ingest_answer(shape, outcomes)
+    api::with_limits(api::ingest_answer(shape, outcomes), &standings)
 }
 
 /// The steps of a POST, up to what became of each event.
@@ -173,8 +216,18 @@ async fn ingest(
     state: &IngestState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Shape, Vec<EventOutcome>), ApiError> {
-    let limits = &state.limits;
+) -> Result<(Shape, Vec<EventOutcome>, Vec<Standing>), ApiError> {
+    let rules = state.rules.load_full();
+    let limits = &rules.limits;
+    // The key first: an unknown key, or one that may not ingest, is refused before the
+    // body is buffered (it is read through, so the client gets to read the answer).
+    let key = match ingest_key(&rules, headers) {
+        Ok(key) => key,
+        Err(denied) => {
+            drain(body, limits.max_body_bytes).await;
+            return Err(denied.into());
+        }
+    };
     let max_body = limits.max_body_bytes;
     let content_length =
         header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
@@ -201,9 +254,9 @@ async fn ingest(
         .map_err(|_| limits.body_too_large())?;
     let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let parsed = parse_events(
-        &state.config,
+        &rules.config,
         raw,
-        RequestHeaders::of(headers),
+        RequestHeaders::of(headers, key),
         now_ms,
         |events| {
             if admitted.settle(&state.admission, events) {
@@ -214,6 +267,10 @@ async fn ingest(
         },
     )?;
 
+    // Rate limits, before anything is published: the key's for all valid events, then each
+    // site's for its own.
+    let (standings, limited) = take_rate_limits(&rules.rate_limits, key, &parsed.items);
+
     // Refusals and events not to be tracked keep their place; the other valid events are
     // stored together, then take theirs.
     let do_not_track = asks_not_to_be_tracked(headers);
@@ -222,7 +279,13 @@ async fn ingest(
         .items
         .into_iter()
         .map(|item| match item {
-            Ok(event) if do_not_track && respects_do_not_track(&state.config, &event) => {
+            Ok(event) if limited.contains_key(&event.site_id) => {
+                state.metrics.count_rate_limited(&event.site_id);
+                Some(EventOutcome::Refused(ApiError::RateLimited(
+                    limited[&event.site_id].clone(),
+                )))
+            }
+            Ok(event) if do_not_track && respects_do_not_track(&rules.config, &event) => {
                 Some(EventOutcome::DoNotTrack)
             }
             Ok(event) => {
@@ -242,7 +305,60 @@ async fn ingest(
         .into_iter()
         .map(|outcome| outcome.unwrap_or_else(|| stored_outcome(stored.next())))
         .collect();
-    Ok((parsed.shape, outcomes))
+    Ok((parsed.shape, outcomes, standings))
+}
+
+/// The grant of the request's API key, if it sent one; refused when the key is not one of
+/// the configuration's or may not ingest.
+fn ingest_key<'a>(rules: &'a Rules, headers: &HeaderMap) -> Result<Option<&'a Grant>, Denied> {
+    let key = grant_of(rules.config.keys(), headers)?;
+    match key {
+        Some(key) if !key.has_scope(KeyScope::Ingest) => Err(Denied::MissingScope("ingest")),
+        key => Ok(key),
+    }
+}
+
+/// Takes the valid events' tokens: all of them from the key's limit, then each site's from
+/// its own. Returns the limits met (for the headers) and the sites whose events are
+/// refused, with why.
+fn take_rate_limits(
+    rate_limits: &RateLimits,
+    key: Option<&Grant>,
+    items: &[Result<Event, ApiError>],
+) -> (Vec<Standing>, HashMap<String, Limited>) {
+    let mut per_site: Vec<(&str, u32)> = Vec::new();
+    for event in items.iter().filter_map(|item| item.as_ref().ok()) {
+        match per_site.iter_mut().find(|(site, _)| *site == event.site_id) {
+            Some((_, n)) => *n += 1,
+            None => per_site.push((&event.site_id, 1)),
+        }
+    }
+    let mut standings = Vec::new();
+    let mut limited = HashMap::new();
+    let mut met = |taken: Result<Option<Standing>, Limited>| match taken {
+        Ok(standing) => {
+            standings.extend(standing);
+            None
+        }
+        Err(refusal) => {
+            if let Limited::Over(standing) = &refusal {
+                standings.push(standing.clone());
+            }
+            Some(refusal)
+        }
+    };
+    let total = per_site.iter().map(|(_, n)| n).sum();
+    let key_refusal = key.and_then(|key| met(rate_limits.take_for_key(key, total)));
+    for (site_id, n) in per_site {
+        let refusal = match &key_refusal {
+            Some(refusal) => Some(refusal.clone()),
+            None => met(rate_limits.take_for_site(site_id, n)),
+        };
+        if let Some(refusal) = refusal {
+            limited.insert(site_id.to_owned(), refusal);
+        }
+    }
+    (standings, limited)
 }
 
 /// `DNT: 1` or `Sec-GPC: 1`: the visitor asked not to be tracked.
@@ -329,6 +445,7 @@ mod tests {
             content_type,
             content_encoding: None,
             origin,
+            key: None,
         };
         parse_events(&config(), body, headers, NOW_MS, |_| Ok(())).map(|parsed| parsed.items)
     }

@@ -21,6 +21,7 @@ mod hostile_input;
 mod ingest;
 mod metrics;
 mod payload;
+mod rate_limit;
 mod router;
 mod sink;
 mod state;
@@ -33,8 +34,15 @@ pub use validate::Problem;
 
 /// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or
 /// SIGTERM; publishes still in progress are flushed before it returns.
-/// The load-shedding budget is `spec.collector.maxInFlightEvents` (0: none).
-pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<()> {
+/// The load-shedding budget is `spec.collector.maxInFlightEvents` (0: none); the sites' and
+/// keys' rate limits are shared among `collectors` replicas. On SIGHUP the sites, keys and
+/// limits are reloaded with `reload`.
+pub async fn serve(
+    config: RuntimeConfig,
+    listen: SocketAddr,
+    collectors: u32,
+    reload: impl Fn() -> Result<RuntimeConfig, tally_contracts::ConfigError> + Send + 'static,
+) -> anyhow::Result<()> {
     let sink = Arc::new(
         sink::JetStreamSink::connect(&config)
             .await
@@ -46,8 +54,10 @@ pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<
         request_timeout: config.timings.request_timeout,
         max_connections: config.pipeline.spec.collector.max_connections as usize,
     };
-    let state = state::AppState::new(config, sink.clone());
+    let state = state::AppState::new(config, sink.clone(), collectors);
     let connections = state.metrics.connections.clone();
+    let ingest = state.ingest.clone();
+    tally_runtime::reload_on_hangup(reload, move |config| ingest.reload(config));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

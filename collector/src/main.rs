@@ -24,6 +24,11 @@ struct Cli {
     /// `spec.collector.maxInFlightEvents` of the pipeline (default 32768).
     #[arg(long, env = "TALLY_MAX_IN_FLIGHT_EVENTS", value_name = "EVENTS")]
     max_in_flight_events: Option<u32>,
+    /// How many collectors share the pipeline's rate limits: each takes this share of every
+    /// site's and key's sustained rate. The operator sets it to the Deployment's replicas;
+    /// standalone, give the number of collectors you run behind one address.
+    #[arg(long, env = "TALLY_COLLECTORS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    collectors: u32,
 }
 
 #[tokio::main]
@@ -36,5 +41,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(max) = cli.max_in_flight_events {
         config.pipeline.spec.collector.max_in_flight_events = max;
     }
-    tally_collector::serve(config, cli.listen).await
+    let common = cli.common.clone();
+    tally_collector::serve(config, cli.listen, cli.collectors, move || {
+        common.load_config()
+    })
+    .await
 }

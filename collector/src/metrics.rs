@@ -21,6 +21,9 @@ pub enum Outcome {
     Invalid,
     UnknownSite,
     ForbiddenOrigin,
+    /// Without a key its site asks for, or with another site's key.
+    Unauthorized,
+    RateLimited,
     Failed,
     DoNotTrack,
 }
@@ -34,6 +37,8 @@ impl From<&EventOutcome> for Outcome {
             EventOutcome::Stored { .. } => Self::Accepted,
             EventOutcome::Refused(ApiError::UnknownSite(_)) => Self::UnknownSite,
             EventOutcome::Refused(ApiError::ForbiddenOrigin { .. }) => Self::ForbiddenOrigin,
+            EventOutcome::Refused(ApiError::Denied(_)) => Self::Unauthorized,
+            EventOutcome::Refused(ApiError::RateLimited(_)) => Self::RateLimited,
             EventOutcome::Refused(_) => Self::Invalid,
             EventOutcome::Failed { .. } => Self::Failed,
             EventOutcome::DoNotTrack => Self::DoNotTrack,
@@ -46,10 +51,16 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
 /// The collector's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
     events: Family<OutcomeLabels, Counter>,
+    rate_limited: Family<SiteLabels, Counter>,
     /// `request_duration_seconds{route,status}`, filled by the routes' middleware.
     pub requests: Arc<RequestDurations>,
     /// `connections_open`, `connections_refused_total`, kept by the server.
@@ -61,11 +72,18 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tally_collector");
         let events = Family::<OutcomeLabels, Counter>::default();
         registry.register("events", "Events received, by outcome", events.clone());
+        let rate_limited = Family::<SiteLabels, Counter>::default();
+        registry.register(
+            "rate_limited_events",
+            "Events refused by a site's or key's rate limit, by site",
+            rate_limited.clone(),
+        );
         let requests = Arc::new(RequestDurations::register(&mut registry));
         let connections = ConnectionMetrics::register(&mut registry);
         Self {
             registry,
             events,
+            rate_limited,
             requests,
             connections,
         }
@@ -88,6 +106,15 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(n);
         }
+    }
+
+    /// Counts an event refused by a rate limit.
+    pub fn count_rate_limited(&self, site_id: &str) {
+        self.rate_limited
+            .get_or_create(&SiteLabels {
+                site: site_id.to_owned(),
+            })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

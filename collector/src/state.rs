@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::FromRef;
 use tally_contracts::RuntimeConfig;
 use tally_runtime::Health;
 
 use crate::admission::Admission;
-use crate::ingest::{IngestLimits, IngestState};
+use crate::ingest::{IngestState, Rules};
 use crate::metrics::Metrics;
 use crate::sink::EventSink;
 
@@ -23,16 +24,16 @@ pub struct AppState {
 
 impl AppState {
     /// The state of a collector storing into `sink`, with `spec.collector.maxInFlightEvents`
-    /// as its load-shedding budget (0: none).
-    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>) -> Self {
+    /// as its load-shedding budget (0: none), one of `collectors` sharing the rate limits.
+    pub fn new(config: RuntimeConfig, sink: Arc<dyn EventSink>, collectors: u32) -> Self {
         let metrics = Arc::new(Metrics::default());
         Self {
             ingest: Arc::new(IngestState {
-                limits: IngestLimits::of(&config),
                 admission: Admission::new(config.pipeline.spec.collector.max_in_flight_events),
+                rules: ArcSwap::from_pointee(Rules::new(config, collectors)),
+                collectors,
                 sink: sink.clone(),
                 metrics: metrics.clone(),
-                config,
             }),
             health: Arc::new(CollectorHealth {
                 sink,

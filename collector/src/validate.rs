@@ -8,7 +8,9 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use tally_contracts::access::Grant;
 use tally_contracts::{Event, RuntimeConfig, schema::PAGE_VIEW};
+use tally_crds::{AnalyticsSiteSpec, KeyScope};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -38,6 +40,48 @@ pub enum Rejection {
         site_id: String,
         origin_host: String,
     },
+    /// The site takes this request's events only with one of its ingest keys (401).
+    MissingKey { site_id: String },
+    /// The request's key is not an ingest key of the event's site (403).
+    OtherSite { site_id: String },
+}
+
+/// Who sent a request, as the site checks see it: the host of its `Origin` header, and the
+/// grant of its API key (already known to be a valid key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub origin_host: Option<&'a str>,
+    pub key: Option<&'a Grant>,
+}
+
+impl Caller<'_> {
+    /// The rules of DESIGN.md's "Access": a key must be an ingest key of the event's site
+    /// (and then nothing else is asked); without one, a browser request (with `Origin`)
+    /// needs an origin among the site's domains and a site that takes browser events, and a
+    /// server-side request a site without ingest keys.
+    fn may_send(&self, site: &AnalyticsSiteSpec) -> Result<(), Rejection> {
+        let site_id = &site.site_id;
+        match (self.key, self.origin_host) {
+            (Some(key), _) if key.may_ingest(site_id) => Ok(()),
+            (Some(_), _) => Err(Rejection::OtherSite {
+                site_id: site_id.clone(),
+            }),
+            (None, Some(_)) if !site.browser_ingest => Err(Rejection::MissingKey {
+                site_id: site_id.clone(),
+            }),
+            (None, Some(host)) if !site.allows_origin_host(host) => {
+                Err(Rejection::ForbiddenOrigin {
+                    site_id: site_id.clone(),
+                    origin_host: host.to_owned(),
+                })
+            }
+            (None, Some(_)) => Ok(()),
+            (None, None) if site.has_key_with(KeyScope::Ingest) => Err(Rejection::MissingKey {
+                site_id: site_id.clone(),
+            }),
+            (None, None) => Ok(()),
+        }
+    }
 }
 
 /// The canonical fields, each with every spelling accepted for it.
@@ -211,13 +255,14 @@ fn new_event_id(now_ms: i64) -> Uuid {
 }
 
 /// Parses and validates one event. `now_ms` is the server time used for absent timestamps;
-/// `origin_host` is the host of the request's `Origin` header, if it had one.
+/// `caller` says who sent it (see [`Caller::may_send`]). An event without `site_id` sent
+/// with a site's key is that site's.
 pub fn validate_event(
     raw: &RawValue,
     config: &RuntimeConfig,
     limits: &Limits,
     now_ms: i64,
-    origin_host: Option<&str>,
+    caller: Caller<'_>,
 ) -> Result<Event, Rejection> {
     let mut f: RawFields<'_> = match serde_json::from_str(raw.get()) {
         Ok(fields) => fields,
@@ -235,7 +280,10 @@ pub fn validate_event(
         }
     };
 
-    let site_id = f.text("site_id");
+    let site_id = match (f.text("site_id"), caller.key.and_then(Grant::site_id)) {
+        (None, Some(own)) if f.get("site_id").is_none() => Some(Cow::Borrowed(own)),
+        (given, _) => given,
+    };
     let event_type = f.text("event_type");
     let mut path = f.text("path");
     let url = f.text("url");
@@ -341,17 +389,18 @@ pub fn validate_event(
     else {
         unreachable!("every missing value above recorded a problem");
     };
+    // A key of another site learns nothing of this one, not even whether it exists.
+    if let Some(key) = caller.key
+        && !key.may_ingest(&site_id)
+    {
+        return Err(Rejection::OtherSite {
+            site_id: site_id.into_owned(),
+        });
+    }
     let Some(site) = site else {
         return Err(Rejection::UnknownSite(site_id.into_owned()));
     };
-    if let Some(host) = origin_host
-        && !site.allows_origin_host(host)
-    {
-        return Err(Rejection::ForbiddenOrigin {
-            site_id: site_id.into_owned(),
-            origin_host: host.to_owned(),
-        });
-    }
+    caller.may_send(site)?;
 
     let owned = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned).unwrap_or_default();
     Ok(Event {
@@ -443,7 +492,11 @@ pub(crate) mod tests {
         let limits = Limits {
             max_properties_bytes: 256,
         };
-        validate_event(&raw, &config(), &limits, NOW, origin)
+        let caller = Caller {
+            origin_host: origin,
+            key: None,
+        };
+        validate_event(&raw, &config(), &limits, NOW, caller)
     }
 
     fn problems(json: &str) -> Vec<&'static str> {

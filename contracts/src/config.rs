@@ -2,6 +2,10 @@
 //! same YAML that `kubectl apply` takes — a multi-document file, or a directory of `.yaml` /
 //! `.yml` files. In a cluster the operator renders exactly this shape into a ConfigMap.
 //!
+//! Beside the resources the files may hold `v1` `Secret` documents (`stringData` or
+//! base64 `data`), which the resources' `secretRef`s name, as in a cluster. Keys are kept as
+//! digests only (see [`crate::access`]).
+//!
 //! The files are read strictly: a field the resource does not declare (a misspelled
 //! `batchMaxRow`, say) is an error naming the file, the document and the field, never a
 //! silent default. The API server prunes such fields from applied resources instead.
@@ -13,10 +17,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 pub use tally_crds::is_site_id;
 use tally_crds::{
-    API_VERSION, AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, SITE_ID_PATTERN,
+    API_VERSION, AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, KeyScope, SITE_ID_PATTERN,
     parse_duration,
 };
 
+use crate::access::{Holder, KeyRing, SecretValues};
 use crate::naming;
 
 /// Why a configuration could not be loaded. Every message names the file (and document) at
@@ -55,6 +60,7 @@ pub struct RuntimeConfig {
     pub sites: Vec<AnalyticsSite>,
     pub timings: Timings,
     site_index: HashMap<String, usize>,
+    keys: KeyRing,
 }
 
 impl RuntimeConfig {
@@ -96,12 +102,13 @@ impl RuntimeConfig {
         Self::from_sources(origin, vec![(origin.to_owned(), yaml.to_owned())])
     }
 
-    /// Builds a configuration from resources already in memory (the operator's path);
-    /// `origin` names them in errors.
+    /// Builds a configuration from resources already in memory (the operator's path), with
+    /// the values of the Secrets they reference; `origin` names them in errors.
     pub fn from_resources(
         origin: &str,
         pipeline: AnalyticsPipeline,
         sites: Vec<AnalyticsSite>,
+        secrets: &SecretValues,
     ) -> Result<Self, ConfigError> {
         let sites = sites
             .into_iter()
@@ -110,12 +117,18 @@ impl RuntimeConfig {
                 (format!("{origin}: AnalyticsSite {name}"), site)
             })
             .collect();
-        Self::validate(format!("{origin}: AnalyticsPipeline"), pipeline, sites)
+        Self::validate(
+            format!("{origin}: AnalyticsPipeline"),
+            pipeline,
+            sites,
+            secrets,
+        )
     }
 
     fn from_sources(described: &str, sources: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let mut pipeline: Option<(String, AnalyticsPipeline)> = None;
         let mut sites: Vec<(String, AnalyticsSite)> = Vec::new();
+        let mut secrets = SecretValues::default();
         for (file, text) in &sources {
             for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
                 let origin = format!("{file} (document {})", index + 1);
@@ -130,9 +143,15 @@ impl RuntimeConfig {
                 }
                 let api_version = value.get("apiVersion").and_then(|v| v.as_str());
                 let kind = value.get("kind").and_then(|v| v.as_str());
+                if (api_version, kind) == (Some("v1"), Some("Secret")) {
+                    let secret = serde_yaml::from_value(value)
+                        .map_err(|e| invalid(format!("invalid Secret: {e}")))?;
+                    secrets.add(secret).map_err(|e| invalid(e.to_owned()))?;
+                    continue;
+                }
                 if api_version != Some(API_VERSION) {
                     return Err(invalid(format!(
-                        "apiVersion must be {API_VERSION}, found {}",
+                        "apiVersion must be {API_VERSION} (or v1 for a Secret), found {}",
                         api_version.unwrap_or("nothing")
                     )));
                 }
@@ -159,7 +178,7 @@ impl RuntimeConfig {
                     }
                     other => {
                         return Err(invalid(format!(
-                            "kind must be AnalyticsPipeline or AnalyticsSite, found {}",
+                            "kind must be AnalyticsPipeline, AnalyticsSite or (with apiVersion v1) Secret, found {}",
                             other.unwrap_or("nothing")
                         )));
                     }
@@ -168,13 +187,14 @@ impl RuntimeConfig {
         }
         let (pipeline_origin, pipeline) =
             pipeline.ok_or_else(|| ConfigError::NoPipeline(described.to_owned()))?;
-        Self::validate(pipeline_origin, pipeline, sites)
+        Self::validate(pipeline_origin, pipeline, sites, &secrets)
     }
 
     fn validate(
         pipeline_origin: String,
-        pipeline: AnalyticsPipeline,
+        mut pipeline: AnalyticsPipeline,
         sites: Vec<(String, AnalyticsSite)>,
+        secrets: &SecretValues,
     ) -> Result<Self, ConfigError> {
         let invalid = |origin: &str, message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
@@ -240,10 +260,25 @@ impl RuntimeConfig {
             ));
         }
 
+        let mut keys = KeyRing::default();
+        for (i, admin) in pipeline.spec.admin_keys.iter_mut().enumerate() {
+            let field = format!("spec.adminKeys[{i}]");
+            admin.source = secrets
+                .resolve(&admin.source)
+                .map_err(|e| invalid(&pipeline_origin, format!("{field}: {e}")))?;
+            let digest = secrets.digest(&admin.source).expect("resolved");
+            keys.add(digest, Holder::Admin, None).map_err(|shared| {
+                invalid(
+                    &pipeline_origin,
+                    format!("{field}: the same key is given to {} too", shared.first),
+                )
+            })?;
+        }
+
         let mut site_index = HashMap::new();
         let mut kept = Vec::with_capacity(sites.len());
-        for (origin, site) in sites {
-            let s = &site.spec;
+        for (origin, mut site) in sites {
+            let s = &mut site.spec;
             if s.pipeline_ref.name != name {
                 return Err(invalid(
                     &origin,
@@ -258,6 +293,24 @@ impl RuntimeConfig {
                     &origin,
                     format!("spec.siteId {:?} must match {SITE_ID_PATTERN}", s.site_id),
                 ));
+            }
+            for (i, key) in s.api_keys.iter_mut().enumerate() {
+                let field = format!("spec.apiKeys[{i}]");
+                key.source = secrets
+                    .resolve(&key.source)
+                    .map_err(|e| invalid(&origin, format!("{field}: {e}")))?;
+                let holder = Holder::Site {
+                    site_id: s.site_id.clone(),
+                    ingest: key.scopes.contains(&KeyScope::Ingest),
+                    read: key.scopes.contains(&KeyScope::Read),
+                };
+                let digest = secrets.digest(&key.source).expect("resolved");
+                keys.add(digest, holder, key.rate_limit).map_err(|shared| {
+                    invalid(
+                        &origin,
+                        format!("{field}: the same key is given to {} too", shared.first),
+                    )
+                })?;
             }
             if site_index.insert(s.site_id.clone(), kept.len()).is_some() {
                 return Err(invalid(
@@ -275,7 +328,13 @@ impl RuntimeConfig {
             sites: kept,
             timings,
             site_index,
+            keys,
         })
+    }
+
+    /// Every API key of the pipeline and its sites.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
     }
 
     /// The pipeline's name (`metadata.name`).
@@ -536,6 +595,79 @@ spec:
                 dir.join("b-sites.yml").display()
             )
         );
+    }
+
+    const KEYED: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: AnalyticsPipeline
+metadata: {name: web}
+spec:
+  adminKeys:
+    - secretRef: {name: keys, key: admin}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+data:
+  admin: YWRtaW4ta2V5LTAxMjM0NTY3ODk=
+stringData:
+  shop: "  shop-ingest-0123456789\n"
+---
+apiVersion: tally.dev/v1alpha1
+kind: AnalyticsSite
+metadata: {name: shop}
+spec:
+  pipelineRef: {name: web}
+  siteId: shop
+  apiKeys:
+    - secretRef: {name: keys, key: shop}
+      scopes: [ingest, read]
+      rateLimit: {eventsPerSecond: 5}
+    - sha256: 0000000000000000000000000000000000000000000000000000000000000000
+      scopes: [read]
+"#;
+
+    #[test]
+    fn secret_documents_give_the_keys_and_only_digests_are_kept() {
+        use crate::access::Holder;
+        let config = RuntimeConfig::parse("keyed.yaml", KEYED).unwrap();
+        let keys = config.keys();
+        assert_eq!(keys.len(), 3);
+        let shop = keys.find("shop-ingest-0123456789").unwrap();
+        assert!(shop.may_ingest("shop") && shop.may_read("shop"));
+        assert_eq!(shop.rate_limit.unwrap().events_per_second, 5);
+        assert_eq!(
+            keys.find("admin-key-0123456789").unwrap().holder,
+            Holder::Admin
+        );
+        // The rendered text holds digests, no key and no Secret, and loads the same keys.
+        let text = config.to_yaml();
+        assert!(
+            !text.contains("shop-ingest")
+                && !text.contains("YWRtaW4")
+                && !text.contains("secretRef")
+        );
+        let again = RuntimeConfig::parse("rendered", &text).unwrap();
+        assert!(again.keys().find("shop-ingest-0123456789").is_some());
+        assert_eq!(again.keys().len(), 3);
+    }
+
+    #[test]
+    fn key_problems_name_the_site_and_field() {
+        let missing = KEYED.replace("key: shop}", "key: blog}");
+        assert_eq!(
+            error_of(&missing),
+            "x.yaml (document 3): spec.apiKeys[0]: Secret \"keys\" with key \"blog\" does not exist"
+        );
+        let short = KEYED.replace("shop-ingest-0123456789", "short");
+        assert!(error_of(&short).contains("shorter than 16 characters"));
+        let shared = KEYED.replace("key: shop}", "key: admin}");
+        assert_eq!(
+            error_of(&shared),
+            "x.yaml (document 3): spec.apiKeys[0]: the same key is given to the pipeline's adminKeys too"
+        );
+        let nameless = KEYED.replace("metadata: {name: keys}", "metadata: {}");
+        assert!(error_of(&nameless).contains("a Secret needs metadata.name"));
     }
 
     #[test]

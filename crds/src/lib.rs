@@ -11,10 +11,12 @@
 // lint takes for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+mod access;
 mod duration;
 mod pipeline;
 mod site;
 
+pub use access::*;
 pub use duration::{DurationError, parse_duration};
 pub use pipeline::*;
 pub use site::*;

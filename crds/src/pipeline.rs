@@ -7,6 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::access::AdminKey;
 use crate::duration::DURATION_PATTERN;
 
 /// Declares an analytics pipeline: where events are buffered (NATS JetStream), where they are
@@ -56,6 +57,12 @@ pub struct AnalyticsPipelineSpec {
     /// exported over OTLP. Off unless `otlpEndpoint` is set.
     #[serde(default)]
     pub tracing: TracingSpec,
+    /// Admin read keys: each reads the figures of every site of this pipeline and writes
+    /// none (for the platform team and its dashboards). Given like a site's keys: a
+    /// Secret's key, or the key's SHA-256 digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub admin_keys: Vec<AdminKey>,
 }
 
 /// Query service (read side) settings.

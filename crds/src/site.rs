@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ApiKey, KeyScope, RateLimit};
+
 /// The pattern every `siteId` matches: it becomes a NATS subject token and a ClickHouse value.
 pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
 
@@ -43,6 +45,11 @@ pub const HOSTNAME_PATTERN: &str =
     ),
     printcolumn(name = "Site ID", type_ = "string", json_path = ".spec.siteId"),
     printcolumn(
+        name = "Ingest keys",
+        type_ = "integer",
+        json_path = ".status.keys.ingest"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -69,13 +76,24 @@ pub struct AnalyticsSiteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(regex(pattern = HOSTNAME_PATTERN)))]
     pub domains: Vec<String>,
-    /// A key of a Secret (same namespace) meant to hold this site's API key. Only its
-    /// presence is checked today: while the Secret or the key is missing, the operator keeps
-    /// the site out of its pipeline's configuration and reports `Accepted` false with reason
-    /// `ApiKeySecretNotFound`. The collector does not check API keys yet: requests need
-    /// none. Without a cluster (configuration files) nothing checks this field.
+    /// The site's API keys, each with its scopes. A request carries one as `Authorization:
+    /// Bearer <key>` or `X-API-Key: <key>`. While a site has an `ingest` key, every
+    /// server-side request for it (one without an `Origin` header) must carry an ingest key
+    /// of this site; a key's requests may leave `site_id` out of their events. Several keys
+    /// at once let a key be rotated: add the new one, move the clients, remove the old.
+    /// In a cluster, while a referenced Secret or key is missing (or a key is shorter than
+    /// 16 characters), the site is kept out of its pipeline and `Accepted` is false.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub api_keys: Vec<ApiKey>,
+    /// Whether browsers (requests with an `Origin` header) may post events without a key.
+    /// When false, every request for this site needs one of its ingest keys.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub browser_ingest: bool,
+    /// The most events per second the collectors take for this site; over it, requests are
+    /// answered 429 `rate_limited` with `Retry-After`. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_secret_ref: Option<SecretKeyRef>,
+    pub rate_limit: Option<RateLimit>,
     /// What the collector does to respect this site's visitors' privacy.
     #[serde(default)]
     pub privacy: PrivacySpec,
@@ -92,20 +110,12 @@ pub struct PrivacySpec {
     pub respect_do_not_track: bool,
 }
 
-/// A key of a Secret in the site's namespace.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct SecretKeyRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1))]
-    pub name: String,
-    /// Key within the Secret.
-    #[serde(default = "default_api_key_key")]
-    #[schemars(length(min = 1))]
-    pub key: String,
+fn yes() -> bool {
+    true
 }
 
-fn default_api_key_key() -> String {
-    "apiKey".into()
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// A reference to an `AnalyticsPipeline` in the same namespace.
@@ -132,9 +142,39 @@ pub struct AnalyticsSiteStatus {
     /// The `<script>` tag that sends this site's page views from a browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snippet: Option<String>,
+    /// How many of the site's keys are in force, by scope (a key with both scopes counts
+    /// in each). Zero while the site is not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyCounts>,
+}
+
+/// The number of a site's API keys in force, by scope.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCounts {
+    /// Keys that may post events.
+    pub ingest: u32,
+    /// Keys that may read the site's figures.
+    pub read: u32,
+}
+
+impl KeyCounts {
+    /// The counts of `keys`.
+    pub fn of(keys: &[ApiKey]) -> Self {
+        let count = |scope| keys.iter().filter(|k| k.scopes.contains(&scope)).count() as u32;
+        Self {
+            ingest: count(KeyScope::Ingest),
+            read: count(KeyScope::Read),
+        }
+    }
 }
 
 impl AnalyticsSiteSpec {
+    /// Whether some key of the site may ingest: then server-side requests need one.
+    pub fn has_key_with(&self, scope: KeyScope) -> bool {
+        self.api_keys.iter().any(|k| k.scopes.contains(&scope))
+    }
+
     /// Whether a browser request from `origin_host` may send events for this site.
     pub fn allows_origin_host(&self, origin_host: &str) -> bool {
         self.domains.is_empty()
@@ -160,7 +200,9 @@ mod tests {
             pipeline_ref: PipelineRef { name: "p".into() },
             site_id: "s".into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            api_key_secret_ref: None,
+            api_keys: Vec::new(),
+            browser_ingest: true,
+            rate_limit: None,
             privacy: PrivacySpec::default(),
         }
     }

@@ -261,10 +261,15 @@ pub struct Running {
     pub dir: PathBuf,
     /// The log files' names, in start order.
     pub logs: Vec<String>,
+    /// Whether the example site takes server-side events only with one of its ingest keys.
+    pub ingest_key: bool,
+    /// The resources the services run, where their Secrets (and so the keys) are.
+    pub config: PathBuf,
 }
 
 impl Running {
-    pub fn of(stack: &mut Stack, site: &str, date: &str) -> Self {
+    pub fn of(stack: &mut Stack, settings: &Settings, ingest_key: bool, date: &str) -> Self {
+        let site = &settings.site;
         let logs = stack
             .processes()
             .iter()
@@ -281,6 +286,8 @@ impl Running {
             clickhouse_tcp_port: stack.clickhouse_tcp_port,
             dir: stack.dir.clone(),
             logs,
+            ingest_key,
+            config: settings.config.clone(),
         }
     }
 }
@@ -298,9 +305,18 @@ pub fn banner(running: &Running, site: &str) -> String {
         clickhouse_tcp_port,
         dir,
         logs,
+        ingest_key,
+        config,
     } = running;
     let dir = dir.display();
     let logs = logs.join(",");
+    let config = config.display();
+    // The keys are named, never printed: they are the Secrets of the configuration.
+    let key_header = if *ingest_key {
+        r#"-H "X-API-Key: $INGEST_KEY" "#
+    } else {
+        ""
+    };
     format!(
         r#"
 Tally is running.
@@ -313,12 +329,16 @@ Tally is running.
   logs        {dir}/{{{logs}}}.log
               follow them with: tail -F {dir}/*.log
 
+Keys: the Secret documents of {config}
+  (the examples': examples/keys.yaml). Set INGEST_KEY to an ingest key of {site} and
+  READ_KEY to a read key of {site} or an admin key of the pipeline.
+
 Send an event:
-  curl -i -X POST {c}/v1/events -H 'content-type: application/json' \
+  curl -i -X POST {c}/v1/events -H 'content-type: application/json' {key_header}\
     -d '{{"site_id":"{site}","type":"page_view","url":"https://{site}.example/","path":"/"}}'
 
 Today's stats:
-  curl -sS "{stats}"
+  curl -sS -H "X-API-Key: $READ_KEY" "{stats}"
 
 SQL:
   curl -sS {clickhouse}/ --data-binary 'SHOW DATABASES'
@@ -385,6 +405,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         announce(&format!("stopping ({why})"));
     };
     // Interrupted while starting: dropping the half-started stack stops what runs.
+    let ingest_key = resources
+        .site(&settings.site)
+        .is_some_and(|site| site.has_key_with(tally_crds::KeyScope::Ingest));
     let mut stack = tokio::select! {
         stack = Stack::start(settings.options(resources)) => stack?,
         why = signals.recv() => {
@@ -394,13 +417,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         }
     };
     let today = crate::today();
-    print!(
-        "{}",
-        banner(
-            &Running::of(&mut stack, &settings.site, &today),
-            &settings.site
-        )
-    );
+    let running = Running::of(&mut stack, &settings, ingest_key, &today);
+    print!("{}", banner(&running, &settings.site));
 
     loop {
         tokio::select! {
@@ -683,6 +701,8 @@ mod tests {
                 "collector".into(),
                 "query".into(),
             ],
+            ingest_key: true,
+            config: "/repo/examples/".into(),
         };
         let text = banner(&running, "docs");
         for line in [
@@ -693,9 +713,10 @@ mod tests {
             "  ClickHouse  http://127.0.0.1:8123   (native tcp 127.0.0.1:9000)\n",
             "  logs        /cache/dev/{nats,clickhouse,processor,collector,query}.log\n",
             "tail -F /cache/dev/*.log\n",
-            "  curl -i -X POST http://127.0.0.1:8080/v1/events -H 'content-type: application/json' \\\n",
+            "Keys: the Secret documents of /repo/examples/\n",
+            "  curl -i -X POST http://127.0.0.1:8080/v1/events -H 'content-type: application/json' -H \"X-API-Key: $INGEST_KEY\" \\\n",
             r#"-d '{"site_id":"docs","type":"page_view","url":"https://docs.example/","path":"/"}'"#,
-            "  curl -sS \"http://127.0.0.1:8081/v1/stats?site_id=docs&date=2026-01-31\"\n",
+            "  curl -sS -H \"X-API-Key: $READ_KEY\" \"http://127.0.0.1:8081/v1/stats?site_id=docs&date=2026-01-31\"\n",
             "  curl -sS http://127.0.0.1:8123/ --data-binary 'SHOW DATABASES'\n",
             "Press Ctrl-C to stop.",
         ] {

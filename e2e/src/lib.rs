@@ -575,11 +575,21 @@ impl Stack {
         self.get(&self.processor_url("/readyz")).await.status
     }
 
-    /// GETs `url`, waiting 10 s at most for the answer.
+    /// A GET of `url`; to the query service with [`ADMIN_KEY`].
+    fn get_request(&self, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(url);
+        if url.starts_with(&self.query_url("")) {
+            request.header("x-api-key", ADMIN_KEY)
+        } else {
+            request
+        }
+    }
+
+    /// GETs `url` (from the query service with [`ADMIN_KEY`]), waiting 10 s at most for the
+    /// answer.
     pub async fn get(&self, url: &str) -> Answer {
         let sent = self
-            .http
-            .get(url)
+            .get_request(url)
             .timeout(Duration::from_secs(10))
             .send()
             .await;
@@ -864,10 +874,23 @@ impl Stack {
         &self,
         body: impl Into<reqwest::Body>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let response = self
+        self.post_with(body, &[]).await
+    }
+
+    /// POSTs a body to `/v1/events` with extra headers (an API key, an `Origin`).
+    pub async fn post_with(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request = self
             .http
             .post(self.collector_url("/v1/events"))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
             .body(body)
             .timeout(Duration::from_secs(30))
             .send()
@@ -883,12 +906,11 @@ impl Stack {
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
-    /// GETs `/v1/stats` from the query service with the given query string; returns the
-    /// status and the JSON answer.
+    /// GETs `/v1/stats` from the query service with the given query string (and
+    /// [`ADMIN_KEY`]); returns the status and the JSON answer.
     pub async fn stats(&self, query: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let response = self
-            .http
-            .get(self.stats_url(query))
+            .get_request(&self.stats_url(query))
             .timeout(Duration::from_secs(30))
             .send()
             .await?;
@@ -975,11 +997,12 @@ pub fn local_resources(
 }
 
 /// `pipeline` with one `AnalyticsSite` for each id of `site_ids` (named after it, without
-/// domains), checked like any configuration.
+/// domains or keys), and [`ADMIN_KEY`] as its one admin key, checked like any configuration.
 pub fn with_sites(
-    pipeline: AnalyticsPipeline,
+    mut pipeline: AnalyticsPipeline,
     site_ids: impl IntoIterator<Item = String>,
 ) -> anyhow::Result<RuntimeConfig> {
+    pipeline.spec.admin_keys = vec![admin_key()];
     let name = pipeline.metadata.name.clone().unwrap_or_default();
     let sites = site_ids
         .into_iter()
@@ -990,13 +1013,15 @@ pub fn with_sites(
                     pipeline_ref: PipelineRef { name: name.clone() },
                     site_id: site_id.clone(),
                     domains: Vec::new(),
-                    api_key_secret_ref: None,
+                    api_keys: Vec::new(),
+                    browser_ingest: true,
+                    rate_limit: None,
                     privacy: Default::default(),
                 },
             )
         })
         .collect();
-    RuntimeConfig::from_resources("generated sites", pipeline, sites)
+    RuntimeConfig::from_resources("generated sites", pipeline, sites, &Default::default())
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -1041,6 +1066,23 @@ pub fn parse_u64(query: &str, text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("expected a number from {query}, got {text:?}"))
 }
 
+/// The admin read key of every stack the harness configures (the test pipeline, the
+/// bench's): the tests and the bench read `/v1/stats` with it. The configuration holds only
+/// its digest.
+pub const ADMIN_KEY: &str = "tally-harness-admin-read-key-5b1e0c";
+
+/// [`ADMIN_KEY`] as a pipeline's `adminKeys` entry.
+pub fn admin_key() -> tally_crds::AdminKey {
+    tally_crds::AdminKey {
+        source: tally_crds::KeySource {
+            secret_ref: None,
+            sha256: Some(tally_contracts::access::to_hex(
+                &tally_contracts::access::digest_of(ADMIN_KEY),
+            )),
+        },
+    }
+}
+
 /// The test pipeline and its sites, pointing at the given local servers.
 pub fn pipeline_yaml(options: &Options, nats_port: u16, clickhouse_port: u16) -> String {
     let mut yaml = format!(
@@ -1059,7 +1101,10 @@ spec:
     batchMaxRows: {rows}
     batchMaxWait: {wait}
     ackWait: {ack}
+  adminKeys:
+    - sha256: {admin}
 ",
+        admin = admin_key().source.sha256.unwrap_or_default(),
         rows = options.batch_max_rows,
         wait = options.batch_max_wait,
         ack = options.ack_wait,

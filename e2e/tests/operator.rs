@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
+use tally_contracts::access::{digest_of, to_hex};
 use tally_e2e::cluster::{Cluster, repo_root};
 use tally_e2e::{DATABASE, Options, PIPELINE, Process, Stack, free_port, pipeline_yaml, today};
 
@@ -192,7 +193,7 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: shop-again}\n\
              spec: {pipelineRef: {name: e2e}, siteId: shop}\n---\n\
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: keyed}\n\
-             spec: {pipelineRef: {name: e2e}, siteId: keyed, apiKeySecretRef: {name: keyed-key}}\n",
+             spec: {pipelineRef: {name: e2e}, siteId: keyed, apiKeys: [{secretRef: {name: keyed-key, key: apiKey}, scopes: [ingest]}]}\n",
         ),
     )?;
     let reason = "{.status.conditions[?(@.type==\"Accepted\")].reason}";
@@ -208,16 +209,92 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         "jsonpath={.items[*].reason}",
     ])?;
     assert!(events.contains("SiteIdConflict"), "events: {events}");
-    // Creating the Secret fixes the site without touching it.
+    // A key too short to be safe keeps the site out, saying why (never the value).
     cluster.kubectl(&[
         "create",
         "secret",
         "generic",
         "keyed-key",
-        "--from-literal=apiKey=secret",
+        "--from-literal=apiKey=short",
     ])?;
+    cluster.wait_jsonpath("analyticssite/keyed", reason, "ApiKeyInvalid", WAIT)?;
+    let message = cluster.kubectl(&[
+        "get",
+        "analyticssite/keyed",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Accepted\")].message}",
+    ])?;
+    assert!(
+        message.contains("shorter than 16 characters") && !message.contains("short\""),
+        "{message}"
+    );
+    assert_eq!(
+        cluster.kubectl(&[
+            "get",
+            "analyticssite/keyed",
+            "-o",
+            "jsonpath={.status.keys.ingest}"
+        ])?,
+        "0"
+    );
+    // Changing the Secret fixes the site without touching it; the ConfigMap holds the key's
+    // digest, never the key.
+    set_key(&cluster, OLD_KEY)?;
     cluster.wait_condition("analyticssite/keyed", "Accepted", WAIT)?;
     cluster.wait_jsonpath(&pipeline, "{.status.sites}", "3", WAIT)?;
+    cluster.wait_jsonpath("analyticssite/keyed", "{.status.keys.ingest}", "1", WAIT)?;
+    let rendered = wait_rendered(&cluster, OLD_KEY, None).await?;
+    // The collector of that configuration takes the key's events, and no others.
+    restart_collector(&mut stack, &rendered).await?;
+    let keyed = json!({"event_type": "signup"}).to_string();
+    let with_key = |key: &'static str| [("x-api-key", key)];
+    assert_eq!(
+        stack.post_with(keyed.clone(), &with_key(OLD_KEY)).await?.0,
+        202
+    );
+    let named = json!({"site_id": "keyed", "event_type": "signup"}).to_string();
+    assert_eq!(stack.post_with(named, &[]).await?.0, 401);
+
+    // Rotating the key in the Secret re-renders the configuration and rolls the pods: the
+    // collector of the new configuration takes the new key and refuses the old.
+    let before = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
+    cluster.merge_patch(
+        "secret/keyed-key",
+        &json!({"stringData": {"apiKey": NEW_KEY}}).to_string(),
+    )?;
+    let rendered = wait_rendered(&cluster, NEW_KEY, Some(OLD_KEY)).await?;
+    let after = cluster.kubectl(&["get", "deployment/e2e-collector", "-o", checksum_path])?;
+    assert_ne!(before, after, "a rotated key rolls the collectors");
+    restart_collector(&mut stack, &rendered).await?;
+    assert_eq!(
+        stack.post_with(keyed.clone(), &with_key(NEW_KEY)).await?.0,
+        202
+    );
+    let (status, answer) = stack.post_with(keyed, &with_key(OLD_KEY)).await?;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    stack
+        .wait_sql(
+            &format!("SELECT count() FROM {DATABASE}.events WHERE site_id = 'keyed'"),
+            "2",
+            WAIT,
+        )
+        .await?;
+    // No key of this test reached a log.
+    for log in [
+        "operator-a.log",
+        "operator-b.log",
+        "collector.log",
+        "processor.log",
+        "query.log",
+    ] {
+        let text = std::fs::read_to_string(stack.dir.join(log)).unwrap_or_default();
+        for key in [OLD_KEY, NEW_KEY, tally_e2e::ADMIN_KEY] {
+            assert!(!text.contains(key), "{log} holds a key");
+        }
+    }
 
     // What the schema refuses, kubectl refuses, naming the field.
     let immutable =
@@ -302,6 +379,54 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
 
 /// Waits until exactly one replica reports `leading` (and the other `standing by`); returns
 /// its index.
+const OLD_KEY: &str = "keyed-ingest-key-before-rotation-1";
+const NEW_KEY: &str = "keyed-ingest-key-after-rotation-22";
+
+/// Sets the `apiKey` of the Secret `keyed-key`.
+fn set_key(cluster: &Cluster, key: &str) -> anyhow::Result<()> {
+    cluster.merge_patch(
+        "secret/keyed-key",
+        &json!({"stringData": {"apiKey": key}}).to_string(),
+    )?;
+    Ok(())
+}
+
+/// Waits until the rendered configuration holds the digest of `key` (and not that of
+/// `gone`), checks that it holds no key itself, and returns it.
+async fn wait_rendered(cluster: &Cluster, key: &str, gone: Option<&str>) -> anyhow::Result<String> {
+    let digest = |k: &str| to_hex(&digest_of(k));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let rendered = cluster.kubectl(&[
+            "get",
+            "configmap/e2e-config",
+            "-o",
+            "jsonpath={.data.tally\\.yaml}",
+        ])?;
+        if rendered.contains(&digest(key)) && gone.is_none_or(|g| !rendered.contains(&digest(g))) {
+            assert!(
+                !rendered.contains(key) && !rendered.contains("secretRef"),
+                "{rendered}"
+            );
+            return Ok(rendered);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the key never reached the ConfigMap: {rendered}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Restarts the stack's collector on the `rendered` configuration: what a rollout does.
+async fn restart_collector(stack: &mut Stack, rendered: &str) -> anyhow::Result<()> {
+    let path = stack.dir.join("rendered.yaml");
+    std::fs::write(&path, rendered)?;
+    stack.config = path;
+    stack.collector.stop();
+    stack.start_collector().await
+}
+
 async fn wait_for_one_leader(stack: &Stack, operators: &[(u16, Process)]) -> anyhow::Result<usize> {
     tally_e2e::eventually("one operator to lead", WAIT, || async {
         let mut roles = Vec::new();

@@ -1,7 +1,7 @@
-//! What both controllers do through the API server: find the Secrets that sites reference,
+//! What both controllers do through the API server: read the Secrets that resources reference,
 //! record Kubernetes Events, and apply an object's status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -10,7 +10,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tally_crds::AnalyticsSite;
+use tally_contracts::access::SecretValues;
+use tally_crds::{AnalyticsPipeline, AnalyticsSite};
 
 use crate::context::{Context, Error};
 use crate::render;
@@ -22,28 +23,37 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String, Error> {
         .ok_or(Error::MissingField("metadata.namespace"))
 }
 
-/// The names and keys of the Secrets that `sites` reference.
+/// The names of the Secrets that `sites` and `pipelines` reference (API keys, admin keys).
+pub fn secret_names<'a>(
+    pipelines: impl IntoIterator<Item = &'a AnalyticsPipeline>,
+    sites: impl IntoIterator<Item = &'a AnalyticsSite>,
+) -> BTreeSet<String> {
+    let admin = pipelines
+        .into_iter()
+        .flat_map(|p| p.spec.admin_keys.iter().map(|k| &k.source));
+    let of_sites = sites
+        .into_iter()
+        .flat_map(|s| s.spec.api_keys.iter().map(|k| &k.source));
+    admin
+        .chain(of_sites)
+        .filter_map(|source| source.secret_ref.as_ref().map(|r| r.name.clone()))
+        .collect()
+}
+
+/// The values of the Secrets that `sites` and `pipelines` reference, read by name: the
+/// operator never lists Secrets' data, and keeps these only for the reconcile at hand.
 pub async fn referenced_secrets(
     client: &kube::Client,
     ns: &str,
+    pipelines: &[&AnalyticsPipeline],
     sites: &[AnalyticsSite],
-) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+) -> Result<SecretValues, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let names: BTreeSet<&str> = sites
-        .iter()
-        .filter_map(|s| s.spec.api_key_secret_ref.as_ref().map(|r| r.name.as_str()))
-        .collect();
-    let mut found = BTreeMap::new();
-    for name in names {
-        if let Some(secret) = api.get_opt(name).await? {
-            let keys = secret
-                .data
-                .iter()
-                .flat_map(|d| d.keys())
-                .chain(secret.string_data.iter().flat_map(|d| d.keys()))
-                .cloned()
-                .collect();
-            found.insert(name.to_owned(), keys);
+    let mut found = SecretValues::default();
+    for name in secret_names(pipelines.iter().copied(), sites) {
+        if let Some(secret) = api.get_opt(&name).await? {
+            // Named by the API server: never without a name.
+            let _ = found.add(secret);
         }
     }
     Ok(found)

@@ -139,7 +139,9 @@ pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
             pipeline_ref: PipelineRef { name: "web".into() },
             site_id: site_id.into(),
             domains: vec!["example.com".into()],
-            api_key_secret_ref: None,
+            api_keys: vec![],
+            browser_ingest: true,
+            rate_limit: None,
             privacy: Default::default(),
         },
     );

@@ -23,6 +23,8 @@ use tally_contracts::{RuntimeConfig, stream};
 use tally_crds::{AnalyticsPipeline, AnalyticsPipelineStatus, AnalyticsSite, StreamDeletionPolicy};
 
 use crate::acceptance;
+use tally_contracts::access::SecretValues;
+
 use crate::api::{apply_status, namespace, publish, referenced_secrets};
 use crate::conditions::{carry_transition_times, condition, find};
 use crate::context::{Context, Error, backoff_key};
@@ -58,8 +60,8 @@ pub fn error_policy(pipeline: Arc<AnalyticsPipeline>, error: &Error, ctx: Arc<Co
 }
 
 async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Error> {
-    let accepted = accept(pipeline, ctx).await?;
-    let config = render::runtime_config(pipeline, &accepted)?;
+    let (accepted, secrets) = accept(pipeline, ctx).await?;
+    let config = render::runtime_config(pipeline, &accepted, &secrets)?;
     let children = apply_children(pipeline, &config, ctx).await?;
     let stream = ensure_stream(pipeline, &config, ctx).await;
     let observed = observe(pipeline, &children, &stream);
@@ -72,20 +74,25 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
     }))
 }
 
-/// The sites of the pipeline's namespace that it accepts.
-async fn accept(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Vec<AnalyticsSite>, Error> {
+/// The sites of the pipeline's namespace that it accepts, and the values of the Secrets
+/// they and the pipeline reference.
+async fn accept(
+    pipeline: &AnalyticsPipeline,
+    ctx: &Context,
+) -> Result<(Vec<AnalyticsSite>, SecretValues), Error> {
     let name = pipeline.name_any();
     let ns = namespace(pipeline)?;
     let sites = Api::<AnalyticsSite>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await?
         .items;
-    let secrets = referenced_secrets(&ctx.client, &ns, &sites).await?;
+    let secrets = referenced_secrets(&ctx.client, &ns, &[pipeline], &sites).await?;
     let verdicts = acceptance::decide(&BTreeSet::from([name.clone()]), &sites, &secrets);
-    Ok(sites
+    let accepted = sites
         .into_iter()
         .filter(|s| s.spec.pipeline_ref.name == name && verdicts[&s.name_any()].is_accepted())
-        .collect())
+        .collect();
+    Ok((accepted, secrets))
 }
 
 /// The children as the API server answered the apply: their status is what `observe` reads.

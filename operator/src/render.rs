@@ -8,6 +8,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tally_contracts::access::SecretValues;
 use tally_contracts::{ConfigError, RuntimeConfig};
 use tally_crds::{AnalyticsPipeline, AnalyticsSite, ServiceSpec};
 
@@ -70,10 +71,13 @@ pub fn snippet(endpoint: &str, site_id: &str) -> String {
 
 /// The runtime configuration of `pipeline` with its accepted `sites`, the one the collector
 /// and processor read from the ConfigMap. Only names and specs are kept, so its text (and
-/// the checksum) changes exactly when the configuration does.
+/// the checksum) changes exactly when the configuration does. Keys are given by their
+/// SHA-256 digest only: `secrets` turns each `secretRef` into one, so no key reaches the
+/// ConfigMap, and a changed key changes the checksum (rolling the pods).
 pub fn runtime_config(
     pipeline: &AnalyticsPipeline,
     sites: &[AnalyticsSite],
+    secrets: &SecretValues,
 ) -> Result<RuntimeConfig, ConfigError> {
     let strip = |meta: &ObjectMeta| ObjectMeta {
         name: meta.name.clone(),
@@ -100,7 +104,7 @@ pub fn runtime_config(
         pipeline.namespace().unwrap_or_default(),
         pipeline.name_any()
     );
-    RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites)
+    RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites, secrets)
 }
 
 /// Hex SHA-256 of the configuration text in `config_map`: the pod template annotation that
@@ -357,7 +361,12 @@ mod tests {
     #[test]
     fn runtime_config_is_what_the_services_read() {
         let (a, b) = (site("a", "shop"), site("b", "blog"));
-        let config = runtime_config(&pipeline(), &[a.clone(), b.clone()]).unwrap();
+        let config = runtime_config(
+            &pipeline(),
+            &[a.clone(), b.clone()],
+            &SecretValues::default(),
+        )
+        .unwrap();
         let yaml = config.to_yaml();
         // What the services parse back from the ConfigMap is what was rendered.
         assert_eq!(
@@ -374,7 +383,9 @@ mod tests {
         // Site order does not matter.
         assert_eq!(
             yaml,
-            runtime_config(&pipeline(), &[b, a]).unwrap().to_yaml()
+            runtime_config(&pipeline(), &[b, a], &SecretValues::default())
+                .unwrap()
+                .to_yaml()
         );
     }
 
@@ -384,7 +395,12 @@ mod tests {
         let rendered = |site: &AnalyticsSite| {
             config_map(
                 &pipeline(),
-                &runtime_config(&pipeline(), std::slice::from_ref(site)).unwrap(),
+                &runtime_config(
+                    &pipeline(),
+                    std::slice::from_ref(site),
+                    &SecretValues::default(),
+                )
+                .unwrap(),
             )
         };
         let one = checksum(&rendered(&a));

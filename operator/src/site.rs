@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteStatus};
+use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteStatus, KeyCounts};
 
 use crate::acceptance::{self, Verdict};
 use crate::api::{apply_status, namespace, publish, referenced_secrets};
@@ -36,7 +36,7 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
         .list(&ListParams::default())
         .await?
         .items;
-    let secrets = referenced_secrets(client, &ns, &sites).await?;
+    let secrets = referenced_secrets(client, &ns, &[], &sites).await?;
     let existing: BTreeSet<String> = pipeline.iter().map(|p| p.name_any()).collect();
     let verdict = acceptance::decide(&existing, &sites, &secrets)
         .remove(&site.name_any())
@@ -86,6 +86,11 @@ pub async fn reconcile(site: Arc<AnalyticsSite>, ctx: Arc<Context>) -> Result<Ac
         snippet: endpoint
             .as_ref()
             .map(|e| render::snippet(e, &site.spec.site_id)),
+        keys: Some(if accepted {
+            KeyCounts::of(&site.spec.api_keys)
+        } else {
+            KeyCounts::default()
+        }),
     };
 
     let previous_reason = find(old, "Accepted").map(|c| c.reason.as_str());

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tally_runtime::access::{Denied, with_challenge};
 
 /// Everything that ends a request with an error. The `Display` text is the message clients
 /// read.
@@ -17,6 +18,9 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("site_id {0:?} is not configured in this pipeline")]
     UnknownSite(String),
+    /// The request's key may not read what it asks (401 or 403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// ClickHouse did not answer; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -28,6 +32,7 @@ impl ApiError {
         match self {
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
+            Self::Denied(denied) => denied.status_and_code(),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -54,6 +59,6 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        response
+        with_challenge(response)
     }
 }

@@ -28,12 +28,19 @@ pub use stats::{PathViews, Stats};
 
 /// Serves the query API with `/healthz`, `/readyz` and `/metrics` on `listen` until SIGINT
 /// or SIGTERM; requests in progress are answered before it returns. ClickHouse is not needed
-/// to start: `/readyz` says whether it answers and holds the pipeline's rollups.
-pub async fn serve(config: RuntimeConfig, listen: SocketAddr) -> anyhow::Result<()> {
+/// to start: `/readyz` says whether it answers and holds the pipeline's rollups. On SIGHUP
+/// the sites and keys are reloaded with `reload` (ClickHouse settings stay as started).
+pub async fn serve(
+    config: RuntimeConfig,
+    listen: SocketAddr,
+    reload: impl Fn() -> Result<RuntimeConfig, tally_contracts::ConfigError> + Send + 'static,
+) -> anyhow::Result<()> {
     let (pipeline, database) = (config.name().to_owned(), config.database());
     let clickhouse = config.pipeline.spec.clickhouse.url.clone();
     let state = state::AppState::new(config);
     let connections = state.metrics.connections.clone();
+    let stats = state.stats.clone();
+    tally_runtime::reload_on_hangup(reload, move |config| stats.config.store(config.into()));
     let listener = tally_runtime::health::bind(listen).await?;
     let watch = tokio::spawn(health::watch(
         state.stats.store.clone(),

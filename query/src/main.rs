@@ -25,5 +25,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = cli.common.init_telemetry("tally-query")?;
     let config = cli.common.load_config()?;
-    tally_query::serve(config, cli.listen).await
+    let common = cli.common.clone();
+    tally_query::serve(config, cli.listen, move || common.load_config()).await
 }

@@ -2,7 +2,7 @@
 //! middleware, and the health and metrics endpoints every service shares.
 
 use axum::Router;
-use axum::http::{Method, header};
+use axum::http::{HeaderName, Method, header};
 use axum::routing::get;
 use tower_http::cors::{Any, CorsLayer};
 
@@ -14,13 +14,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/stats", get(stats::get_stats))
         .merge(tally_runtime::health::routes(state.health.clone()))
-        // Dashboards may read from any origin, as they could when the collector served
-        // `/v1/stats`.
+        // Dashboards may read from any origin: every read needs a key, sent in a header
+        // (never a cookie), so a page of another origin cannot read with a visitor's
+        // credentials.
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
                 .allow_methods([Method::GET])
-                .allow_headers([header::CONTENT_TYPE]),
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::AUTHORIZATION,
+                    HeaderName::from_static("x-api-key"),
+                ]),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.requests.clone(),

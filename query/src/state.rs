@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::FromRef;
 use tally_contracts::RuntimeConfig;
 use tally_runtime::Health;
@@ -31,7 +32,10 @@ impl AppState {
         let readiness = Arc::new(Readiness::default());
         let store = Arc::new(Store::new(&config, metrics.clone()));
         Self {
-            stats: Arc::new(StatsState { config, store }),
+            stats: Arc::new(StatsState {
+                config: ArcSwap::from_pointee(config),
+                store,
+            }),
             health: Arc::new(QueryHealth {
                 readiness: readiness.clone(),
                 metrics: metrics.clone(),

@@ -1,13 +1,16 @@
-//! `GET /v1/stats`: one site's figures for one UTC day, read from the rollups. Every query
-//! parameter is checked before ClickHouse is asked, so a mistake is answered at once and
-//! names the parameter.
+//! `GET /v1/stats`: one site's figures for one UTC day, read from the rollups. The key is
+//! checked first (a read key of the site, or an admin key); then every query parameter,
+//! before ClickHouse is asked, so a mistake is answered at once and names the parameter.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
+use tally_runtime::access::authorize_read;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
@@ -15,9 +18,10 @@ use crate::api::ApiError;
 pub use crate::store::PathViews;
 use crate::store::Store;
 
-/// What the stats handler needs: the configured sites and the read client.
+/// What the stats handler needs: the configured sites and keys (replaced whole when the
+/// configuration is reloaded) and the read client.
 pub struct StatsState {
-    pub config: RuntimeConfig,
+    pub config: ArcSwap<RuntimeConfig>,
     pub store: Arc<Store>,
 }
 
@@ -90,15 +94,23 @@ impl StatsRequest {
     }
 }
 
+/// `GET /v1/stats`: a read key of the site (or an admin key) first, then the parameters.
 pub async fn get_stats(
     State(state): State<Arc<StatsState>>,
+    headers: HeaderMap,
     Query(query): Query<StatsQuery>,
 ) -> Result<Json<Stats>, ApiError> {
+    let config = state.config.load();
+    // Without a site_id there is nothing to authorize; parse says what is missing.
+    if let Some(site_id) = query.site_id.as_deref().filter(|id| !id.is_empty()) {
+        authorize_read(config.keys(), &headers, site_id)?;
+    }
     let StatsRequest {
         site_id,
         day,
         limit,
-    } = StatsRequest::parse(&state.config, query)?;
+    } = StatsRequest::parse(&config, query)?;
+    drop(config);
     let date = day.to_string();
     let unavailable = |e: clickhouse::error::Error| {
         tracing::warn!(error = %e, "stats query failed");

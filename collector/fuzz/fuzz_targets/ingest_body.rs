@@ -142,6 +142,7 @@ fuzz_target!(|data: &[u8]| {
         content_type,
         content_encoding,
         origin,
+        key: None,
     };
     let outcome = parse_events(
         config,

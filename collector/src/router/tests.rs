@@ -31,11 +31,26 @@ fn config() -> RuntimeConfig {
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: shop}}\n\
              spec: {{pipelineRef: {{name: web}}, siteId: shop, domains: [shop.example.com]}}\n---\n\
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: quiet}}\n\
-             spec: {{pipelineRef: {{name: web}}, siteId: quiet, privacy: {{respectDoNotTrack: true}}}}\n"
+             spec: {{pipelineRef: {{name: web}}, siteId: quiet, privacy: {{respectDoNotTrack: true}}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: keys}}\n\
+             stringData: {{ingest: {PRIVATE_INGEST}, read: {PRIVATE_READ}, other: {OTHER_INGEST}}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: private}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: private, browserIngest: false, apiKeys: [\
+               {{secretRef: {{name: keys, key: ingest}}, scopes: [ingest]}},\
+               {{secretRef: {{name: keys, key: read}}, scopes: [read]}}]}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: other}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: other, domains: [other.example.com], \
+               apiKeys: [{{secretRef: {{name: keys, key: other}}, scopes: [ingest]}}]}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: limited}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: limited, rateLimit: {{eventsPerSecond: 1, burst: 2}}}}\n"
         ),
     )
     .expect("the test configuration is valid")
 }
+
+const PRIVATE_INGEST: &str = "private-ingest-0123456789";
+const PRIVATE_READ: &str = "private-read-0123456789";
+const OTHER_INGEST: &str = "other-ingest-0123456789";
 
 /// Stores events in memory, de-duplicating ids as the stream does; it can be told to fail
 /// every store, to report itself not ready, or to hold each store until let go.
@@ -99,7 +114,7 @@ impl EventSink for MemorySink {
 
 /// A collector over `sink` with the configuration's events budget (the default).
 fn app(sink: Arc<MemorySink>) -> axum::Router {
-    router(AppState::new(config(), sink))
+    router(AppState::new(config(), sink, 1))
 }
 
 /// A POST to `/v1/events` declaring JSON; add headers, then the body.
@@ -175,6 +190,187 @@ async fn do_not_track_requests_are_answered_and_not_stored_where_the_site_respec
     let metrics = body_text(tally_runtime::testing::get(&app, "/metrics").await).await;
     assert!(
         metrics.contains("tally_collector_events_total{outcome=\"DoNotTrack\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn keys_decide_who_may_post_for_a_site() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let no_site = json!({"type": "signup"});
+    let bearer = format!("Bearer {PRIVATE_INGEST}");
+    // (headers, body, status, error code)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Value, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![], event("private"), 401, "missing_api_key"),
+        (
+            vec![("x-api-key", "garbage")],
+            event("private"),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            vec![("x-api-key", "garbage")],
+            event("shop"),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            vec![("x-api-key", OTHER_INGEST)],
+            event("private"),
+            403,
+            "forbidden_site",
+        ),
+        // A key of another site learns nothing, not even whether a site exists.
+        (
+            vec![("x-api-key", OTHER_INGEST)],
+            event("nope"),
+            403,
+            "forbidden_site",
+        ),
+        (
+            vec![("x-api-key", PRIVATE_READ)],
+            event("private"),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            vec![("x-api-key", PRIVATE_INGEST)],
+            event("shop"),
+            403,
+            "forbidden_site",
+        ),
+        // browserIngest: false: a browser needs a key too.
+        (
+            vec![("origin", "https://private.example.com")],
+            event("private"),
+            401,
+            "missing_api_key",
+        ),
+        // A site with ingest keys refuses server-side posts without one...
+        (vec![], event("other"), 401, "missing_api_key"),
+        // ...and keeps taking browser events from its domains.
+        (
+            vec![("origin", "https://www.other.example.com")],
+            event("other"),
+            202,
+            "",
+        ),
+        (
+            vec![("origin", "https://elsewhere.example.net")],
+            event("other"),
+            403,
+            "forbidden_origin",
+        ),
+        // With its key: no site_id needed, any origin.
+        (vec![("authorization", &bearer)], no_site.clone(), 202, ""),
+        (
+            vec![
+                ("x-api-key", PRIVATE_INGEST),
+                ("origin", "https://app.example.org"),
+            ],
+            event("private"),
+            202,
+            "",
+        ),
+        // A site without keys is open as before.
+        (vec![], event("shop"), 202, ""),
+    ];
+    for (headers, body, want_status, want_code) in cases {
+        let mut request = post();
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let response = send(&app, request.body(Body::from(body.to_string())).unwrap()).await;
+        let challenge = response.headers().contains_key(header::WWW_AUTHENTICATE);
+        let (status, _, answer) = answer(response).await;
+        assert_eq!(status.as_u16(), want_status, "{headers:?} {body}: {answer}");
+        assert_eq!(challenge, want_status == 401, "{headers:?}");
+        if want_status != 202 {
+            assert_eq!(answer["error"], want_code, "{headers:?} {body}: {answer}");
+            let message = answer["message"].as_str().unwrap();
+            for key in [PRIVATE_INGEST, PRIVATE_READ, OTHER_INGEST, "garbage"] {
+                assert!(!message.contains(key), "{message}");
+            }
+        }
+    }
+    let stored: Vec<String> = sink.stored().into_iter().map(|e| e.site_id).collect();
+    assert_eq!(stored, ["other", "private", "private", "shop"]);
+    // The 403 names the site it refuses.
+    let request = post()
+        .header("x-api-key", OTHER_INGEST)
+        .body(Body::from(event("private").to_string()))
+        .unwrap();
+    let (_, _, answer) = answer(send(&app, request).await).await;
+    assert_eq!(
+        answer["message"],
+        "this API key may not post events for site \"private\""
+    );
+}
+
+#[tokio::test]
+async fn a_site_over_its_rate_limit_is_answered_429_and_others_are_not() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let batch = |site: &str, n: usize| json_post(&Value::Array(vec![event(site); n]));
+    let headers_of = |response: &Response| {
+        let get = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        (
+            get("ratelimit-policy"),
+            get("ratelimit"),
+            get("retry-after"),
+        )
+    };
+    // The burst of 2 is taken at once; the answer says what is left.
+    let response = send(&app, batch("limited", 2)).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let (policy, state, retry) = headers_of(&response);
+    assert_eq!(policy.as_deref(), Some("\"site:limited\";q=2;w=2"));
+    assert_eq!(state.as_deref(), Some("\"site:limited\";r=0;t=2"));
+    assert_eq!(retry, None);
+    // The next event is over the limit.
+    let response = send(&app, json_post(&event("limited"))).await;
+    let (policy, state, retry) = headers_of(&response);
+    let (status, _, body) = answer(response).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("site \"limited\" is over its rate limit of 1 events per second"),
+        "{body}"
+    );
+    assert!(policy.is_some() && state.unwrap().contains("r=0"));
+    assert_eq!(retry.as_deref(), Some("1"));
+    // A batch larger than the burst can never pass: 413, not 429.
+    let (status, _, body) = answer(send(&app, batch("limited", 3)).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send smaller batches")
+    );
+    // Other sites are not limited by it; in a mixed batch only the limited site's events wait.
+    let mixed = json_post(&json!([event("shop"), event("limited")]));
+    let (status, _, body) = answer(send(&app, mixed).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["results"][0]["status"], 202);
+    assert_eq!(body["results"][1]["status"], 429);
+    assert_eq!(body["results"][1]["error"], "rate_limited");
+    let stored: Vec<String> = sink.stored().into_iter().map(|e| e.site_id).collect();
+    assert_eq!(stored, ["limited", "limited", "shop"]);
+    let metrics =
+        body_text(send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await).await;
+    assert!(
+        metrics.contains("tally_collector_rate_limited_events_total{site=\"limited\"} 5"),
         "{metrics}"
     );
 }
@@ -392,7 +588,7 @@ async fn requests_over_the_events_budget_answer_503_overloaded() {
     });
     let mut config = config();
     config.pipeline.spec.collector.max_in_flight_events = 1;
-    let app = router(AppState::new(config, sink.clone()));
+    let app = router(AppState::new(config, sink.clone(), 1));
     // The first request holds the whole budget while its store waits at the gate.
     let first = tokio::spawn(send_owned(app.clone(), json_post(&event("shop"))));
     sink.entered.acquire().await.unwrap().forget();

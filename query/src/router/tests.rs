@@ -6,7 +6,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use tally_contracts::RuntimeConfig;
-use tally_runtime::testing::{answer, body_text, get, send};
+use tally_runtime::testing::{answer, body_text, send};
 
 use super::router;
 use crate::state::AppState;
@@ -24,13 +24,38 @@ fn config() -> RuntimeConfig {
         "router-test",
         &format!(
             "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {{name: web}}\n\
-             spec: {{clickhouse: {{url: \"{}\"}}}}\n---\n\
+             spec: {{clickhouse: {{url: \"{}\"}}, adminKeys: [{{secretRef: {{name: keys, key: admin}}}}]}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: keys}}\n\
+             stringData: {{admin: {ADMIN_KEY}, shop: {SHOP_READ_KEY}, blog: {BLOG_KEY}}}\n---\n\
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: shop}}\n\
-             spec: {{pipelineRef: {{name: web}}, siteId: shop}}\n",
+             spec: {{pipelineRef: {{name: web}}, siteId: shop, apiKeys: [{{secretRef: {{name: keys, key: shop}}, scopes: [read]}}]}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: blog}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: blog, apiKeys: [{{secretRef: {{name: keys, key: blog}}, scopes: [ingest, read]}}]}}\n",
             refusing_url()
         ),
     )
     .expect("the test configuration is valid")
+}
+
+const ADMIN_KEY: &str = "admin-read-key-0123456789";
+const SHOP_READ_KEY: &str = "shop-read-key-0123456789";
+const BLOG_KEY: &str = "blog-key-0123456789abcdef";
+
+/// GETs `uri` with the admin key.
+async fn get(app: &axum::Router, uri: &str) -> axum::response::Response {
+    get_with(app, uri, &[("x-api-key", ADMIN_KEY)]).await
+}
+
+async fn get_with(
+    app: &axum::Router,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> axum::response::Response {
+    let mut request = Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(app, request.body(Body::empty()).unwrap()).await
 }
 
 fn app() -> (AppState, axum::Router) {
@@ -108,6 +133,82 @@ async fn stats_queries_are_checked_before_clickhouse_is_asked() {
             2,
             "{uri}: only error and message: {body}"
         );
+    }
+}
+
+#[tokio::test]
+async fn reads_need_a_read_key_of_the_site_or_an_admin_key() {
+    let (_, app) = app();
+    let bearer = |key: &str| format!("Bearer {key}");
+    // (site, headers, status, error code)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, StatusCode, &'a str);
+    let cases: [Case; 8] = [
+        ("shop", vec![], StatusCode::UNAUTHORIZED, "missing_api_key"),
+        (
+            "shop",
+            vec![("x-api-key", "not-a-key-at-all".into())],
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            "shop",
+            vec![("authorization", "Basic c2hvcDpzaG9w".into())],
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            "shop",
+            vec![("authorization", bearer(BLOG_KEY))],
+            StatusCode::FORBIDDEN,
+            "forbidden_site",
+        ),
+        (
+            "blog",
+            vec![("x-api-key", SHOP_READ_KEY.into())],
+            StatusCode::FORBIDDEN,
+            "forbidden_site",
+        ),
+        // A key of another site cannot learn whether a site exists.
+        (
+            "nope",
+            vec![("x-api-key", SHOP_READ_KEY.into())],
+            StatusCode::FORBIDDEN,
+            "forbidden_site",
+        ),
+        // Allowed: the store (down here) is asked.
+        (
+            "shop",
+            vec![("authorization", bearer(SHOP_READ_KEY))],
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        ),
+        (
+            "blog",
+            vec![("x-api-key", ADMIN_KEY.into())],
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        ),
+    ];
+    for (site, headers, want_status, want_code) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let uri = format!("/v1/stats?site_id={site}");
+        let response = get_with(&app, &uri, &headers).await;
+        let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+        let (status, _, body) = answer(response).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (want_status, want_code),
+            "{site} {headers:?}: {body}"
+        );
+        assert_eq!(
+            challenge.is_some(),
+            status == StatusCode::UNAUTHORIZED,
+            "{site} {headers:?}"
+        );
+        let text = body.to_string();
+        for key in [ADMIN_KEY, SHOP_READ_KEY, BLOG_KEY] {
+            assert!(!text.contains(key), "{text}");
+        }
     }
 }
 
@@ -198,6 +299,14 @@ async fn cross_origin_reads_are_allowed_and_events_are_not_taken() {
     let response = send(&app, preflight).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let allowed = response.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("x-api-key"),
+        "{allowed}"
+    );
     // Ingest is the collector's alone.
     let post = Request::post("/v1/events")
         .header(header::CONTENT_TYPE, "application/json")
