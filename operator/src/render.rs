@@ -174,11 +174,16 @@ struct Workload<'a> {
     port_name: &'a str,
 }
 
-/// The container's environment: the log format, and the OpenTelemetry variables from
-/// `spec.tracing` (none without an endpoint, so tracing stays off).
+/// The container's environment: the log format, for the collector the number of replicas
+/// that share the rate limits, and the OpenTelemetry variables from `spec.tracing` (none
+/// without an endpoint, so tracing stays off).
 fn environment(pipeline: &AnalyticsPipeline, component: &str) -> serde_json::Value {
     let tracing = &pipeline.spec.tracing;
     let mut env = vec![json!({ "name": "TALLY_LOG_FORMAT", "value": "json" })];
+    if component == "collector" {
+        let collectors = pipeline.spec.collector.replicas.max(1);
+        env.push(json!({ "name": "TALLY_COLLECTORS", "value": collectors.to_string() }));
+    }
     if let Some(endpoint) = &tracing.otlp_endpoint {
         let mut otel = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
@@ -564,5 +569,11 @@ mod tests {
             );
             assert_eq!(get(&env, "TALLY_LOG_FORMAT").as_deref(), Some("json"));
         }
+        // The collectors share the rate limits among their replicas.
+        p.spec.collector.replicas = 3;
+        let collector = env_of(collector_deployment(&p, &images(), "c"));
+        assert_eq!(get(&collector, "TALLY_COLLECTORS").as_deref(), Some("3"));
+        let processor = env_of(processor_deployment(&p, &images(), "c"));
+        assert_eq!(get(&processor, "TALLY_COLLECTORS"), None);
     }
 }
