@@ -95,6 +95,7 @@ impl Gen {
             visitor_id: f.visitor_id,
             session_id: f.session_id,
             properties: Event::empty_properties(),
+            bot: false,
         }
     }
 }

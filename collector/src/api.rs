@@ -205,15 +205,39 @@ pub fn error_answer(error: ApiError) -> Response {
 /// What became of one event of a request.
 #[derive(Debug)]
 pub enum EventOutcome {
-    /// Durably stored (or stored before: a retried post, counted once).
-    Stored { event_id: Uuid, duplicate: bool },
+    /// Durably stored (or stored before: a retried post, counted once). `visitor_id` is the
+    /// id the collector gave it (cookie and hash sites), which the answer tells the client.
+    Stored {
+        event_id: Uuid,
+        duplicate: bool,
+        visitor_id: Option<String>,
+    },
     /// Refused: the client must change it.
     Refused(ApiError),
     /// Valid but not stored: the client may retry it.
     Failed { event_id: Option<Uuid>, why: String },
-    /// Valid, and not stored on purpose: the visitor asked not to be tracked and the site
-    /// respects it (`spec.privacy.respectDoNotTrack`). Answered 202: nothing to retry.
+    /// Valid, and not stored on purpose. Answered 202: nothing to retry.
+    NotStored(NotStored),
+}
+
+/// Why a valid event was not stored on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The visitor asked not to be tracked and the site respects it
+    /// (`spec.privacy.respectDoNotTrack`).
     DoNotTrack,
+    /// A known bot or crawler, and the site drops them (`spec.bots: drop`).
+    Bot,
+}
+
+impl NotStored {
+    /// The `reason` of the answer.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::DoNotTrack => "do_not_track",
+            Self::Bot => "bot",
+        }
+    }
 }
 
 /// The answer to a POST of events, from what became of each. A single object answers as
@@ -269,7 +293,7 @@ pub fn ingest_answer(shape: Shape, mut outcomes: Vec<EventOutcome>) -> Response 
 struct IngestResponse {
     /// Answered 202: stored, or (see `not_stored`) not stored on purpose.
     accepted: usize,
-    /// Of the accepted, those not stored because the visitor asked not to be tracked.
+    /// Of the accepted, those not stored on purpose (Do Not Track, bots).
     #[serde(skip_serializing_if = "is_zero")]
     not_stored: usize,
     rejected: usize,
@@ -288,6 +312,10 @@ struct ItemResult {
     /// The event id had been stored already (a retried post); it is counted once.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
+    /// The visitor id the collector gave the event (sites whose `privacy.visitorId` is
+    /// `cookie` or `hash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visitor_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,17 +335,21 @@ fn is_zero(n: &usize) -> bool {
 
 impl ItemResult {
     fn of(index: usize, outcome: EventOutcome) -> Self {
-        let not_tracked = matches!(outcome, EventOutcome::DoNotTrack);
-        let (event_id, duplicate, error) = match outcome {
+        let not_stored = match &outcome {
+            EventOutcome::NotStored(why) => Some(*why),
+            _ => None,
+        };
+        let (event_id, duplicate, visitor_id, error) = match outcome {
             EventOutcome::Stored {
                 event_id,
                 duplicate,
-            } => (Some(event_id), duplicate, None),
-            EventOutcome::Refused(error) => (None, false, Some(error)),
+                visitor_id,
+            } => (Some(event_id), duplicate, visitor_id, None),
+            EventOutcome::Refused(error) => (None, false, None, Some(error)),
             EventOutcome::Failed { event_id, why } => {
-                (event_id, false, Some(ApiError::Unavailable(why)))
+                (event_id, false, None, Some(ApiError::Unavailable(why)))
             }
-            EventOutcome::DoNotTrack => (None, false, None),
+            EventOutcome::NotStored(_) => (None, false, None, None),
         };
         let Some(error) = error else {
             return Self {
@@ -325,11 +357,12 @@ impl ItemResult {
                 status: StatusCode::ACCEPTED.as_u16(),
                 event_id,
                 duplicate,
+                visitor_id,
                 error: None,
                 message: None,
                 problems: Vec::new(),
-                stored: not_tracked.then_some(false),
-                reason: not_tracked.then_some("do_not_track"),
+                stored: not_stored.map(|_| false),
+                reason: not_stored.map(NotStored::reason),
             };
         };
         let (status, code) = error.status_and_code();
@@ -339,6 +372,7 @@ impl ItemResult {
             status: status.as_u16(),
             event_id,
             duplicate: false,
+            visitor_id: None,
             error: Some(code),
             message: Some(message),
             problems: match error {

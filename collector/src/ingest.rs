@@ -2,29 +2,30 @@
 //! it into events (the one parsing path, which the fuzz target and the property test run
 //! too), the valid events are stored, and `api` builds the answer.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use tally_contracts::access::Grant;
 use tally_contracts::{Event, RuntimeConfig};
+use tally_crds::{BotPolicy, KeyScope, VisitorIdMode};
+use tally_runtime::access::{Denied, grant_of};
 use time::OffsetDateTime;
 
-use std::collections::HashMap;
-
-use tally_crds::KeyScope;
-use tally_runtime::access::{Denied, grant_of};
-
 use crate::admission::Admission;
-use crate::api::{self, ApiError, EventOutcome};
-use crate::metrics::Metrics;
+use crate::api::{self, ApiError, EventOutcome, NotStored};
+use crate::metrics::{BotAction, Metrics};
 use crate::payload::{Item, Shape, decode_body, split_items};
 use crate::rate_limit::{Limited, RateLimits, Standing};
+use crate::salt::Salts;
 use crate::sink::{EventSink, Stored};
 use crate::validate::{Caller, Limits, Problem, Rejection, validate_event};
+use crate::visitor::{self, TrustedProxies};
 
 /// What the ingest handler needs: the rules requests are checked against, the events
 /// budget, the sink and the metrics it counts outcomes in.
@@ -34,6 +35,8 @@ pub struct IngestState {
     pub rules: ArcSwap<Rules>,
     /// How many collectors share the rate limits.
     pub collectors: u32,
+    /// The daily salt of `hash` visitor ids.
+    pub salts: Arc<Salts>,
     /// Load shedding: the events requests in progress may hold.
     pub admission: Admission,
     pub sink: Arc<dyn EventSink>,
@@ -47,6 +50,8 @@ pub struct Rules {
     pub limits: IngestLimits,
     /// The sites' and keys' rate limits, at this collector's share.
     pub rate_limits: RateLimits,
+    /// Whose forwarding headers are believed.
+    pub proxies: TrustedProxies,
 }
 
 impl Rules {
@@ -54,6 +59,7 @@ impl Rules {
         Self {
             limits: IngestLimits::of(&config),
             rate_limits: RateLimits::of(&config, collectors),
+            proxies: TrustedProxies(config.trusted_proxies.clone()),
             config,
         }
     }
@@ -198,25 +204,44 @@ fn check_item(
 }
 
 /// `POST /v1/events`: read the body, parse it, store the valid events, answer per event.
-pub async fn post_events(
-    State(state): State<Arc<IngestState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let (shape, outcomes, standings) = match ingest(&state, &headers, body).await {
-        Ok(done) => done,
+pub async fn post_events(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // The peer's address: the server puts it beside every request (none in-process).
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let handled = match ingest(&state, &parts.headers, peer, body).await {
+        Ok(handled) => handled,
         Err(error) => return api::error_answer(error),
     };
-    state.metrics.count_outcomes(&outcomes);
-    api::with_limits(api::ingest_answer(shape, outcomes), &standings)
+    state.metrics.count_outcomes(&handled.outcomes);
+    let mut response = api::with_limits(
+        api::ingest_answer(handled.shape, handled.outcomes),
+        &handled.standings,
+    );
+    if let Some(cookie) = handled.set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// What a POST came to: each event's outcome, the rate limits it met, and the visitor
+/// cookie to set.
+struct Handled {
+    shape: Shape,
+    outcomes: Vec<EventOutcome>,
+    standings: Vec<Standing>,
+    set_cookie: Option<HeaderValue>,
 }
 
 /// The steps of a POST, up to what became of each event.
 async fn ingest(
     state: &IngestState,
     headers: &HeaderMap,
+    peer: Option<SocketAddr>,
     body: Body,
-) -> Result<(Shape, Vec<EventOutcome>, Vec<Standing>), ApiError> {
+) -> Result<Handled, ApiError> {
     let rules = state.rules.load_full();
     let limits = &rules.limits;
     // The key first: an unknown key, or one that may not ingest, is refused before the
@@ -267,32 +292,52 @@ async fn ingest(
         },
     )?;
 
+    let mut items = parsed.items;
+
+    // Who the visitor is: the ids of cookie and hash sites are the collector's to set.
+    let client = rules.proxies.client(peer, headers);
+    let cookie = visitor::identify(&rules.config, &state.salts, headers, client, &mut items);
+
     // Rate limits, before anything is published: the key's for all valid events, then each
     // site's for its own.
-    let (standings, limited) = take_rate_limits(&rules.rate_limits, key, &parsed.items);
+    let (standings, limited) = take_rate_limits(&rules.rate_limits, key, &items);
 
-    // Refusals and events not to be tracked keep their place; the other valid events are
-    // stored together, then take theirs.
+    // Refusals and events not stored on purpose keep their place; the other valid events
+    // are stored together, then take theirs.
     let do_not_track = asks_not_to_be_tracked(headers);
-    let mut events = Vec::with_capacity(parsed.items.len());
-    let kept: Vec<Option<EventOutcome>> = parsed
-        .items
+    let bot = is_bot(headers);
+    let mut events = Vec::with_capacity(items.len());
+    let kept: Vec<Option<EventOutcome>> = items
         .into_iter()
-        .map(|item| match item {
-            Ok(event) if limited.contains_key(&event.site_id) => {
+        .map(|item| {
+            let mut event = match item {
+                Ok(event) => event,
+                Err(error) => return Some(EventOutcome::Refused(error)),
+            };
+            if let Some(refusal) = limited.get(&event.site_id) {
                 state.metrics.count_rate_limited(&event.site_id);
-                Some(EventOutcome::Refused(ApiError::RateLimited(
-                    limited[&event.site_id].clone(),
-                )))
+                return Some(EventOutcome::Refused(ApiError::RateLimited(
+                    refusal.clone(),
+                )));
             }
-            Ok(event) if do_not_track && respects_do_not_track(&rules.config, &event) => {
-                Some(EventOutcome::DoNotTrack)
+            let site = rules.config.site(&event.site_id)?;
+            if do_not_track && site.privacy.respect_do_not_track {
+                return Some(EventOutcome::NotStored(NotStored::DoNotTrack));
             }
-            Ok(event) => {
-                events.push(event);
-                None
+            if bot {
+                match site.bots {
+                    BotPolicy::Drop => {
+                        state.metrics.count_bot(&event.site_id, BotAction::Dropped);
+                        return Some(EventOutcome::NotStored(NotStored::Bot));
+                    }
+                    BotPolicy::Flag => {
+                        state.metrics.count_bot(&event.site_id, BotAction::Flagged);
+                        event.bot = true;
+                    }
+                }
             }
-            Err(error) => Some(EventOutcome::Refused(error)),
+            events.push(event);
+            None
         })
         .collect();
     let results = if events.is_empty() {
@@ -303,9 +348,29 @@ async fn ingest(
     let mut stored = events.iter().zip(results);
     let outcomes = kept
         .into_iter()
-        .map(|outcome| outcome.unwrap_or_else(|| stored_outcome(stored.next())))
+        .map(|outcome| outcome.unwrap_or_else(|| stored_outcome(&rules.config, stored.next())))
         .collect();
-    Ok((parsed.shape, outcomes, standings))
+    let https = client.https
+        || rules
+            .config
+            .pipeline
+            .spec
+            .collector
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+    Ok(Handled {
+        shape: parsed.shape,
+        outcomes,
+        standings,
+        set_cookie: cookie.map(|value| visitor::set_cookie(&value, https)),
+    })
+}
+
+/// Whether the request's `User-Agent` is a known bot or crawler (the `isbot` list).
+fn is_bot(headers: &HeaderMap) -> bool {
+    static BOTS: std::sync::LazyLock<isbot::Bots> = std::sync::LazyLock::new(isbot::Bots::default);
+    header_str(headers, header::USER_AGENT).is_some_and(|agent| BOTS.is_bot(agent))
 }
 
 /// The grant of the request's API key, if it sent one; refused when the key is not one of
@@ -372,19 +437,20 @@ fn asks_not_to_be_tracked(headers: &HeaderMap) -> bool {
     says_one("dnt") || says_one("sec-gpc")
 }
 
-/// Whether the event's site drops the events of visitors who asked not to be tracked.
-fn respects_do_not_track(config: &RuntimeConfig, event: &Event) -> bool {
-    config
-        .site(&event.site_id)
-        .is_some_and(|site| site.privacy.respect_do_not_track)
-}
-
 /// What the sink answered for one event (nothing at all counts as not stored).
-fn stored_outcome(stored: Option<(&Event, Result<Stored, String>)>) -> EventOutcome {
+fn stored_outcome(
+    config: &RuntimeConfig,
+    stored: Option<(&Event, Result<Stored, String>)>,
+) -> EventOutcome {
     match stored {
         Some((event, Ok(stored))) => EventOutcome::Stored {
             event_id: event.event_id,
             duplicate: stored.duplicate,
+            // The collector's own id is told to the client; a client's own is not echoed.
+            visitor_id: config
+                .site(&event.site_id)
+                .filter(|site| site.privacy.visitor_id != VisitorIdMode::Client)
+                .map(|_| event.visitor_id.clone()),
         },
         Some((event, Err(why))) => {
             tracing::warn!(error = %why, event_id = %event.event_id, "event not stored");

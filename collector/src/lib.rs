@@ -23,9 +23,11 @@ mod metrics;
 mod payload;
 mod rate_limit;
 mod router;
+mod salt;
 mod sink;
 mod state;
 mod validate;
+mod visitor;
 
 pub use api::ApiError;
 pub use ingest::{Parsed, RequestHeaders, parse_events};
@@ -56,6 +58,12 @@ pub async fn serve(
     };
     let state = state::AppState::new(config, sink.clone(), collectors);
     let connections = state.metrics.connections.clone();
+    // The daily salt of hash visitor ids, kept from the pipeline's key-value bucket.
+    tokio::spawn(salt::keep(
+        state.ingest.salts.clone(),
+        sink.jetstream(),
+        state.ingest.rules.load().config.clone(),
+    ));
     let ingest = state.ingest.clone();
     tally_runtime::reload_on_hangup(reload, move |config| ingest.reload(config));
     let listener = tokio::net::TcpListener::bind(listen)

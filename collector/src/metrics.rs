@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tally_runtime::http::RequestDurations;
 use tally_runtime::server::ConnectionMetrics;
 
-use crate::api::{ApiError, EventOutcome};
+use crate::api::{ApiError, EventOutcome, NotStored};
 
 /// What became of an event.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -26,6 +26,7 @@ pub enum Outcome {
     RateLimited,
     Failed,
     DoNotTrack,
+    Bot,
 }
 
 impl From<&EventOutcome> for Outcome {
@@ -41,7 +42,8 @@ impl From<&EventOutcome> for Outcome {
             EventOutcome::Refused(ApiError::RateLimited(_)) => Self::RateLimited,
             EventOutcome::Refused(_) => Self::Invalid,
             EventOutcome::Failed { .. } => Self::Failed,
-            EventOutcome::DoNotTrack => Self::DoNotTrack,
+            EventOutcome::NotStored(NotStored::DoNotTrack) => Self::DoNotTrack,
+            EventOutcome::NotStored(NotStored::Bot) => Self::Bot,
         }
     }
 }
@@ -56,11 +58,25 @@ struct SiteLabels {
     site: String,
 }
 
+/// What became of a bot's event: its site's `bots` policy.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum BotAction {
+    Dropped,
+    Flagged,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BotLabels {
+    site: String,
+    action: BotAction,
+}
+
 /// The collector's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
     events: Family<OutcomeLabels, Counter>,
     rate_limited: Family<SiteLabels, Counter>,
+    bots: Family<BotLabels, Counter>,
     /// `request_duration_seconds{route,status}`, filled by the routes' middleware.
     pub requests: Arc<RequestDurations>,
     /// `connections_open`, `connections_refused_total`, kept by the server.
@@ -78,12 +94,19 @@ impl Default for Metrics {
             "Events refused by a site's or key's rate limit, by site",
             rate_limited.clone(),
         );
+        let bots = Family::<BotLabels, Counter>::default();
+        registry.register(
+            "bot_events",
+            "Events sent by known bots and crawlers, by site and what became of them",
+            bots.clone(),
+        );
         let requests = Arc::new(RequestDurations::register(&mut registry));
         let connections = ConnectionMetrics::register(&mut registry);
         Self {
             registry,
             events,
             rate_limited,
+            bots,
             requests,
             connections,
         }
@@ -113,6 +136,16 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&SiteLabels {
                 site: site_id.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an event of a known bot.
+    pub fn count_bot(&self, site_id: &str, action: BotAction) {
+        self.bots
+            .get_or_create(&BotLabels {
+                site: site_id.to_owned(),
+                action,
             })
             .inc();
     }

@@ -5,10 +5,10 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, header};
+use axum::http::{HeaderName, Method, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::ingest;
 use crate::state::AppState;
@@ -22,12 +22,25 @@ pub fn router(state: AppState) -> Router {
         // The ingest handler enforces its own, configured limit with a JSON answer.
         .layer(DefaultBodyLimit::disable())
         // Browsers post from the sites' own origins; the domains check decides what is
-        // accepted, so the CORS answer may allow any origin.
+        // accepted, so the CORS answer allows the asking origin. With credentials, so that
+        // the `tally_vid` cookie of cookie sites travels (no read is served here, so a
+        // cookie reveals nothing to a page that sends it).
         .layer(
             CorsLayer::new()
-                .allow_origin(Any)
+                .allow_origin(AllowOrigin::mirror_request())
+                .allow_credentials(true)
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING]),
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                    header::AUTHORIZATION,
+                    HeaderName::from_static("x-api-key"),
+                ])
+                .expose_headers([
+                    header::RETRY_AFTER,
+                    HeaderName::from_static("ratelimit"),
+                    HeaderName::from_static("ratelimit-policy"),
+                ]),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.requests.clone(),

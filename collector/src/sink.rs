@@ -11,7 +11,7 @@ use async_nats::HeaderMap;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures::future::{BoxFuture, join_all};
-use tally_contracts::{Event, RuntimeConfig, stream};
+use tally_contracts::{Event, RuntimeConfig, naming, stream};
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
@@ -37,6 +37,8 @@ pub struct JetStreamSink {
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: HashMap<String, async_nats::Subject>,
+    /// The pipeline, for the subject of a site added by a reload after the start.
+    pipeline: String,
     stream_ready: Arc<AtomicBool>,
     /// The JetStream publish window (`maxInFlightPublishes`). A request takes the slots of
     /// all the events it is about to send at once, before sending any (see `store`).
@@ -83,6 +85,7 @@ impl JetStreamSink {
             client,
             js,
             subjects,
+            pipeline: config.name().to_owned(),
             stream_ready,
             window: Arc::new(Semaphore::new(window_size)),
             window_size,
@@ -99,6 +102,11 @@ impl JetStreamSink {
 }
 
 impl JetStreamSink {
+    /// The JetStream context the sink publishes with (the salt bucket uses it too).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.js.clone()
+    }
+
     /// Sends one event, with `trace` (the publish span's W3C trace context, when tracing
     /// is on) among its headers; the returned future is its acknowledgement.
     async fn send(
@@ -106,10 +114,10 @@ impl JetStreamSink {
         event: &Event,
         trace: Option<&HeaderMap>,
     ) -> Result<PublishAckFuture, String> {
-        let subject = self
-            .subjects
-            .get(&event.site_id)
-            .ok_or_else(|| format!("no subject for site {:?}", event.site_id))?;
+        let subject = match self.subjects.get(&event.site_id) {
+            Some(subject) => subject.clone(),
+            None => naming::event_subject(&self.pipeline, &event.site_id).into(),
+        };
         let payload = encode(event).map_err(|e| format!("cannot encode event: {e}"))?;
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let mut publish = PublishMessage::build().payload(payload.into());
@@ -118,7 +126,7 @@ impl JetStreamSink {
         }
         let publish = publish.message_id(&*event.event_id.hyphenated().encode_lower(&mut id));
         self.js
-            .send_publish(subject.clone(), publish)
+            .send_publish(subject, publish)
             .await
             .map_err(|e| format!("JetStream publish failed: {e}"))
     }
@@ -257,6 +265,7 @@ mod tests {
             visitor_id: String::new(),
             session_id: String::new(),
             properties: Event::empty_properties(),
+            bot: false,
         };
         assert_eq!(encode(&event).unwrap(), serde_json::to_vec(&event).unwrap());
     }

@@ -32,6 +32,7 @@ impl AppState {
                 admission: Admission::new(config.pipeline.spec.collector.max_in_flight_events),
                 rules: ArcSwap::from_pointee(Rules::new(config, collectors)),
                 collectors,
+                salts: Arc::default(),
                 sink: sink.clone(),
                 metrics: metrics.clone(),
             }),

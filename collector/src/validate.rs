@@ -417,6 +417,7 @@ pub fn validate_event(
         visitor_id: owned(visitor_id),
         session_id: owned(session_id),
         properties,
+        bot: false,
     })
 }
 

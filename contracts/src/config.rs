@@ -59,6 +59,8 @@ pub struct RuntimeConfig {
     pub pipeline: AnalyticsPipeline,
     pub sites: Vec<AnalyticsSite>,
     pub timings: Timings,
+    /// `spec.collector.trustedProxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     site_index: HashMap<String, usize>,
     keys: KeyRing,
 }
@@ -249,6 +251,24 @@ impl RuntimeConfig {
                 ));
             }
         }
+        let trusted_proxies = spec
+            .collector
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            &pipeline_origin,
+                            format!(
+                                "spec.collector.trustedProxies: {entry:?} is neither an IP address nor a CIDR block"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(db) = &spec.clickhouse.database
             && !is_identifier(db)
         {
@@ -327,6 +347,7 @@ impl RuntimeConfig {
             pipeline,
             sites: kept,
             timings,
+            trusted_proxies,
             site_index,
             keys,
         })
@@ -516,6 +537,12 @@ spec:
         assert!(
             error_of(&format!("{header}spec: {{processor: {{ackWait: soon}}}}\n"))
                 .contains("spec.processor.ackWait")
+        );
+        assert!(
+            error_of(&format!(
+                "{header}spec: {{collector: {{trustedProxies: [10.0.0.0/8, 10.0.0.0/33]}}}}\n"
+            ))
+            .contains("spec.collector.trustedProxies: \"10.0.0.0/33\" is neither")
         );
         assert!(
             error_of(&format!(

@@ -34,6 +34,10 @@ pub struct Event {
     pub session_id: String,
     /// A flat JSON object, kept as its JSON text.
     pub properties: Box<RawValue>,
+    /// Sent by a known bot or crawler to a site that flags bots (`spec.bots: flag`); absent
+    /// (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
 }
 
 impl Event {

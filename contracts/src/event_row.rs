@@ -27,6 +27,7 @@ pub struct EventRow<'a> {
     visitor_id: &'a str,
     session_id: &'a str,
     properties: &'a str,
+    is_bot: bool,
 }
 
 impl<'a> From<&'a Event> for EventRow<'a> {
@@ -45,6 +46,7 @@ impl<'a> From<&'a Event> for EventRow<'a> {
             visitor_id: &e.visitor_id,
             session_id: &e.session_id,
             properties: e.properties.get(),
+            is_bot: e.bot,
         }
     }
 }
@@ -55,14 +57,21 @@ mod tests {
 
     #[test]
     fn the_row_has_every_column_of_the_events_table() {
-        let ddl = &crate::schema::migrations("db")[0].statements[0];
+        let migrations = crate::schema::migrations("db");
+        let ddl = &migrations[0].statements[0];
         let body = &ddl[ddl.find('(').unwrap() + 1..ddl.find("INDEX").unwrap()];
-        let columns: Vec<&str> = body
+        let mut columns: Vec<&str> = body
             .split(',')
             .filter_map(|c| c.split_whitespace().next())
             // The comma inside `DateTime64(3, 'UTC')` leaves a piece that names no column.
             .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
             .collect();
+        // Columns added by later migrations, in order.
+        for statement in migrations.iter().flat_map(|m| &m.statements) {
+            if let Some(rest) = statement.split("ADD COLUMN IF NOT EXISTS ").nth(1) {
+                columns.push(rest.split_whitespace().next().unwrap());
+            }
+        }
         assert_eq!(columns, <EventRow<'static> as Row>::COLUMN_NAMES);
     }
 }

@@ -33,6 +33,12 @@ pub fn event_subjects(pipeline: &str) -> String {
     format!("tally.{}.events.>", subject_token(pipeline))
 }
 
+/// `TALLY_<PIPELINE>_SALTS`: the JetStream key-value bucket of the daily salts of `hash`
+/// visitor ids.
+pub fn salt_bucket(pipeline: &str) -> String {
+    format!("{}_SALTS", stream_name(pipeline))
+}
+
 /// The site token of a dead letter whose payload names no usable site (not an envelope).
 pub const UNKNOWN_SITE: &str = "unknown";
 

@@ -76,12 +76,13 @@ pub fn migrations(db: &str) -> Vec<Migration> {
          uniqExactStateIf(user_id, user_id != '') AS users, \
          uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
     );
-    vec![Migration {
-        version: 1,
-        description: "events table and daily, hourly, path and event-type rollups",
-        statements: vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS `{db}`.{EVENTS} (\
+    vec![
+        Migration {
+            version: 1,
+            description: "events table and daily, hourly, path and event-type rollups",
+            statements: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS `{db}`.{EVENTS} (\
                    event_id UUID, \
                    site_id LowCardinality(String), \
                    event_type LowCardinality(String), \
@@ -94,60 +95,68 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                  ) ENGINE = MergeTree \
                  PARTITION BY toYYYYMM(timestamp) \
                  ORDER BY (site_id, timestamp)"
-            ),
-            rollup(
-                SITE_DAILY,
-                "site_id LowCardinality(String), day Date",
-                COUNTS,
-            ),
-            rollup(
-                SITE_HOURLY,
-                "site_id LowCardinality(String), hour DateTime('UTC')",
-                COUNTS,
-            ),
-            rollup(
-                PATH_DAILY,
-                "site_id LowCardinality(String), day Date, path String",
-                "page_views SimpleAggregateFunction(sum, UInt64), \
+                ),
+                rollup(
+                    SITE_DAILY,
+                    "site_id LowCardinality(String), day Date",
+                    COUNTS,
+                ),
+                rollup(
+                    SITE_HOURLY,
+                    "site_id LowCardinality(String), hour DateTime('UTC')",
+                    COUNTS,
+                ),
+                rollup(
+                    PATH_DAILY,
+                    "site_id LowCardinality(String), day Date, path String",
+                    "page_views SimpleAggregateFunction(sum, UInt64), \
                  visitors AggregateFunction(uniqExact, String)",
-            ),
-            rollup(
-                EVENT_TYPE_DAILY,
-                "site_id LowCardinality(String), day Date, event_type LowCardinality(String)",
-                "events SimpleAggregateFunction(sum, UInt64), \
+                ),
+                rollup(
+                    EVENT_TYPE_DAILY,
+                    "site_id LowCardinality(String), day Date, event_type LowCardinality(String)",
+                    "events SimpleAggregateFunction(sum, UInt64), \
                  users AggregateFunction(uniqExact, String), \
                  visitors AggregateFunction(uniqExact, String)",
-            ),
-            view(
-                SITE_DAILY,
-                &format!("site_id, toDate(timestamp) AS day, {count_measures}"),
-                "site_id, day",
-            ),
-            view(
-                SITE_HOURLY,
-                &format!("site_id, toStartOfHour(timestamp) AS hour, {count_measures}"),
-                "site_id, hour",
-            ),
-            view(
-                PATH_DAILY,
-                &format!(
-                    "site_id, toDate(timestamp) AS day, path, \
+                ),
+                view(
+                    SITE_DAILY,
+                    &format!("site_id, toDate(timestamp) AS day, {count_measures}"),
+                    "site_id, day",
+                ),
+                view(
+                    SITE_HOURLY,
+                    &format!("site_id, toStartOfHour(timestamp) AS hour, {count_measures}"),
+                    "site_id, hour",
+                ),
+                view(
+                    PATH_DAILY,
+                    &format!(
+                        "site_id, toDate(timestamp) AS day, path, \
                      countIf(event_type = '{PAGE_VIEW}') AS page_views, \
                      uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+                    ),
+                    "site_id, day, path",
                 ),
-                "site_id, day, path",
-            ),
-            view(
-                EVENT_TYPE_DAILY,
-                &format!(
-                    "site_id, toDate(timestamp) AS day, event_type, count() AS events, \
+                view(
+                    EVENT_TYPE_DAILY,
+                    &format!(
+                        "site_id, toDate(timestamp) AS day, event_type, count() AS events, \
                      uniqExactStateIf(user_id, user_id != '') AS users, \
                      uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+                    ),
+                    "site_id, day, event_type",
                 ),
-                "site_id, day, event_type",
-            ),
-        ],
-    }]
+            ],
+        },
+        Migration {
+            version: 2,
+            description: "events.is_bot: events of known bots, kept by sites that flag them",
+            statements: vec![format!(
+                "ALTER TABLE `{db}`.{EVENTS} ADD COLUMN IF NOT EXISTS is_bot Bool DEFAULT false"
+            )],
+        },
+    ]
 }
 
 /// The statement that makes the raw table keep `retention_days` of data (or keep it all).

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +147,8 @@ pub struct StreamSpec {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub duplicate_window: String,
     /// What the operator does with the stream when the pipeline is deleted: `Retain` keeps
-    /// it with any events not yet processed; `Delete` removes it.
+    /// it with any events not yet processed; `Delete` removes it, with the dead-letter
+    /// stream and the key-value bucket of the visitor-id salts.
     #[serde(default)]
     pub deletion_policy: StreamDeletionPolicy,
 }
@@ -158,7 +159,7 @@ pub enum StreamDeletionPolicy {
     /// Keep the stream and its events.
     #[default]
     Retain,
-    /// Delete the stream and its events.
+    /// Delete the stream and its events, the dead letters and the salt bucket.
     Delete,
 }
 
@@ -193,7 +194,7 @@ pub struct ClickHouseSpec {
 }
 
 /// Collector (HTTP ingestion) settings.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
     /// Collector pods in a cluster (the operator's Deployment).
@@ -210,6 +211,16 @@ pub struct CollectorSpec {
     /// The Service in front of the collector pods.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Addresses (CIDR blocks such as `10.0.0.0/8`, or single addresses) of the proxies in
+    /// front of the collectors (an Ingress controller, a load balancer). Only from these is
+    /// the client's address taken from `X-Forwarded-For` or `Forwarded` (the nearest
+    /// address that is not a trusted proxy), and `X-Forwarded-Proto` believed; from any
+    /// other peer those headers are ignored. The address is used for `hash` visitor ids and
+    /// is never stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) || isIP(c))").message("each trustedProxies entry must be an IP address or a CIDR block such as 10.0.0.0/8"))]
+    pub trusted_proxies: Vec<String>,
     /// The address browsers and back-ends reach the collector at from outside the cluster
     /// (an Ingress, a load balancer), such as `https://collect.example.com`. The sites'
     /// `status.ingestUrl` and `status.snippet` use it; without it they name the in-cluster

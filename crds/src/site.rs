@@ -97,6 +97,11 @@ pub struct AnalyticsSiteSpec {
     /// What the collector does to respect this site's visitors' privacy.
     #[serde(default)]
     pub privacy: PrivacySpec,
+    /// Requests whose `User-Agent` is a known bot or crawler (the list of the `isbot`
+    /// project): `drop` (the default) or `flag`. Counted by site either way in
+    /// `tally_collector_bot_events_total`.
+    #[serde(default)]
+    pub bots: BotPolicy,
 }
 
 /// A site's privacy settings.
@@ -108,6 +113,41 @@ pub struct PrivacySpec {
     /// `"stored": false` and `"reason": "do_not_track"` in the answer.
     #[serde(default)]
     pub respect_do_not_track: bool,
+    /// Where the `visitor_id` of this site's events comes from: `client` (what the client
+    /// sends), `cookie` (a `tally_vid` cookie the collector sets) or `hash` (a daily-salted
+    /// hash of the client's address and user agent, without cookies). In `cookie` and
+    /// `hash` modes the collector sets the id, and a client's own is replaced.
+    #[serde(default)]
+    pub visitor_id: VisitorIdMode,
+}
+
+/// Where a site's visitor ids come from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum VisitorIdMode {
+    /// The `visitor_id` the client sends (the tracker's), stored as sent.
+    #[default]
+    Client,
+    /// The collector sets a `tally_vid` cookie (one year) when the request has none and
+    /// reads it when it has one; the stored id is derived from the cookie and the site, so
+    /// one browser has a different id on each site. The 202 answer carries it.
+    Cookie,
+    /// No cookie: the id is a keyed hash of a daily salt, the site, the client's address
+    /// and its user agent. The salt is shared by every collector, rotates at midnight UTC,
+    /// and the old one is destroyed, so yesterday's ids cannot be recomputed; the address
+    /// itself is never stored.
+    Hash,
+}
+
+/// What the collector does with requests whose user agent is a known bot or crawler.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BotPolicy {
+    /// Answered 202 but not stored (`"stored": false`, `"reason": "bot"`).
+    #[default]
+    Drop,
+    /// Stored with `is_bot` true in the `events` table (the rollups count them too).
+    Flag,
 }
 
 fn yes() -> bool {
@@ -204,6 +244,7 @@ mod tests {
             browser_ingest: true,
             rate_limit: None,
             privacy: PrivacySpec::default(),
+            bots: BotPolicy::default(),
         }
     }
 

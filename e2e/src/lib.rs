@@ -1017,6 +1017,7 @@ pub fn with_sites(
                     browser_ingest: true,
                     rate_limit: None,
                     privacy: Default::default(),
+                    bots: Default::default(),
                 },
             )
         })

@@ -171,6 +171,7 @@ mod tests {
                 browser_ingest: true,
                 rate_limit: None,
                 privacy: Default::default(),
+                bots: Default::default(),
             },
         );
         s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));

@@ -143,6 +143,7 @@ pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
             browser_ingest: true,
             rate_limit: None,
             privacy: Default::default(),
+            bots: Default::default(),
         },
     );
     s.metadata.namespace = Some(namespace.into());

@@ -318,7 +318,12 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
             let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
             let dead_letters =
                 tally_contracts::naming::dead_letter_stream_name(&pipeline.name_any());
-            for name in [&stream_name, &dead_letters] {
+            // The salt bucket of hash visitor ids is a stream too (`KV_<bucket>`).
+            let salts = format!(
+                "KV_{}",
+                tally_contracts::naming::salt_bucket(&pipeline.name_any())
+            );
+            for name in [&stream_name, &dead_letters, &salts] {
                 match js.delete_stream(name).await {
                     Ok(_) => {}
                     Err(e) if e.to_string().contains("not found") => {}
@@ -332,7 +337,7 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
                 pipeline,
                 EventType::Normal,
                 "StreamDeleted",
-                format!("streams {stream_name} and {dead_letters} deleted (deletionPolicy Delete)"),
+                format!("streams {stream_name} and {dead_letters} and the salt bucket deleted (deletionPolicy Delete)"),
             )
             .await;
         }

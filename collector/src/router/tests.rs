@@ -42,7 +42,11 @@ fn config() -> RuntimeConfig {
              spec: {{pipelineRef: {{name: web}}, siteId: other, domains: [other.example.com], \
                apiKeys: [{{secretRef: {{name: keys, key: other}}, scopes: [ingest]}}]}}\n---\n\
              apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: limited}}\n\
-             spec: {{pipelineRef: {{name: web}}, siteId: limited, rateLimit: {{eventsPerSecond: 1, burst: 2}}}}\n"
+             spec: {{pipelineRef: {{name: web}}, siteId: limited, rateLimit: {{eventsPerSecond: 1, burst: 2}}}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: cookies}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: cookies, privacy: {{visitorId: cookie}}}}\n---\n\
+             apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {{name: hashed}}\n\
+             spec: {{pipelineRef: {{name: web}}, siteId: hashed, privacy: {{visitorId: hash}}, bots: flag}}\n"
         ),
     )
     .expect("the test configuration is valid")
@@ -376,6 +380,137 @@ async fn a_site_over_its_rate_limit_is_answered_429_and_others_are_not() {
 }
 
 #[tokio::test]
+async fn cookie_sites_set_the_visitor_cookie_once_and_derive_the_id_from_it() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let body =
+        json!({"site_id": "cookies", "type": "page_view", "path": "/", "visitor_id": "mine"});
+    let response = send(&app, json_post(&body)).await;
+    let set_cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, first) = answer(response).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(
+        set_cookie.starts_with("tally_vid=") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let id = first["results"][0]["visitor_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 32);
+    // With the cookie: the same id, and no new cookie.
+    let again = post()
+        .header(header::COOKIE, &cookie)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = send(&app, again).await;
+    assert!(!response.headers().contains_key(header::SET_COOKIE));
+    let (_, _, second) = answer(response).await;
+    assert_eq!(second["results"][0]["visitor_id"], id.as_str());
+    let stored = sink.stored();
+    assert!(
+        stored.iter().all(|e| e.visitor_id == id),
+        "the client's id is replaced"
+    );
+    // A site of client ids keeps what the client sends, and is not told an id.
+    let (_, _, shop) = answer(
+        send(
+            &app,
+            json_post(&json!({"site_id": "shop", "type": "x", "visitor_id": "mine"})),
+        )
+        .await,
+    )
+    .await;
+    assert!(shop["results"][0].get("visitor_id").is_none(), "{shop}");
+    assert_eq!(sink.stored().last().unwrap().visitor_id, "mine");
+}
+
+#[tokio::test]
+async fn hash_sites_need_the_salt_and_hash_the_agent() {
+    let sink = Arc::new(MemorySink::default());
+    let state = AppState::new(config(), sink.clone(), 1);
+    let app = router(state.clone());
+    let body = json!({"site_id": "hashed", "type": "page_view", "path": "/"}).to_string();
+    let from = |agent: &str| {
+        post()
+            .header(header::USER_AGENT, agent)
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    // No salt yet (NATS has not answered): retry later, nothing stored.
+    let (status, retry_after, _) = answer(send(&app, from("Firefox")).await).await;
+    assert_eq!(
+        (status, retry_after.as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+    );
+    assert!(sink.stored().is_empty());
+    state
+        .ingest
+        .salts
+        .set(crate::salt::DaySalt::from_bytes([7; 32]));
+    let id = |answer: Value| {
+        answer["results"][0]["visitor_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let firefox = id(answer(send(&app, from("Firefox")).await).await.2);
+    assert_eq!(
+        firefox,
+        id(answer(send(&app, from("Firefox")).await).await.2)
+    );
+    assert_ne!(
+        firefox,
+        id(answer(send(&app, from("Chrome")).await).await.2)
+    );
+}
+
+#[tokio::test]
+async fn bots_are_dropped_or_flagged_as_their_site_says() {
+    let sink = Arc::new(MemorySink::default());
+    let state = AppState::new(config(), sink.clone(), 1);
+    state
+        .ingest
+        .salts
+        .set(crate::salt::DaySalt::from_bytes([7; 32]));
+    let app = router(state);
+    let googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    let batch = json!([event("shop"), event("hashed")]).to_string();
+    let request = post()
+        .header(header::USER_AGENT, googlebot)
+        .body(Body::from(batch))
+        .unwrap();
+    let (status, _, body) = answer(send(&app, request).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["results"][0]["stored"], false);
+    assert_eq!(body["results"][0]["reason"], "bot");
+    assert_eq!(body["results"][1]["status"], 202);
+    let stored = sink.stored();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].bot && stored[0].site_id == "hashed");
+    // A browser is no bot.
+    let browser = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    let request = post()
+        .header(header::USER_AGENT, browser)
+        .body(Body::from(event("shop").to_string()))
+        .unwrap();
+    assert_eq!(send(&app, request).await.status(), StatusCode::ACCEPTED);
+    assert!(!sink.stored()[1].bot);
+    let metrics =
+        body_text(send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await).await;
+    for line in [
+        "tally_collector_bot_events_total{site=\"shop\",action=\"Dropped\"} 1",
+        "tally_collector_bot_events_total{site=\"hashed\",action=\"Flagged\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test]
 async fn a_reposted_event_is_answered_as_a_duplicate_and_stored_once() {
     let sink = Arc::new(MemorySink::default());
     let app = app(sink.clone());
@@ -678,7 +813,12 @@ async fn the_tracker_and_cors_preflights_are_served() {
         .unwrap();
     let response = send(&app, preflight).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let headers = response.headers();
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://shop.example.com"
+    );
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
 }
 
 #[tokio::test]
