@@ -5,7 +5,9 @@
 //!
 //! The binary (`main.rs`) reads its command line and calls [`serve`]. [`parse_events`] is
 //! the one function `POST /v1/events` turns a body into events with, open to the fuzz
-//! target in `collector/fuzz`. Everything else stays inside the crate.
+//! target in `collector/fuzz`. The daily salt of `hash` visitor ids ([`salt`]) and the hash
+//! itself ([`hashed_visitor_id`]) are open too, so the e2e tests can check an id against the
+//! salt the collectors share. Everything else stays inside the crate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ mod metrics;
 mod payload;
 mod rate_limit;
 mod router;
-mod salt;
+pub mod salt;
 mod sink;
 mod state;
 mod validate;
@@ -33,6 +35,7 @@ pub use api::ApiError;
 pub use ingest::{Parsed, RequestHeaders, parse_events};
 pub use payload::Shape;
 pub use validate::Problem;
+pub use visitor::hashed_visitor_id;
 
 /// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or
 /// SIGTERM; publishes still in progress are flushed before it returns.
