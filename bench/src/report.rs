@@ -46,7 +46,12 @@ pub fn memory(target: &Target, cli: &Cli) -> Vec<Memory> {
 }
 
 async fn jetstream(target: &Target) -> anyhow::Result<jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
+    let client = target
+        .config
+        .credentials
+        .nats
+        .connect_options()
+        .map_err(|e| anyhow::anyhow!(e))?
         .name("tally-bench")
         .connect(target.nats_url.as_str())
         .await

@@ -257,7 +257,14 @@ impl Target {
     /// statements (the read phase's history load) may take minutes.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
         let url = format!("{}/", self.clickhouse_url);
-        tally_e2e::clickhouse_sql(&self.http, &url, query, Duration::from_secs(600)).await
+        tally_e2e::clickhouse_sql(
+            &self.http,
+            &url,
+            &self.config.credentials.clickhouse,
+            query,
+            Duration::from_secs(600),
+        )
+        .await
     }
 
     pub async fn sql_u64(&self, query: &str) -> anyhow::Result<u64> {

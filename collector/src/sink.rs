@@ -53,7 +53,10 @@ impl JetStreamSink {
     pub async fn connect(config: &RuntimeConfig) -> Result<Self, async_nats::Error> {
         let collector = &config.pipeline.spec.collector;
         let window_size = (collector.max_in_flight_publishes as usize).max(1);
-        let client = async_nats::ConnectOptions::new()
+        let client = config
+            .credentials
+            .nats
+            .connect_options()?
             .name("tally-collector")
             .retry_on_initial_connect()
             .connect(

@@ -54,14 +54,65 @@ pub enum KeyProblem {
     BadDigest(String),
 }
 
-/// The values of the Secrets a configuration refers to: Secret name → key → bytes.
-#[derive(Debug, Clone, Default)]
-pub struct SecretValues(BTreeMap<String, BTreeMap<String, Vec<u8>>>);
+/// The values of the Secrets a configuration refers to: Secret name → key → bytes, and a
+/// directory of mounted Secrets (`<dir>/<secret>/<key>`, as Kubernetes mounts them) for the
+/// ones not given as documents.
+#[derive(Clone, Default)]
+pub struct SecretValues {
+    documents: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only, never a value.
+        f.debug_struct("SecretValues")
+            .field("documents", &self.documents.keys().collect::<Vec<_>>())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
 
 impl SecretValues {
     /// Adds (or replaces) a Secret's values.
     pub fn insert(&mut self, name: String, values: BTreeMap<String, Vec<u8>>) {
-        self.0.insert(name, values);
+        self.documents.insert(name, values);
+    }
+
+    /// Looks up Secrets not given as documents in `dir` (`<dir>/<secret>/<key>`).
+    pub fn with_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.dir = dir;
+        self
+    }
+
+    /// The value of `key` of Secret `name`: from a document, else from the directory.
+    pub fn value(&self, name: &str, key: &str) -> Option<Vec<u8>> {
+        if let Some(value) = self.documents.get(name).and_then(|keys| keys.get(key)) {
+            return Some(value.clone());
+        }
+        let safe = |part: &str| !part.is_empty() && !part.starts_with('.') && !part.contains('/');
+        let dir = self.dir.as_ref().filter(|_| safe(name) && safe(key))?;
+        std::fs::read(dir.join(name).join(key)).ok()
+    }
+
+    /// The value of a Secret key, or why not.
+    pub fn require(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, KeyProblem> {
+        self.value(&reference.name, &reference.key)
+            .ok_or_else(|| KeyProblem::Missing {
+                secret: reference.name.clone(),
+                key: reference.key.clone(),
+            })
+    }
+
+    /// The value of a Secret key as text without surrounding white space.
+    pub fn text(&self, reference: &SecretKeyRef) -> Result<String, KeyProblem> {
+        let value = self.require(reference)?;
+        String::from_utf8(value)
+            .map(|text| text.trim().to_owned())
+            .map_err(|_| KeyProblem::NotText {
+                secret: reference.name.clone(),
+                key: reference.key.clone(),
+            })
     }
 
     /// Adds a Secret: its `data`, with `stringData` over it as the API server merges them.
@@ -85,39 +136,23 @@ impl SecretValues {
         Ok(())
     }
 
-    /// Whether a Secret of that name is known.
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-
     /// The digest of the key `source` names: its `sha256` as given, or the digest of the
     /// Secret's value without surrounding white space.
     pub fn digest(&self, source: &KeySource) -> Result<KeyDigest, KeyProblem> {
         if let Some(hex) = &source.sha256 {
             return from_hex(hex).ok_or_else(|| KeyProblem::BadDigest(hex.clone()));
         }
-        let Some(SecretKeyRef { name, key }) = &source.secret_ref else {
+        let Some(reference) = &source.secret_ref else {
             return Err(KeyProblem::BadDigest(String::new()));
         };
-        let named = || (name.clone(), key.clone());
-        let value = self
-            .0
-            .get(name)
-            .and_then(|keys| keys.get(key))
-            .ok_or_else(|| {
-                let (secret, key) = named();
-                KeyProblem::Missing { secret, key }
-            })?;
-        let text = std::str::from_utf8(value).map_err(|_| {
-            let (secret, key) = named();
-            KeyProblem::NotText { secret, key }
-        })?;
-        let text = text.trim();
+        let text = self.text(reference)?;
         if text.chars().count() < MIN_KEY_CHARS {
-            let (secret, key) = named();
-            return Err(KeyProblem::TooShort { secret, key });
+            return Err(KeyProblem::TooShort {
+                secret: reference.name.clone(),
+                key: reference.key.clone(),
+            });
         }
-        Ok(digest_of(text))
+        Ok(digest_of(&text))
     }
 
     /// `source` with its key given by digest only, the form a configuration keeps.

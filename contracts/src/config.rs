@@ -22,6 +22,7 @@ use tally_crds::{
 };
 
 use crate::access::{Holder, KeyRing, SecretValues};
+use crate::credentials::{self, Credentials};
 use crate::naming;
 
 /// Why a configuration could not be loaded. Every message names the file (and document) at
@@ -61,6 +62,8 @@ pub struct RuntimeConfig {
     pub timings: Timings,
     /// `spec.collector.trustedProxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The servers' credentials, from the Secrets the pipeline names (never serialized).
+    pub credentials: Credentials,
     site_index: HashMap<String, usize>,
     keys: KeyRing,
 }
@@ -68,6 +71,12 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// Loads a YAML file, or every `.yaml`/`.yml` file of a directory (in name order).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_secrets(path, None)
+    }
+
+    /// [`RuntimeConfig::load`], taking the Secrets that no document of the files holds from
+    /// `secrets_dir` (`<dir>/<secret>/<key>`: the operator mounts them there).
+    pub fn load_with_secrets(path: &Path, secrets_dir: Option<&Path>) -> Result<Self, ConfigError> {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.to_owned(),
@@ -96,12 +105,12 @@ impl RuntimeConfig {
             sources.push((path.display().to_string(), read(path)?));
         }
         let described = path.display().to_string();
-        Self::from_sources(&described, sources)
+        Self::from_sources(&described, sources, secrets_dir)
     }
 
     /// Parses one YAML text holding the pipeline and its sites; `origin` names it in errors.
     pub fn parse(origin: &str, yaml: &str) -> Result<Self, ConfigError> {
-        Self::from_sources(origin, vec![(origin.to_owned(), yaml.to_owned())])
+        Self::from_sources(origin, vec![(origin.to_owned(), yaml.to_owned())], None)
     }
 
     /// Builds a configuration from resources already in memory (the operator's path), with
@@ -127,10 +136,14 @@ impl RuntimeConfig {
         )
     }
 
-    fn from_sources(described: &str, sources: Vec<(String, String)>) -> Result<Self, ConfigError> {
+    fn from_sources(
+        described: &str,
+        sources: Vec<(String, String)>,
+        secrets_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let mut pipeline: Option<(String, AnalyticsPipeline)> = None;
         let mut sites: Vec<(String, AnalyticsSite)> = Vec::new();
-        let mut secrets = SecretValues::default();
+        let mut secrets = SecretValues::default().with_dir(secrets_dir.map(Path::to_owned));
         for (file, text) in &sources {
             for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
                 let origin = format!("{file} (document {})", index + 1);
@@ -280,6 +293,8 @@ impl RuntimeConfig {
             ));
         }
 
+        let credentials = credentials::resolve(&pipeline.spec, secrets)
+            .map_err(|message| invalid(&pipeline_origin, message))?;
         let mut keys = KeyRing::default();
         for (i, admin) in pipeline.spec.admin_keys.iter_mut().enumerate() {
             let field = format!("spec.adminKeys[{i}]");
@@ -348,6 +363,7 @@ impl RuntimeConfig {
             sites: kept,
             timings,
             trusted_proxies,
+            credentials,
             site_index,
             keys,
         })

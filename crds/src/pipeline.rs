@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::access::AdminKey;
+use crate::access::{AdminKey, SecretKeyRef};
 use crate::duration::DURATION_PATTERN;
 
 /// Declares an analytics pipeline: where events are buffered (NATS JetStream), where they are
@@ -122,6 +122,105 @@ pub struct NatsSpec {
     /// The JetStream stream that holds this pipeline's events.
     #[serde(default)]
     pub stream: StreamSpec,
+    /// How the collector, processor and operator log in to NATS. Unset: no credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuth>,
+    /// TLS to NATS: the CA bundle that signs the servers' certificates and, for servers that
+    /// ask for one, a client certificate. Unset: TLS only when the URL says `tls://`,
+    /// checked against the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// A NATS login: a user and password, a token, a credentials file (JWT and NKey seed) or an
+/// NKey seed, each from a key of a Secret (same namespace). The operator mounts these
+/// Secrets into the pods; the ConfigMap names them only. Without a cluster, `v1` `Secret`
+/// documents in the configuration files (or files under `--secrets-dir`) hold them.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.passwordSecretRef), has(self.tokenSecretRef), has(self.credentialsSecretRef), has(self.nkeySecretRef)].filter(x, x).size() == 1").message("give exactly one of passwordSecretRef (with user), tokenSecretRef, credentialsSecretRef and nkeySecretRef"))]
+#[x_kube(validation = Rule::new("has(self.passwordSecretRef) == has(self.user)").message("user and passwordSecretRef go together"))]
+pub struct NatsAuth {
+    /// The user name, with `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// A token (`authorization { token }` of the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// A `.creds` file: a user JWT and its NKey seed (decentralized auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretKeyRef>,
+    /// An NKey seed (`SU...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_secret_ref: Option<SecretKeyRef>,
+}
+
+impl TlsSpec {
+    fn refs(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        [
+            &self.ca_secret_ref,
+            &self.cert_secret_ref,
+            &self.key_secret_ref,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl AnalyticsPipelineSpec {
+    /// The Secret keys of the NATS login and TLS (what the collector and processor read).
+    pub fn nats_credential_refs(&self) -> Vec<&SecretKeyRef> {
+        let login = self.nats.auth.iter().flat_map(|a| {
+            [
+                &a.password_secret_ref,
+                &a.token_secret_ref,
+                &a.credentials_secret_ref,
+                &a.nkey_secret_ref,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        login
+            .chain(self.nats.tls.iter().flat_map(TlsSpec::refs))
+            .collect()
+    }
+
+    /// The Secret keys of the ClickHouse password and TLS (what the processor and the
+    /// query service read).
+    pub fn clickhouse_credential_refs(&self) -> Vec<&SecretKeyRef> {
+        self.clickhouse
+            .password_secret_ref
+            .iter()
+            .chain(self.clickhouse.tls.iter().flat_map(TlsSpec::refs))
+            .collect()
+    }
+
+    /// Every Secret key of the servers' credentials.
+    pub fn credential_refs(&self) -> Vec<&SecretKeyRef> {
+        let mut refs = self.nats_credential_refs();
+        refs.extend(self.clickhouse_credential_refs());
+        refs
+    }
+}
+
+/// TLS material from keys of Secrets (same namespace), PEM-encoded.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)").message("certSecretRef and keySecretRef go together"))]
+pub struct TlsSpec {
+    /// The CA bundle the server's certificate is checked against (instead of the system's
+    /// roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A client certificate, for servers that verify clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Settings of the pipeline's JetStream stream (`TALLY_<PIPELINE>`, subjects
@@ -191,6 +290,18 @@ pub struct ClickHouseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub retention_days: Option<u32>,
+    /// The ClickHouse user the processor and query service log in as. Unset: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub user: Option<String>,
+    /// The user's password, from a key of a Secret (same namespace); mounted into the pods,
+    /// never put into the ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// TLS to ClickHouse (an `https://` URL): a CA bundle instead of the system's roots,
+    /// and a client certificate for servers that verify clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 /// Collector (HTTP ingestion) settings.

@@ -16,6 +16,9 @@ query.
 
 Behaviour:
   * foreground; listens on 127.0.0.1 only; data persists in DIR;
+  * with TALLY_CLICKHOUSE_PASSWORD set, there is a user `tally` with that password
+    (users.xml holds its SHA-256), on HTTP and native TCP alike; `default` stays
+    passwordless on loopback, since clickhouse-local runs the server's own session as it;
   * prints "clickhouse-server: ready ..." on stderr once /ping answers;
   * SIGTERM or SIGINT: cancels the keep-alive query and exits 0 within about
     a second;
@@ -29,6 +32,7 @@ The keep-alive query is visible in system.processes: never run a blanket
 """
 
 import argparse
+import hashlib
 import os
 import signal
 import socket
@@ -40,6 +44,11 @@ import urllib.request
 from xml.sax.saxutils import escape
 
 PROG = "clickhouse-server"
+# The password of the `default` user (none when unset): from the environment, so it is not
+# on the command line; users.xml keeps its SHA-256 only.
+PASSWORD = os.environ.get("TALLY_CLICKHOUSE_PASSWORD", "")
+# With a password, clients log in as this user; `default` is then the server's own.
+USER = "tally"
 # Marks the keep-alive query so that shutdown can cancel exactly that one.
 KEEPALIVE_MARK = "tally_launcher_keepalive"
 KEEPALIVE_SQL = (
@@ -79,13 +88,12 @@ USERS_XML = """<clickhouse>
         <default>
             <password></password>
             <networks>
-                <ip>127.0.0.1</ip>
-                <ip>::1</ip>
+                {default_networks}
             </networks>
             <profile>default</profile>
             <quota>default</quota>
             <access_management>1</access_management>
-        </default>
+        </default>{tally_user}
     </users>
     <quotas>
         <default></default>
@@ -119,8 +127,11 @@ def parse_args(argv):
 
 
 def http(port_, sql, timeout):
-    """Runs one statement over the HTTP interface and returns the body."""
+    """Runs one statement over the HTTP interface (as `default`) and returns the body."""
     req = urllib.request.Request(f"http://127.0.0.1:{port_}/", data=sql.encode(), method="POST")
+    if PASSWORD:
+        req.add_header("X-ClickHouse-User", USER)
+        req.add_header("X-ClickHouse-Key", PASSWORD)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.read().decode()
 
@@ -164,7 +175,20 @@ def main(argv):
 
     users_path = os.path.join(run_dir, "users.xml")
     with open(users_path, "w") as f:
-        f.write(USERS_XML)
+        loopback = "<ip>127.0.0.1</ip><ip>::1</ip>"
+        # The server's own session runs as `default`, which clickhouse-local checks like a
+        # client: it stays passwordless on loopback.
+        networks = loopback
+        if PASSWORD:
+            user = (
+                f"\n        <{USER}>"
+                f"<password_sha256_hex>{hashlib.sha256(PASSWORD.encode()).hexdigest()}</password_sha256_hex>"
+                f"<networks>{loopback}</networks><profile>default</profile><quota>default</quota>"
+                f"<access_management>1</access_management></{USER}>"
+            )
+        else:
+            user = ""
+        f.write(USERS_XML.replace("{default_networks}", networks).replace("{tally_user}", user))
     with open(os.path.join(run_dir, "config.xml"), "w") as f:
         f.write(CONFIG_XML.format(http_port=args.http_port, tcp_port=args.tcp_port, users=escape(users_path)))
 

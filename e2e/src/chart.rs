@@ -1083,7 +1083,7 @@ impl<'a> Contract<'a> {
         let egress = seq(&spec["egress"]);
         let egress_ports = numbers(egress.iter().flat_map(|r| seq(&r["ports"])), "port");
         self.expect(
-            [53, 443, 6443, 4222]
+            [53, 443, 6443, 4222, 8123]
                 .iter()
                 .all(|p| egress_ports.contains(p)),
             || format!("egress ports {egress_ports:?}"),

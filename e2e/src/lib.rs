@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tally_contracts::RuntimeConfig;
+use tally_contracts::credentials::{ClickHouseCredentials, Credentials, NatsLogin};
 use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, PipelineRef};
 
 pub mod chart;
@@ -439,6 +440,8 @@ pub struct Stack {
     /// process's own less its `OTEL_*` variables unless [`Options::otel_from_env`] (so that
     /// tracing is off unless a test turns it on here).
     pub env: Vec<(String, String)>,
+    /// The servers' logins, from the pipeline's Secrets.
+    pub credentials: Credentials,
     /// How the stack was started.
     pub options: Options,
 }
@@ -488,15 +491,37 @@ impl Stack {
         let processor_port = ports.processor.unwrap_or_else(free_port);
         let query_port = ports.query.unwrap_or_else(free_port);
         let config = dir.join("pipeline.yaml");
-        let yaml = match &options.resources {
-            Some(resources) => local_resources(resources, nats_port, clickhouse_port).to_yaml(),
-            None => pipeline_yaml(&options, nats_port, clickhouse_port),
+        // The servers take the logins the pipeline gives (the test pipeline's: a NATS user
+        // and ClickHouse's `default` with passwords; the examples': none).
+        let (yaml, credentials) = match &options.resources {
+            Some(resources) => {
+                let local = local_resources(resources, nats_port, clickhouse_port);
+                (local.to_yaml(), local.credentials)
+            }
+            None => {
+                let yaml = pipeline_yaml(&options, nats_port, clickhouse_port);
+                let parsed = RuntimeConfig::parse("the test pipeline", &yaml)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                (yaml, parsed.credentials)
+            }
         };
         fs::write(&config, yaml)?;
+        // The mounted-Secrets directory of the services: the test servers' logins.
+        let secrets = dir.join("secrets").join(SERVERS_SECRET);
+        fs::create_dir_all(&secrets)?;
+        for (key, value) in servers_secret() {
+            fs::write(secrets.join(key), value)?;
+        }
 
-        let nats = Self::spawn_nats(&options, &dir, nats_port, nats_monitor_port)?;
-        let clickhouse =
-            Self::spawn_clickhouse(&options, &dir, clickhouse_port, clickhouse_tcp_port)?;
+        let nats = Self::spawn_nats(&options, &dir, nats_port, nats_monitor_port, &credentials)?;
+        let clickhouse = Self::spawn_clickhouse(
+            &options,
+            &dir,
+            clickhouse_port,
+            clickhouse_tcp_port,
+            &credentials,
+        )?;
+        let secrets_dir = dir.join("secrets").display().to_string();
         let mut stack = Self {
             processor: Process::not_started("processor", dir.join("processor.log")),
             collector: Process::not_started("collector", dir.join("collector.log")),
@@ -513,7 +538,8 @@ impl Stack {
             nats,
             clickhouse,
             http: reqwest::Client::new(),
-            env: Vec::new(),
+            env: vec![("TALLY_SECRETS_DIR".to_owned(), secrets_dir)],
+            credentials,
             options,
         };
         stack.wait_nats().await?;
@@ -527,18 +553,19 @@ impl Stack {
         dir: &Path,
         http_port: u16,
         tcp_port: u16,
+        credentials: &Credentials,
     ) -> anyhow::Result<Process> {
-        spawn(
-            options,
-            dir,
-            "clickhouse",
-            "clickhouse",
-            Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?)
-                .arg("--data-dir")
-                .arg(dir.join("clickhouse"))
-                .args(["--http-port", &http_port.to_string()])
-                .args(["--tcp-port", &tcp_port.to_string()]),
-        )
+        let mut command = Command::new(env_path("TALLY_CLICKHOUSE_SERVER")?);
+        command
+            .arg("--data-dir")
+            .arg(dir.join("clickhouse"))
+            .args(["--http-port", &http_port.to_string()])
+            .args(["--tcp-port", &tcp_port.to_string()]);
+        // The password of its user `tally`, through the environment (not the command line).
+        if let Some(password) = &credentials.clickhouse.password {
+            command.env("TALLY_CLICKHOUSE_PASSWORD", password);
+        }
+        spawn(options, dir, "clickhouse", "clickhouse", &mut command)
     }
 
     async fn wait_clickhouse(&mut self) -> anyhow::Result<()> {
@@ -566,6 +593,7 @@ impl Stack {
             &self.dir,
             self.clickhouse_port,
             self.clickhouse_tcp_port,
+            &self.credentials,
         )?;
         self.wait_clickhouse().await
     }
@@ -616,17 +644,34 @@ impl Stack {
         dir: &Path,
         port: u16,
         monitor: u16,
+        credentials: &Credentials,
     ) -> anyhow::Result<Process> {
-        spawn(
-            options,
-            dir,
-            "nats-server",
-            "nats",
-            Command::new(env_path("TALLY_NATS_SERVER")?)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-m", &monitor.to_string(), "-js", "-sd"])
-                .arg(dir.join("nats")),
-        )
+        let mut command = Command::new(env_path("TALLY_NATS_SERVER")?);
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-js", "-sd"])
+            .arg(dir.join("nats"));
+        match &credentials.nats.login {
+            None => {}
+            Some(NatsLogin::UserPassword { user, password }) => {
+                command.args(["--user", user, "--pass", password]);
+            }
+            Some(NatsLogin::Token(token)) => {
+                command.args(["--auth", token]);
+            }
+            Some(_) => bail!("the harness starts NATS with a user and password or a token only"),
+        }
+        spawn(options, dir, "nats-server", "nats", &mut command)
+    }
+
+    /// A NATS client of the stack's server, with the pipeline's login.
+    pub async fn nats_client(&self) -> anyhow::Result<async_nats::Client> {
+        let options = self
+            .credentials
+            .nats
+            .connect_options()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(options.connect(self.nats_url()).await?)
     }
 
     async fn wait_nats(&mut self) -> anyhow::Result<()> {
@@ -832,6 +877,7 @@ impl Stack {
             &self.dir,
             self.nats_port,
             self.nats_monitor_port,
+            &self.credentials,
         )?;
         self.wait_nats().await
     }
@@ -941,7 +987,14 @@ impl Stack {
     /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
         let url = self.clickhouse_url() + "/";
-        clickhouse_sql(&self.http, &url, query, Duration::from_secs(30)).await
+        clickhouse_sql(
+            &self.http,
+            &url,
+            &self.credentials.clickhouse,
+            query,
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// A single number from SQL.
@@ -1039,16 +1092,24 @@ pub fn examples_dir() -> PathBuf {
     }
 }
 
-/// Runs SQL over ClickHouse's HTTP interface at `url` and returns the TabSeparated answer,
-/// trimmed; an answer other than 2xx is an error that quotes the query and ClickHouse's text.
+/// Runs SQL over ClickHouse's HTTP interface at `url` with `login` and returns the
+/// TabSeparated answer, trimmed; an answer other than 2xx is an error that quotes the query
+/// and ClickHouse's text.
 pub async fn clickhouse_sql(
     http: &reqwest::Client,
     url: &str,
+    login: &ClickHouseCredentials,
     query: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    let response = http
-        .post(url)
+    let mut request = http.post(url);
+    if let Some(user) = &login.user {
+        request = request.header("x-clickhouse-user", user);
+    }
+    if let Some(password) = &login.password {
+        request = request.header("x-clickhouse-key", password);
+    }
+    let response = request
         .body(query.to_owned())
         .timeout(timeout)
         .send()
@@ -1084,6 +1145,36 @@ pub fn admin_key() -> tally_crds::AdminKey {
     }
 }
 
+/// The Secret of the test servers' logins: `kubectl apply` of the test pipeline creates it,
+/// and the harness writes it as the mounted-Secrets directory the services read
+/// (`TALLY_SECRETS_DIR`), as the operator's pods have it.
+pub const SERVERS_SECRET: &str = "tally-servers";
+/// The NATS user of the test servers.
+pub const NATS_USER: &str = "tally";
+/// The test servers' passwords (NATS's user, ClickHouse's `tally`, the user the test
+/// server's launcher creates when given a password).
+pub const NATS_PASSWORD: &str = "harness-nats-password-3f9c1e";
+pub const CLICKHOUSE_PASSWORD: &str = "harness-clickhouse-password-8d2a7b";
+
+/// The keys of [`SERVERS_SECRET`] and their values.
+fn servers_secret() -> [(&'static str, &'static str); 2] {
+    [
+        ("nats-password", NATS_PASSWORD),
+        ("clickhouse-password", CLICKHOUSE_PASSWORD),
+    ]
+}
+
+/// [`SERVERS_SECRET`] as a `v1` `Secret` document.
+pub fn servers_secret_yaml() -> String {
+    let data: String = servers_secret()
+        .iter()
+        .map(|(key, value)| format!("\n  {key}: {value}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {SERVERS_SECRET}\nstringData:{data}\n"
+    )
+}
+
 /// The test pipeline and its sites, pointing at the given local servers.
 pub fn pipeline_yaml(options: &Options, nats_port: u16, clickhouse_port: u16) -> String {
     let mut yaml = format!(
@@ -1094,8 +1185,13 @@ metadata:
 spec:
   nats:
     url: nats://127.0.0.1:{nats_port}{stream}
+    auth:
+      user: {NATS_USER}
+      passwordSecretRef: {{name: {SERVERS_SECRET}, key: nats-password}}
   clickhouse:
     url: http://127.0.0.1:{clickhouse_port}
+    user: tally
+    passwordSecretRef: {{name: {SERVERS_SECRET}, key: clickhouse-password}}
   collector:
     publishTimeout: 2s{collector}
   processor:
@@ -1119,6 +1215,8 @@ spec:
             .map(|w| format!("\n    stream:\n      duplicateWindow: {w}"))
             .unwrap_or_default(),
     );
+    yaml.push_str("---\n");
+    yaml.push_str(&servers_secret_yaml());
     for site in SITES {
         yaml.push_str(&format!(
             "---

@@ -513,7 +513,7 @@ async fn poison_messages_are_dead_lettered_after_max_deliver_and_nothing_blocks(
     let (status, answer) = stack.post(Value::Array(months).to_string()).await?;
     assert_eq!(status, 202, "{answer}");
     // Hand-made messages on an event subject that no table can hold.
-    let nats = async_nats::connect(format!("nats://127.0.0.1:{}", stack.nats_port)).await?;
+    let nats = stack.nats_client().await?;
     let js = jetstream::new(nats);
     let out_of_range = json!({
         "event_id": Uuid::new_v4(), "site_id": "docs", "event_type": "page_view",

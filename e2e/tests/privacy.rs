@@ -168,6 +168,7 @@ async fn hash_ids_are_shared_by_collectors_and_change_with_the_day() -> anyhow::
     let mut replica = tally_e2e::Process::spawn(
         "collector-2",
         std::process::Command::new(Stack::binary("tally-collector")?)
+            .envs(stack.env.clone())
             .args(["--config", stack.config.to_str().unwrap()])
             .args(["--listen", &format!("127.0.0.1:{port}")]),
         stack.dir.join("collector-2.log"),
@@ -185,7 +186,7 @@ async fn hash_ids_are_shared_by_collectors_and_change_with_the_day() -> anyhow::
 
     // The id is the hash of the bucket's salt of today; tomorrow's salt gives another, and
     // taking it destroys today's.
-    let nats = async_nats::connect(stack.nats_url()).await?;
+    let nats = stack.nats_client().await?;
     let js = async_nats::jetstream::new(nats);
     let store = tally_collector::salt::bucket(&js, &resources).await?;
     let today = time::OffsetDateTime::now_utc().date();

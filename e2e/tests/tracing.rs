@@ -21,7 +21,7 @@ fn page_view(site: &str, event_id: Uuid) -> Value {
 
 /// The headers of the last message the stream holds for `site`.
 async fn last_message_headers(stack: &Stack, site: &str) -> anyhow::Result<async_nats::HeaderMap> {
-    let nats = async_nats::connect(format!("127.0.0.1:{}", stack.nats_port)).await?;
+    let nats = stack.nats_client().await?;
     let stream = jetstream::new(nats)
         .get_stream(naming::stream_name(PIPELINE))
         .await?;

@@ -23,21 +23,24 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String, Error> {
         .ok_or(Error::MissingField("metadata.namespace"))
 }
 
-/// The names of the Secrets that `sites` and `pipelines` reference (API keys, admin keys).
+/// The names of the Secrets that `sites` and `pipelines` reference (API keys, admin keys,
+/// the servers' credentials).
 pub fn secret_names<'a>(
     pipelines: impl IntoIterator<Item = &'a AnalyticsPipeline>,
     sites: impl IntoIterator<Item = &'a AnalyticsSite>,
 ) -> BTreeSet<String> {
-    let admin = pipelines
-        .into_iter()
-        .flat_map(|p| p.spec.admin_keys.iter().map(|k| &k.source));
-    let of_sites = sites
-        .into_iter()
-        .flat_map(|s| s.spec.api_keys.iter().map(|k| &k.source));
-    admin
-        .chain(of_sites)
-        .filter_map(|source| source.secret_ref.as_ref().map(|r| r.name.clone()))
-        .collect()
+    let mut names = BTreeSet::new();
+    for pipeline in pipelines {
+        let spec = &pipeline.spec;
+        let admin = spec.admin_keys.iter().map(|k| &k.source.secret_ref);
+        names.extend(admin.flatten().map(|r| r.name.clone()));
+        names.extend(spec.credential_refs().into_iter().map(|r| r.name.clone()));
+    }
+    for site in sites {
+        let keys = site.spec.api_keys.iter().map(|k| &k.source.secret_ref);
+        names.extend(keys.flatten().map(|r| r.name.clone()));
+    }
+    names
 }
 
 /// The values of the Secrets that `sites` and `pipelines` reference, read by name: the

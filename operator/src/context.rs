@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tally_contracts::credentials::NatsCredentials;
 use tokio::sync::Mutex;
 
 use crate::render::Images;
@@ -166,16 +167,25 @@ pub struct NatsPool {
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NatsPool {
-    /// A JetStream context for `url`, connecting when there is no live connection.
-    pub async fn jetstream(&self, url: &str) -> Result<jetstream::Context, Error> {
+    /// A JetStream context for `url` with `credentials`, connecting when there is no live
+    /// connection with them.
+    pub async fn jetstream(
+        &self,
+        url: &str,
+        credentials: &NatsCredentials,
+    ) -> Result<jetstream::Context, Error> {
+        // One connection per server and login: a changed password gets a new one.
+        let slot = format!("{url}#{}", credentials.fingerprint());
         let mut clients = self.clients.lock().await;
         let live = clients
-            .get(url)
+            .get(&slot)
             .filter(|c| c.connection_state() == async_nats::connection::State::Connected);
         let client = match live {
             Some(client) => client.clone(),
             None => {
-                let client = async_nats::ConnectOptions::new()
+                let client = credentials
+                    .connect_options()
+                    .map_err(|e| Error::Stream(format!("cannot log in to NATS: {e}")))?
                     .name("tally-operator")
                     .connection_timeout(NATS_TIMEOUT)
                     .connect(
@@ -184,7 +194,7 @@ impl NatsPool {
                     )
                     .await
                     .map_err(|e| Error::Stream(format!("cannot connect to NATS at {url}: {e}")))?;
-                clients.insert(url.to_owned(), client.clone());
+                clients.insert(slot, client.clone());
                 client
             }
         };

@@ -64,7 +64,8 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
     let config = render::runtime_config(pipeline, &accepted, &secrets)?;
     let children = apply_children(pipeline, &config, ctx).await?;
     let stream = ensure_stream(pipeline, &config, ctx).await;
-    let observed = observe(pipeline, &children, &stream);
+    let storage = check_storage(&config).await;
+    let observed = observe(pipeline, &children, &stream, &storage);
     let ready = observed.ready;
     report(pipeline, observed, accepted.len(), stream.err(), ctx).await?;
     Ok(Action::requeue(if ready {
@@ -114,7 +115,7 @@ async fn apply_children(
         render::config_map(pipeline, config),
     )
     .await?;
-    let checksum = render::checksum(&config_map);
+    let checksum = render::checksum(&config_map, &config.credentials.fingerprint());
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let collector = apply_object(
         &deployments,
@@ -170,7 +171,10 @@ async fn ensure_stream(
     config: &RuntimeConfig,
     ctx: &Context,
 ) -> Result<String, Error> {
-    let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
+    let js = ctx
+        .nats
+        .jetstream(&pipeline.spec.nats.url, &config.credentials.nats)
+        .await?;
     stream::ensure_stream(&js, config).await.map_err(|e| {
         Error::Stream(format!(
             "cannot create or update stream {}: {e}",
@@ -186,10 +190,29 @@ struct Observed {
     ready: bool,
 }
 
+/// Whether ClickHouse answers the pipeline's login: the processor and the query service
+/// log in the same way, so a wrong password shows here before their pods say so.
+async fn check_storage(config: &RuntimeConfig) -> Result<String, String> {
+    let url = &config.pipeline.spec.clickhouse.url;
+    let client = tally_contracts::credentials::clickhouse_client(config)?;
+    let answer = tokio::time::timeout(CLICKHOUSE_TIMEOUT, client.query("SELECT 1").execute());
+    match answer.await {
+        Ok(Ok(())) => Ok(format!("ClickHouse at {url} answers")),
+        Ok(Err(e)) => Err(format!("ClickHouse at {url}: {e}")),
+        Err(_) => Err(format!(
+            "ClickHouse at {url} did not answer within {CLICKHOUSE_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// How long the storage check waits for ClickHouse.
+const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn observe(
     pipeline: &AnalyticsPipeline,
     children: &Children,
     stream: &Result<String, Error>,
+    storage: &Result<String, String>,
 ) -> Observed {
     let generation = pipeline.metadata.generation;
     let mut conditions = vec![
@@ -209,6 +232,22 @@ fn observe(
                 generation,
             ),
         },
+        match storage {
+            Ok(message) => condition(
+                "StorageReady",
+                true,
+                "StorageReady",
+                message.clone(),
+                generation,
+            ),
+            Err(message) => condition(
+                "StorageReady",
+                false,
+                "StorageUnavailable",
+                message.clone(),
+                generation,
+            ),
+        },
         availability("CollectorAvailable", &children.collector, generation),
         availability("ProcessorAvailable", &children.processor, generation),
         availability("QueryAvailable", &children.query, generation),
@@ -220,7 +259,7 @@ fn observe(
         .collect();
     let ready = waiting.is_empty();
     let message = if ready {
-        "the stream, collector, processor and query service are up".to_owned()
+        "the stream, ClickHouse, collector, processor and query service are up".to_owned()
     } else {
         format!("waiting for {}", waiting.join(", "))
     };
@@ -315,7 +354,14 @@ async fn cleanup(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, 
             .await;
         }
         StreamDeletionPolicy::Delete => {
-            let js = ctx.nats.jetstream(&pipeline.spec.nats.url).await?;
+            let ns = namespace(pipeline)?;
+            let secrets = referenced_secrets(&ctx.client, &ns, &[pipeline], &[]).await?;
+            let credentials = tally_contracts::credentials::resolve(&pipeline.spec, &secrets)
+                .map_err(|e| Error::Stream(format!("cannot log in to NATS: {e}")))?;
+            let js = ctx
+                .nats
+                .jetstream(&pipeline.spec.nats.url, &credentials.nats)
+                .await?;
             let dead_letters =
                 tally_contracts::naming::dead_letter_stream_name(&pipeline.name_any());
             // The salt bucket of hash visitor ids is a stream too (`KV_<bucket>`).
@@ -422,7 +468,10 @@ mod tests {
                     assert_eq!(get("ProcessorAvailable")["status"], "False");
                     assert_eq!(get("QueryAvailable")["status"], "True");
                     assert_eq!(get("Ready")["status"], "False");
-                    assert_eq!(get("Ready")["message"], "waiting for StreamReady, ProcessorAvailable");
+                    // No ClickHouse listens where this pipeline points either.
+                    assert_eq!(get("StorageReady")["status"], "False");
+                    assert_eq!(get("StorageReady")["reason"], "StorageUnavailable");
+                    assert_eq!(get("Ready")["message"], "waiting for StreamReady, StorageReady, ProcessorAvailable");
                     assert_eq!((&status["observedGeneration"], &status["sites"]), (&json!(2), &json!(0)));
                 }),
         ]);

@@ -18,6 +18,8 @@ pub const MANAGER: &str = "tally-operator";
 pub const CONFIG_KEY: &str = "tally.yaml";
 /// Where pods mount the configuration.
 pub const CONFIG_DIR: &str = "/etc/tally";
+/// Where pods mount the Secrets of the servers' credentials (`<dir>/<secret>/<key>`).
+pub const SECRETS_DIR: &str = "/etc/tally/secrets";
 /// Pod template annotation that changes with the configuration, rolling the pods.
 pub const CHECKSUM_ANNOTATION: &str = "tally.dev/config-checksum";
 /// Container ports.
@@ -107,16 +109,21 @@ pub fn runtime_config(
     RuntimeConfig::from_resources(&origin, clean_pipeline, clean_sites, secrets)
 }
 
-/// Hex SHA-256 of the configuration text in `config_map`: the pod template annotation that
-/// rolls the pods when the configuration changes.
-pub fn checksum(config_map: &ConfigMap) -> String {
+/// Hex SHA-256 of the configuration text in `config_map` and of the servers' credentials
+/// (`credentials` is their fingerprint): the pod template annotation that rolls the pods
+/// when the configuration or a mounted credential changes.
+pub fn checksum(config_map: &ConfigMap, credentials: &str) -> String {
     let text = config_map
         .data
         .as_ref()
         .and_then(|d| d.get(CONFIG_KEY))
         .map(String::as_str)
         .unwrap_or_default();
-    Sha256::digest(text.as_bytes())
+    Sha256::new()
+        .chain_update(text.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(credentials.as_bytes())
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -172,6 +179,8 @@ struct Workload<'a> {
     resources: Option<&'a k8s_openapi::api::core::v1::ResourceRequirements>,
     port: i32,
     port_name: &'a str,
+    /// The Secrets of the credentials this component uses, mounted under [`SECRETS_DIR`].
+    secrets: Vec<&'a str>,
 }
 
 /// The container's environment: the log format, for the collector the number of replicas
@@ -203,6 +212,14 @@ fn environment(pipeline: &AnalyticsPipeline, component: &str) -> serde_json::Val
     serde_json::Value::Array(env)
 }
 
+/// The distinct Secret names of `refs`, in order.
+fn secret_names(refs: Vec<&tally_crds::SecretKeyRef>) -> Vec<&str> {
+    let mut names: Vec<&str> = refs.into_iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> Deployment {
     let name = pipeline.name_any();
     let config_file = format!("{CONFIG_DIR}/{CONFIG_KEY}");
@@ -232,6 +249,28 @@ fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> 
     if let Some(resources) = w.resources {
         container["resources"] = serde_json::to_value(resources).expect("resources serialize");
     }
+    // The credentials' Secrets, each in its own directory: the services read them there
+    // (`--secrets-dir`), so no credential is in the ConfigMap or the environment.
+    let mut volumes = vec![json!({
+        "name": "config",
+        "configMap": { "name": config_map_name(&name) },
+    })];
+    if !w.secrets.is_empty() {
+        let args = container["args"].as_array_mut().expect("args are a list");
+        args.extend([json!("--secrets-dir"), json!(SECRETS_DIR)]);
+        for (i, secret) in w.secrets.iter().enumerate() {
+            let volume = format!("secret-{i}");
+            container["volumeMounts"]
+                .as_array_mut()
+                .expect("mounts are a list")
+                .push(json!({
+                    "name": volume,
+                    "mountPath": format!("{SECRETS_DIR}/{secret}"),
+                    "readOnly": true,
+                }));
+            volumes.push(json!({ "name": volume, "secret": { "secretName": secret } }));
+        }
+    }
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -252,10 +291,7 @@ fn deployment(pipeline: &AnalyticsPipeline, checksum: &str, w: Workload<'_>) -> 
                         "seccompProfile": { "type": "RuntimeDefault" },
                     },
                     "containers": [container],
-                    "volumes": [{
-                        "name": "config",
-                        "configMap": { "name": config_map_name(&name) },
-                    }],
+                    "volumes": volumes,
                 },
             },
         },
@@ -279,6 +315,7 @@ pub fn collector_deployment(
             resources: spec.resources.as_ref(),
             port: COLLECTOR_PORT,
             port_name: "http",
+            secrets: secret_names(pipeline.spec.nats_credential_refs()),
         },
     )
 }
@@ -299,6 +336,7 @@ pub fn processor_deployment(
             resources: spec.resources.as_ref(),
             port: PROCESSOR_PORT,
             port_name: "metrics",
+            secrets: secret_names(pipeline.spec.credential_refs()),
         },
     )
 }
@@ -319,6 +357,7 @@ pub fn query_deployment(
             resources: spec.resources.as_ref(),
             port: QUERY_PORT,
             port_name: "http",
+            secrets: secret_names(pipeline.spec.clickhouse_credential_refs()),
         },
     )
 }
@@ -408,12 +447,14 @@ mod tests {
                 .unwrap(),
             )
         };
-        let one = checksum(&rendered(&a));
+        let one = checksum(&rendered(&a), "credentials");
         let mut changed = a.clone();
         changed.spec.domains.push("shop.example.com".into());
-        let two = checksum(&rendered(&changed));
+        let two = checksum(&rendered(&changed), "credentials");
         assert_eq!(one.len(), 64);
         assert_ne!(one, two);
+        // A changed credential rolls the pods too.
+        assert_ne!(checksum(&rendered(&a), "rotated"), one);
         let d = collector_deployment(&pipeline(), &images(), &two);
         let annotations = d
             .spec
@@ -432,6 +473,45 @@ mod tests {
             processor: "tally/processor:1".into(),
             query: "tally/query:1".into(),
         }
+    }
+
+    #[test]
+    fn credentials_are_mounted_from_their_secrets_where_each_component_needs_them() {
+        let mut p = pipeline();
+        p.spec = serde_yaml::from_str(
+            "nats: {auth: {user: tally, passwordSecretRef: {name: nats-login, key: password}}, \
+                    tls: {caSecretRef: {name: nats-tls, key: ca.crt}}}\n\
+             clickhouse: {user: writer, passwordSecretRef: {name: ch-login, key: password}}\n",
+        )
+        .unwrap();
+        let mounted = |d: Deployment| {
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let container = &pod.containers[0];
+            let mounts: Vec<String> = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.clone())
+                .collect();
+            let secrets: Vec<String> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+                .collect();
+            let args = container.args.clone().unwrap_or_default();
+            (mounts, secrets, args.contains(&"--secrets-dir".to_owned()))
+        };
+        let (mounts, secrets, dir) = mounted(collector_deployment(&p, &images(), "c"));
+        assert_eq!(secrets, ["nats-login", "nats-tls"]);
+        assert!(mounts.contains(&"/etc/tally/secrets/nats-login".to_owned()) && dir);
+        let (_, secrets, _) = mounted(processor_deployment(&p, &images(), "c"));
+        assert_eq!(secrets, ["ch-login", "nats-login", "nats-tls"]);
+        let (_, secrets, _) = mounted(query_deployment(&p, &images(), "c"));
+        assert_eq!(secrets, ["ch-login"]);
+        // Without credentials: the configuration only.
+        let (mounts, secrets, dir) = mounted(collector_deployment(&pipeline(), &images(), "c"));
+        assert!(secrets.is_empty() && !dir && mounts == ["/etc/tally"]);
     }
 
     #[test]

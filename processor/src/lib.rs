@@ -65,7 +65,11 @@ async fn start(
     readiness: Arc<health::Readiness>,
 ) -> anyhow::Result<consume::Processor> {
     let spec = &config.pipeline.spec;
-    let nats = async_nats::ConnectOptions::new()
+    let nats = config
+        .credentials
+        .nats
+        .connect_options()
+        .map_err(|e| anyhow::anyhow!(e))?
         .name("tally-processor")
         .retry_on_initial_connect()
         // `spec.nats.url` may list several servers (a JetStream cluster), comma-separated.
@@ -73,7 +77,8 @@ async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up the NATS connection: {e}"))?;
     let js = jetstream::new(nats);
-    let clickhouse = clickhouse::Client::default().with_url(&spec.clickhouse.url);
+    let clickhouse = tally_contracts::credentials::clickhouse_client(config)
+        .map_err(|e| anyhow::anyhow!("spec.clickhouse: {e}"))?;
     let db = config.database();
 
     retry("apply the ClickHouse schema", || {

@@ -45,8 +45,8 @@ impl Store {
     /// The pipeline's database at its `spec.clickhouse.url`.
     pub fn new(config: &RuntimeConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            client: clickhouse::Client::default()
-                .with_url(&config.pipeline.spec.clickhouse.url)
+            client: tally_contracts::credentials::clickhouse_client(config)
+                .expect("the TLS material was checked when the configuration loaded")
                 // A read that runs longer is stopped by ClickHouse and answered with 503,
                 // so that a slow store never holds requests open without end.
                 .with_setting("max_execution_time", MAX_READ_SECONDS.to_string()),

@@ -19,6 +19,11 @@ pub struct CommonArgs {
     /// ClickHouse HTTP URL; overrides `spec.clickhouse.url` of the pipeline.
     #[arg(long, env = "TALLY_CLICKHOUSE_URL", value_name = "URL")]
     pub clickhouse_url: Option<String>,
+    /// A directory of mounted Secrets (`<dir>/<secret>/<key>`, as Kubernetes mounts them):
+    /// where the Secrets the resources name are looked up when no `v1` `Secret` document of
+    /// the configuration holds them. The operator mounts them at /etc/tally/secrets.
+    #[arg(long, env = "TALLY_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -34,7 +39,8 @@ pub enum LogFormat {
 impl CommonArgs {
     /// Loads the configuration and applies the address overrides.
     pub fn load_config(&self) -> Result<RuntimeConfig, ConfigError> {
-        let mut config = RuntimeConfig::load(&self.config)?;
+        let mut config =
+            RuntimeConfig::load_with_secrets(&self.config, self.secrets_dir.as_deref())?;
         if let Some(url) = &self.nats_url {
             config.pipeline.spec.nats.url = url.clone();
         }
