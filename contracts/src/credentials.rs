@@ -286,6 +286,43 @@ impl NatsCredentials {
     }
 }
 
+/// The ClickHouse client of a pipeline: its `spec.clickhouse.url`, user and password, and
+/// for `https://` its TLS material (the system's roots without a CA bundle).
+#[cfg(feature = "clickhouse")]
+pub fn clickhouse_client(config: &crate::RuntimeConfig) -> Result<clickhouse::Client, String> {
+    use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+    use hyper_util::rt::TokioExecutor;
+
+    let url = &config.pipeline.spec.clickhouse.url;
+    let credentials = &config.credentials.clickhouse;
+    let client = if credentials.tls.is_some() || url.starts_with("https://") {
+        let material = credentials.tls.clone().unwrap_or_default();
+        let mut http = HttpConnector::new();
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls_config(&material)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        // As the crate's own client: ClickHouse closes idle connections after 3 s.
+        let hyper = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(https);
+        clickhouse::Client::with_http_client(hyper)
+    } else {
+        clickhouse::Client::default()
+    };
+    let mut client = client.with_url(url);
+    if let Some(user) = &credentials.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &credentials.password {
+        client = client.with_password(password);
+    }
+    Ok(client)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -351,41 +388,4 @@ mod tests {
         );
         assert!(!message.contains("not a certificate"), "{message}");
     }
-}
-
-/// The ClickHouse client of a pipeline: its `spec.clickhouse.url`, user and password, and
-/// for `https://` its TLS material (the system's roots without a CA bundle).
-#[cfg(feature = "clickhouse")]
-pub fn clickhouse_client(config: &crate::RuntimeConfig) -> Result<clickhouse::Client, String> {
-    use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
-    use hyper_util::rt::TokioExecutor;
-
-    let url = &config.pipeline.spec.clickhouse.url;
-    let credentials = &config.credentials.clickhouse;
-    let client = if credentials.tls.is_some() || url.starts_with("https://") {
-        let material = credentials.tls.clone().unwrap_or_default();
-        let mut http = HttpConnector::new();
-        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(rustls_config(&material)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        // As the crate's own client: ClickHouse closes idle connections after 3 s.
-        let hyper = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(2))
-            .build(https);
-        clickhouse::Client::with_http_client(hyper)
-    } else {
-        clickhouse::Client::default()
-    };
-    let mut client = client.with_url(url);
-    if let Some(user) = &credentials.user {
-        client = client.with_user(user);
-    }
-    if let Some(password) = &credentials.password {
-        client = client.with_password(password);
-    }
-    Ok(client)
 }
