@@ -329,7 +329,7 @@ pub struct CollectorSpec {
     /// other peer those headers are ignored. The address is used for `hash` visitor ids and
     /// is never stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 32), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) || isIP(c))").message("each trustedProxies entry must be an IP address or a CIDR block such as 10.0.0.0/8"))]
     pub trusted_proxies: Vec<String>,
     /// The address browsers and back-ends reach the collector at from outside the cluster

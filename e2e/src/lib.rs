@@ -63,7 +63,8 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
-pub(crate) fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+/// The path in the environment variable `name` (a server binary the scripts installed).
+pub fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .with_context(|| format!("{name} is not set: run the tests with `make test`, which installs the servers and sets it"))

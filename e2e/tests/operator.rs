@@ -330,6 +330,36 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     stack.restart_nats().await?;
     cluster.wait_condition(&pipeline, "Ready", WAIT)?;
 
+    // A wrong password, in the Secret the pipeline names, is reported: by NATS in
+    // StreamReady, by ClickHouse in StorageReady. The right one brings Ready back.
+    let secret = format!("secret/{}", tally_e2e::SERVERS_SECRET);
+    let message_of = |condition: &str| {
+        cluster.kubectl(&[
+            "get",
+            &pipeline,
+            "-o",
+            &format!("jsonpath={{.status.conditions[?(@.type==\"{condition}\")].message}}"),
+        ])
+    };
+    let set_password = |key: &str, value: &str| {
+        cluster.merge_patch(&secret, &json!({"stringData": {key: value}}).to_string())
+    };
+    set_password("nats-password", "not-the-password")?;
+    cluster.wait_jsonpath(&pipeline, stream_ready, "False", WAIT)?;
+    let message = message_of("StreamReady")?;
+    assert!(message.contains("authorization violation"), "{message}");
+    set_password("clickhouse-password", "not-the-password")?;
+    let storage_ready = "{.status.conditions[?(@.type==\"StorageReady\")].status}";
+    cluster.wait_jsonpath(&pipeline, storage_ready, "False", WAIT)?;
+    let message = message_of("StorageReady")?;
+    assert!(message.contains("Authentication failed"), "{message}");
+    for text in [message, message_of("StreamReady")?] {
+        assert!(!text.contains("not-the-password"), "{text}");
+    }
+    set_password("nats-password", tally_e2e::NATS_PASSWORD)?;
+    set_password("clickhouse-password", tally_e2e::CLICKHOUSE_PASSWORD)?;
+    cluster.wait_condition(&pipeline, "Ready", WAIT)?;
+
     // The leader steps down (SIGTERM releases the lease): the standby takes over and carries on.
     operators[leader].1.stop();
     let survivor = 1 - leader;
