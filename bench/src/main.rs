@@ -46,6 +46,7 @@ mod memory;
 mod reads;
 mod report;
 mod target;
+mod tenancy;
 
 use target::{PipelineSettings, Target};
 
@@ -93,11 +94,11 @@ pub struct Cli {
     /// A label stored in the JSON report (e.g. "before", "after").
     #[arg(long, default_value = "")]
     label: String,
-    /// Comma-separated phases: baseline,single,batch,overload,e2e,reads,isolation.
+    /// Comma-separated phases: baseline,single,batch,overload,e2e,reads,isolation,tenancy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,e2e,reads,isolation"
+        default_value = "baseline,single,batch,overload,e2e,reads,isolation,tenancy"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -133,6 +134,9 @@ pub struct Cli {
     /// Isolation phase: `/v1/stats` requests per second in the paced leg.
     #[arg(long, default_value_t = 20.0)]
     isolation_read_rate: f64,
+    /// Tenancy phase: single-event POSTs per second of the steady site in each leg.
+    #[arg(long, default_value_t = 1000.0)]
+    tenancy_rate: f64,
     /// Isolation phase: connections of the readers.
     #[arg(long, default_value_t = 4)]
     read_connections: usize,
@@ -201,6 +205,7 @@ pub struct Report {
     pub read_load: Option<reads::Load>,
     pub reads: Vec<reads::Query>,
     pub isolation: Option<isolation::Isolation>,
+    pub tenancy: Option<tenancy::Tenancy>,
     pub memory: Vec<report::Memory>,
     pub errors: Vec<String>,
     pub seconds: f64,
@@ -356,6 +361,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         "client_threads": cli.client_threads,
         "isolation_rate": cli.isolation_rate,
         "isolation_read_rate": cli.isolation_read_rate,
+        "tenancy_rate": cli.tenancy_rate,
         "read_connections": cli.read_connections,
         "phases": cli.phases,
     });
@@ -672,6 +678,38 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
                 ),
                 &plan,
                 procs(target),
+            )
+            .await,
+        );
+        target.check_alive()?;
+    }
+    if cli.has("tenancy") {
+        if !local {
+            anyhow::bail!(
+                "the tenancy phase needs the bench's own pipeline (its rate-limited site {}): run it without --target",
+                tenancy::FLOODED_SITE
+            );
+        }
+        let plan = tenancy::Plan {
+            steady_rate: cli.tenancy_rate,
+            steady_connections: cli.single_connections,
+            flood_events_per_second: 10.0 * f64::from(tenancy::FLOODED_LIMIT),
+            flood_connections: 8,
+            flood_limit: tenancy::FLOODED_LIMIT,
+            duration,
+        };
+        eprintln!(
+            "tenancy: single-event POSTs at {:.0}/s beside a flood of {} at {:.0} events/s (10x its limit)",
+            plan.steady_rate,
+            tenancy::FLOODED_SITE,
+            plan.flood_events_per_second
+        );
+        report.tenancy = Some(
+            tenancy::run(
+                target.collector,
+                ingest::requests(&target.host, &load_sites, 1, 4096),
+                tenancy::flood_requests(&target.host),
+                &plan,
             )
             .await,
         );

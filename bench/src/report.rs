@@ -394,6 +394,38 @@ pub fn print(r: &Report) {
         }
     }
 
+    if let Some(t) = &r.tenancy {
+        println!(
+            "\nOne tenant's flood beside another: single-event POSTs for a steady site at {} req/s over {} connections, {:.0} s per leg; the flood: {} events/s in batches for a site limited to {}/s",
+            n(t.plan.steady_rate),
+            t.plan.steady_connections,
+            t.plan.duration.as_secs_f64(),
+            n(t.plan.flood_events_per_second),
+            t.plan.flood_limit
+        );
+        println!(
+            "    {:<18} {:>7} {:>7} {:>7} {:>6} | {:>14} {:>8} {:>6}",
+            "leg", "p50 ms", "p99 ms", "max ms", "non2xx", "flood taken/s", "429s", "other"
+        );
+        for leg in &t.legs {
+            println!(
+                "    {:<18} {:>7} {:>7} {:>7} {:>6} | {:>14} {:>8} {:>6}",
+                leg.name,
+                f(leg.steady_latency.p50_ms, 2),
+                f(leg.steady_latency.p99_ms, 2),
+                f(leg.steady_latency.max_ms, 1),
+                leg.steady_non_2xx,
+                if leg.flood {
+                    n(leg.flood_accepted_events_per_second)
+                } else {
+                    "-".into()
+                },
+                leg.flood_429,
+                leg.flood_other_non_2xx
+            );
+        }
+    }
+
     if !r.memory.is_empty() {
         println!("\nPeak resident memory (VmHWM over the whole run)");
         for m in &r.memory {
@@ -468,6 +500,16 @@ pub fn print(r: &Report) {
         .isolation
         .as_ref()
         .and_then(|iso| iso.runs.iter().find(|run| run.pinned));
+    let tenancy = r.tenancy.as_ref();
+    line(
+        "steady site p99 beside a 10x flood of another ≤ 2x",
+        tenancy
+            .and_then(|t| t.flood_against_alone())
+            .map_or("-".into(), |(flood, alone)| {
+                format!("{} ms vs {} ms alone", f(flood, 2), f(alone, 2))
+            }),
+        tenancy.and_then(|t| t.unchanged_beside_the_flood()),
+    );
     line(
         "single-event p99 beside reads unchanged (pinned)",
         pinned

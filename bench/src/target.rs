@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use tally_contracts::RuntimeConfig;
 use tally_e2e::{Options, Stack};
 
+use crate::tenancy;
+
 /// Name of the bench pipeline: stream `TALLY_BENCH`, database `tally_bench`.
 pub const PIPELINE: &str = "bench";
 /// The site of the end-to-end lag probes.
@@ -53,8 +55,25 @@ pub fn resources(settings: &PipelineSettings, examples: &Path) -> anyhow::Result
         .sites
         .iter()
         .cloned()
-        .chain([PROBE_SITE.to_owned()]);
-    tally_e2e::with_sites(pipeline, sites).context("the bench pipeline")
+        .chain([PROBE_SITE.to_owned(), tenancy::FLOODED_SITE.to_owned()]);
+    let config = tally_e2e::with_sites(pipeline, sites).context("the bench pipeline")?;
+    // The tenancy phase's site: the one with a rate limit.
+    let mut sites = config.sites;
+    for site in &mut sites {
+        if site.spec.site_id == tenancy::FLOODED_SITE {
+            site.spec.rate_limit = Some(tally_crds::RateLimit {
+                events_per_second: tenancy::FLOODED_LIMIT,
+                burst: None,
+            });
+        }
+    }
+    RuntimeConfig::from_resources(
+        "the bench pipeline",
+        config.pipeline,
+        sites,
+        &Default::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("the bench pipeline: {e}"))
 }
 
 /// `host:port` of an `http://` URL, and its address.

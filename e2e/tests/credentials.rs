@@ -2,8 +2,12 @@
 //! certificates (a CA and certificates made for the test with `openssl`), and the collector
 //! taking events through it with the CA bundle, certificate and key from `v1` `Secret`
 //! documents beside the resources; the same server refuses a client without a certificate
-//! and one that trusts another CA. The logins of the other tests' servers (a NATS user and a
-//! ClickHouse user with passwords) are the harness's default (`tally_e2e::pipeline_yaml`).
+//! and one that trusts another CA. ClickHouse behind a TLS front that asks for client
+//! certificates (the engine of `chdb-core` serves plain HTTP only; a load balancer does this
+//! in front of a ClickHouse cluster): the pipeline's client, the processor and the query
+//! service reach it through TLS, and the same refusals hold. The logins of the other tests'
+//! servers (a NATS user and a ClickHouse user with passwords) are the harness's default
+//! (`tally_e2e::pipeline_yaml`).
 
 use std::path::Path;
 use std::process::Command;
@@ -263,5 +267,124 @@ async fn the_collector_publishes_through_nats_with_tls_and_a_client_certificate(
     collector.stop();
     nats.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A TLS front for ClickHouse's HTTP port, as a load balancer in front of a ClickHouse
+/// cluster terminates TLS (the ClickHouse engine of `chdb-core` serves plain HTTP only): it
+/// presents the server certificate, asks for a client certificate signed by the CA, and
+/// forwards each connection to `backend`.
+async fn tls_front(dir: &Path, backend: u16) -> anyhow::Result<u16> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("ca.crt"))? {
+        roots.add(cert?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()?;
+    let chain =
+        CertificateDer::pem_file_iter(dir.join("server.crt"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test]
+async fn clickhouse_is_reached_over_tls_with_a_client_certificate() -> anyhow::Result<()> {
+    let mut stack = Stack::start_servers(tally_e2e::Options::default()).await?;
+    let dir = stack.dir.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    make_certificates(&dir, "ca")?;
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other)?;
+    make_certificates(&other, "other")?;
+    let port = tls_front(&dir, stack.clickhouse_port).await?;
+
+    // The test pipeline pointed at the TLS front, with the CA bundle and the client
+    // certificate from Secret files under the stack's secrets directory.
+    let secrets = stack.dir.join("secrets").join("clickhouse-tls");
+    std::fs::create_dir_all(&secrets)?;
+    let pipeline = |ca_file: &Path, with_client: bool| -> anyhow::Result<RuntimeConfig> {
+        std::fs::copy(ca_file, secrets.join("ca.crt"))?;
+        std::fs::copy(dir.join("client.crt"), secrets.join("tls.crt"))?;
+        std::fs::copy(dir.join("client.key"), secrets.join("tls.key"))?;
+        let client = if with_client {
+            "\n      certSecretRef: {name: clickhouse-tls, key: tls.crt}\n      keySecretRef: {name: clickhouse-tls, key: tls.key}"
+        } else {
+            ""
+        };
+        let yaml = std::fs::read_to_string(stack.dir.join("pipeline.yaml"))?.replacen(
+            &format!("url: http://127.0.0.1:{}", stack.clickhouse_port),
+            &format!(
+                "url: https://127.0.0.1:{port}\n    tls:\n      caSecretRef: {{name: clickhouse-tls, key: ca.crt}}{client}"
+            ),
+            1,
+        );
+        anyhow::ensure!(
+            yaml.contains("https://"),
+            "the test pipeline names its ClickHouse URL"
+        );
+        let path = stack.dir.join("tls-pipeline.yaml");
+        std::fs::write(&path, yaml)?;
+        RuntimeConfig::load_with_secrets(&path, Some(&stack.dir.join("secrets")))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+
+    let good = pipeline(&dir.join("ca.crt"), true)?;
+    let client =
+        tally_contracts::credentials::clickhouse_client(&good).map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(client.query("SELECT toUInt8(41 + 1)").fetch_one::<u8>().await?, 42);
+    for (what, config) in [
+        (
+            "without a client certificate",
+            pipeline(&dir.join("ca.crt"), false)?,
+        ),
+        (
+            "trusting another CA",
+            pipeline(&other.join("other.crt"), true)?,
+        ),
+    ] {
+        let client = tally_contracts::credentials::clickhouse_client(&config)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        assert!(
+            client.query("SELECT 1").execute().await.is_err(),
+            "ClickHouse answered {what}"
+        );
+    }
+
+    // The processor and the query service of that configuration (its Secrets as files under
+    // the stack's secrets directory, as the operator mounts them) work through it.
+    pipeline(&dir.join("ca.crt"), true)?;
+    stack.config = stack.dir.join("tls-pipeline.yaml");
+    stack.start_processor(&[]).await?;
+    stack.start_query().await?;
+    let (status, stats) = stack.stats("site_id=shop").await?;
+    assert_eq!(status, 200, "{stats}");
     Ok(())
 }
