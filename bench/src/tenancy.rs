@@ -103,6 +103,18 @@ pub async fn run(
     flood: Arc<Vec<Request>>,
     plan: &Plan,
 ) -> Tenancy {
+    // The steady load alone for a moment first, so that no leg starts on a cold path.
+    let _ = load::run(
+        collector,
+        steady.clone(),
+        plan.steady_connections,
+        Pace::Open {
+            rate: plan.steady_rate,
+        },
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .await;
     let mut legs = Vec::new();
     for (name, flooding) in [
         ("alone", false),

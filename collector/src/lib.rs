@@ -62,10 +62,19 @@ pub async fn serve(
     let state = state::AppState::new(config, sink.clone(), collectors);
     let connections = state.metrics.connections.clone();
     // The daily salt of hash visitor ids, kept from the pipeline's key-value bucket.
+    let rules = state.ingest.clone();
     tokio::spawn(salt::keep(
         state.ingest.salts.clone(),
         sink.jetstream(),
         state.ingest.rules.load().config.clone(),
+        move || {
+            let rules = rules.rules.load();
+            rules
+                .config
+                .sites
+                .iter()
+                .any(|site| site.spec.privacy.visitor_id == tally_crds::VisitorIdMode::Hash)
+        },
     ));
     let ingest = state.ingest.clone();
     tally_runtime::reload_on_hangup(reload, move |config| ingest.reload(config));

@@ -107,10 +107,21 @@ pub async fn salt_of(store: &kv::Store, day: Date) -> anyhow::Result<DaySalt> {
 }
 
 /// Keeps `salts` at the current UTC day's salt: fetches it now, then again at every
-/// midnight (UTC); while NATS does not answer, retries every few seconds.
-pub async fn keep(salts: Arc<Salts>, js: jetstream::Context, config: RuntimeConfig) {
+/// midnight (UTC); while NATS does not answer, retries every few seconds. While no site of
+/// the configuration (`needed`, read again after a reload) uses `hash` ids, the bucket is
+/// not touched: a pipeline without them needs no key-value permission on NATS.
+pub async fn keep(
+    salts: Arc<Salts>,
+    js: jetstream::Context,
+    config: RuntimeConfig,
+    needed: impl Fn() -> bool,
+) {
     let mut store = None;
     loop {
+        if !needed() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
         let now = OffsetDateTime::now_utc();
         let result = async {
             if store.is_none() {

@@ -359,7 +359,13 @@ async fn clickhouse_is_reached_over_tls_with_a_client_certificate() -> anyhow::R
     let good = pipeline(&dir.join("ca.crt"), true)?;
     let client =
         tally_contracts::credentials::clickhouse_client(&good).map_err(|e| anyhow::anyhow!(e))?;
-    assert_eq!(client.query("SELECT toUInt8(41 + 1)").fetch_one::<u8>().await?, 42);
+    assert_eq!(
+        client
+            .query("SELECT toUInt8(41 + 1)")
+            .fetch_one::<u8>()
+            .await?,
+        42
+    );
     for (what, config) in [
         (
             "without a client certificate",
