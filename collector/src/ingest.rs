@@ -305,7 +305,9 @@ async fn ingest(
     // Refusals and events not stored on purpose keep their place; the other valid events
     // are stored together, then take theirs.
     let do_not_track = asks_not_to_be_tracked(headers);
-    let bot = is_bot(headers);
+    // A request with an ingest key comes from the site's own back-end, whose user agent is
+    // an HTTP library's (curl, an SDK), not a visitor's: only keyless requests are checked.
+    let bot = key.is_none() && is_bot(headers);
     let mut events = Vec::with_capacity(items.len());
     let kept: Vec<Option<EventOutcome>> = items
         .into_iter()

@@ -97,9 +97,10 @@ pub struct AnalyticsSiteSpec {
     /// What the collector does to respect this site's visitors' privacy.
     #[serde(default)]
     pub privacy: PrivacySpec,
-    /// Requests whose `User-Agent` is a known bot or crawler (the list of the `isbot`
-    /// project): `drop` (the default) or `flag`. Counted by site either way in
-    /// `tally_collector_bot_events_total`.
+    /// Requests without an API key whose `User-Agent` is a known bot or crawler (the list
+    /// of the `isbot` project, which counts HTTP libraries such as curl too): `drop` (the
+    /// default) or `flag`. Requests with an ingest key come from the site's own back-end and
+    /// are not checked. Counted by site in `tally_collector_bot_events_total`.
     #[serde(default)]
     pub bots: BotPolicy,
 }

@@ -500,6 +500,16 @@ async fn bots_are_dropped_or_flagged_as_their_site_says() {
         .unwrap();
     assert_eq!(send(&app, request).await.status(), StatusCode::ACCEPTED);
     assert!(!sink.stored()[1].bot);
+    // A site's own back-end, with its ingest key, is not checked: curl is on the list.
+    let request = post()
+        .header(header::USER_AGENT, "curl/8.14.1")
+        .header("x-api-key", PRIVATE_INGEST)
+        .body(Body::from(json!({"type": "signup"}).to_string()))
+        .unwrap();
+    let (status, _, body) = answer(send(&app, request).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(body["results"][0].get("reason").is_none(), "{body}");
+    assert_eq!(sink.stored()[2].site_id, "private");
     let metrics =
         body_text(send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await).await;
     for line in [
