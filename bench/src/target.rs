@@ -319,7 +319,15 @@ mod tests {
             .iter()
             .map(|s| s.spec.site_id.as_str())
             .collect();
-        assert_eq!(ids, ["site-00", "site-01", "site-02", "probe"]);
+        assert_eq!(ids, ["site-00", "site-01", "site-02", "probe", "flooded"]);
+        // Only the tenancy phase's site has a rate limit.
+        let limited: Vec<&str> = config
+            .sites
+            .iter()
+            .filter(|s| s.spec.rate_limit.is_some())
+            .map(|s| s.spec.site_id.as_str())
+            .collect();
+        assert_eq!(limited, [tenancy::FLOODED_SITE]);
         let (spec, example) = (&config.pipeline.spec, &example.pipeline.spec);
         assert_eq!(spec.processor.batch_max_rows, 20_000);
         assert_eq!(spec.processor.batch_max_wait, "250ms");
@@ -334,7 +342,7 @@ mod tests {
         let again = RuntimeConfig::parse("rendered", &local.to_yaml()).unwrap();
         assert_eq!(again.pipeline.spec.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(again.pipeline.spec.clickhouse.url, "http://127.0.0.1:8123");
-        assert_eq!(again.sites.len(), 4);
+        assert_eq!(again.sites.len(), 5);
     }
 
     #[test]
