@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use tally_contracts::access::Grant;
 use tally_contracts::{Event, RuntimeConfig};
@@ -23,6 +24,7 @@ use crate::metrics::{BotAction, Metrics};
 use crate::payload::{Item, Shape, decode_body, split_items};
 use crate::rate_limit::{Limited, RateLimits, Standing};
 use crate::salt::Salts;
+use crate::segment;
 use crate::sink::{EventSink, Stored};
 use crate::validate::{Caller, Limits, Problem, Rejection, validate_event};
 use crate::visitor::{self, TrustedProxies};
@@ -205,13 +207,55 @@ fn check_item(
 
 /// `POST /v1/events`: read the body, parse it, store the valid events, answer per event.
 pub async fn post_events(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    handle(&state, request, Source::Native).await
+}
+
+/// `POST /segment/v1/{call}`: Segment's Tracking API (see `segment.rs`); 200
+/// `{"success": true}` when every message was stored.
+pub async fn post_segment(
+    State(state): State<Arc<IngestState>>,
+    Path(call): Path<String>,
+    request: Request,
+) -> Response {
+    let call = match call.as_str() {
+        "batch" | "import" => segment::Call::Batch,
+        "track" => segment::Call::Single("track"),
+        "page" => segment::Call::Single("page"),
+        "screen" => segment::Call::Single("screen"),
+        "identify" => segment::Call::Single("identify"),
+        "group" => segment::Call::Single("group"),
+        "alias" => segment::Call::Single("alias"),
+        _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
+    };
+    let mut response = handle(&state, request, Source::Segment(call)).await;
+    if response.status() == axum::http::StatusCode::ACCEPTED {
+        // What Segment's SDKs take for success; the rate-limit headers stay.
+        let headers = std::mem::take(response.headers_mut());
+        response = axum::Json(serde_json::json!({"success": true})).into_response();
+        for (name, value) in headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
+    }
+    response
+}
+
+/// Where a POST's events come from: Tally's own body, or one of Segment's calls.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Native,
+    Segment(segment::Call),
+}
+
+async fn handle(state: &IngestState, request: Request, source: Source) -> Response {
     let (parts, body) = request.into_parts();
     // The peer's address: the server puts it beside every request (none in-process).
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    let handled = match ingest(&state, &parts.headers, peer, body).await {
+    let handled = match ingest(state, &parts.headers, peer, body, source).await {
         Ok(handled) => handled,
         Err(error) => return api::error_answer(error),
     };
@@ -241,12 +285,21 @@ async fn ingest(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     body: Body,
+    source: Source,
 ) -> Result<Handled, ApiError> {
     let rules = state.rules.load_full();
     let limits = &rules.limits;
     // The key first: an unknown key, or one that may not ingest, is refused before the
-    // body is buffered (it is read through, so the client gets to read the answer).
-    let key = match ingest_key(&rules, headers) {
+    // body is buffered (it is read through, so the client gets to read the answer). A
+    // Segment call without Basic auth may still name its write key in the body.
+    let key = match source {
+        Source::Native => ingest_key(&rules, headers),
+        Source::Segment(_) => match segment::key(&rules, headers, None) {
+            Err(Denied::MissingKey(_)) => Ok(None),
+            other => other.map(Some),
+        },
+    };
+    let key = match key {
         Ok(key) => key,
         Err(denied) => {
             drain(body, limits.max_body_bytes).await;
@@ -277,20 +330,33 @@ async fn ingest(
     let raw = axum::body::to_bytes(body, max_body)
         .await
         .map_err(|_| limits.body_too_large())?;
-    let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let parsed = parse_events(
-        &rules.config,
-        raw,
-        RequestHeaders::of(headers, key),
-        now_ms,
-        |events| {
-            if admitted.settle(&state.admission, events) {
-                Ok(())
-            } else {
-                Err(overloaded())
-            }
-        },
-    )?;
+    let now = OffsetDateTime::now_utc();
+    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let (raw, key, request_headers) = match source {
+        Source::Native => (raw, key, RequestHeaders::of(headers, key)),
+        Source::Segment(call) => {
+            let body = decode_body(raw, header_str(headers, header::CONTENT_ENCODING), max_body)?;
+            let translated = segment::translate(call, &body, key.and_then(Grant::site_id), now)?;
+            let key = match key {
+                Some(key) => key,
+                None => segment::key(&rules, headers, translated.write_key.as_deref())?,
+            };
+            let request = RequestHeaders {
+                content_type: Some("application/json"),
+                content_encoding: None,
+                origin: None,
+                key: Some(key),
+            };
+            (translated.events, Some(key), request)
+        }
+    };
+    let parsed = parse_events(&rules.config, raw, request_headers, now_ms, |events| {
+        if admitted.settle(&state.admission, events) {
+            Ok(())
+        } else {
+            Err(overloaded())
+        }
+    })?;
 
     let mut items = parsed.items;
 

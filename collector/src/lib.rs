@@ -26,6 +26,7 @@ mod payload;
 mod rate_limit;
 mod router;
 pub mod salt;
+mod segment;
 mod sink;
 mod state;
 mod validate;

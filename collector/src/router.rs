@@ -17,6 +17,8 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
+        // Segment's Tracking API, for its SDKs (`host` = this collector + `/segment`).
+        .route("/segment/v1/{call}", post(ingest::post_segment))
         .route("/tracker.js", get(tracker_js))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // The ingest handler enforces its own, configured limit with a JSON answer.

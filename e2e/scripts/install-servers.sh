@@ -128,8 +128,32 @@ install_chdb() {
   install_pip chdb "$TALLY_CHDB_DIR_DEFAULT" "chdb-core==$CHDB_VERSION" verify_chdb
 }
 
+# Segment's official Python library, for the test of the Segment-compatible API
+# (e2e/tests/segment.rs): a real SDK that nobody here wrote.
+verify_segment() {
+  local tmp="$1" version
+  version="$(cd "$tmp" && PYTHONPATH="$tmp" python3 -c 'from segment.analytics.version import VERSION; print(VERSION)' 2>&1)" ||
+    die "segment-analytics-python $SEGMENT_PYTHON_VERSION does not load: $version"
+  [[ "$version" == "$SEGMENT_PYTHON_VERSION" ]] || die "expected segment-analytics-python $SEGMENT_PYTHON_VERSION, got: $version"
+}
+
+install_segment() {
+  [[ -d "$TALLY_SEGMENT_PYTHON_DIR/segment/analytics" ]] && return 0
+  log "installing segment-analytics-python $SEGMENT_PYTHON_VERSION into $TALLY_SEGMENT_PYTHON_DIR"
+  local tmp
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.segment.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.pip.log")
+  # Its dependencies that the system's Python lacks, pinned too (requests and
+  # python-dateutil come with the system's Python; verify_segment fails without them).
+  pip_install "$tmp" "segment-analytics-python==$SEGMENT_PYTHON_VERSION" \
+    "backoff==$SEGMENT_BACKOFF_VERSION" "PyJWT==$SEGMENT_PYJWT_VERSION"
+  verify_segment "$tmp"
+  publish "$tmp" "$TALLY_SEGMENT_PYTHON_DIR"
+}
+
 install_nats
 install_chdb
+install_segment
 # Without the install lock's descriptor: install-jaeger.sh takes a lock of its own.
 jaeger="$("$TALLY_SCRIPTS/install-jaeger.sh" 9>&-)" || die "could not build Jaeger $JAEGER_VERSION"
 
@@ -141,6 +165,7 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_CLICKHOUSE_SERVER=%q\n' "$TALLY_SCRIPTS/clickhouse-server"
   printf 'export TALLY_CHDB_DIR=%q\n' "$TALLY_CHDB_DIR_DEFAULT"
   printf 'export TALLY_JAEGER=%q\n' "$jaeger"
+  printf 'export TALLY_SEGMENT_PYTHONPATH=%q\n' "$TALLY_SEGMENT_PYTHON_DIR"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"

@@ -23,11 +23,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TALLY_CACHE/cargo-target}"
 # github.com/jaegertracing/jaeger, whose cmd/jaeger is the all-in-one trace backend).
 export NATS_SERVER_VERSION=2.15.1
 export CHDB_VERSION=26.9.0
+# PyPI: Segment's Python library and the two of its dependencies the system's Python lacks.
+export SEGMENT_PYTHON_VERSION=2.4.0
+export SEGMENT_BACKOFF_VERSION=2.2.1
+export SEGMENT_PYJWT_VERSION=2.12.1
 export JAEGER_VERSION=v1.75.0
 
 # Install locations, keyed by version (filled by install-servers.sh).
 TALLY_NATS_DIR="$TALLY_CACHE/nats-server-$NATS_SERVER_VERSION"
 TALLY_CHDB_DIR_DEFAULT="$TALLY_CACHE/chdb-core-$CHDB_VERSION"
+TALLY_SEGMENT_PYTHON_DIR="$TALLY_CACHE/segment-analytics-python-$SEGMENT_PYTHON_VERSION-backoff-$SEGMENT_BACKOFF_VERSION-pyjwt-$SEGMENT_PYJWT_VERSION"
 TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"
 

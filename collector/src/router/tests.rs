@@ -521,6 +521,108 @@ async fn bots_are_dropped_or_flagged_as_their_site_says() {
 }
 
 #[tokio::test]
+async fn segment_calls_take_the_write_key_and_answer_as_segment_does() {
+    use base64::Engine as _;
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let basic = |key: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+        )
+    };
+    let call = |path: &str, auth: Option<String>, body: Value| {
+        let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        request.body(Body::from(body.to_string())).unwrap()
+    };
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m1"},
+        {"type": "page", "anonymousId": "a1", "messageId": "m2", "properties": {"path": "/pricing"}},
+    ]});
+    let response = send(
+        &app,
+        call(
+            "/segment/v1/batch",
+            Some(basic(PRIVATE_INGEST)),
+            batch.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await, json!({"success": true}));
+    let stored = sink.stored();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|e| e.site_id == "private"));
+    assert_eq!(
+        (stored[0].event_type.as_str(), stored[1].path.as_str()),
+        ("Signed Up", "/pricing")
+    );
+    // The same batch again (an SDK's retry): the same event ids, stored once.
+    let again = send(
+        &app,
+        call("/segment/v1/batch", Some(basic(PRIVATE_INGEST)), batch),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(sink.stored().len(), 2);
+    // The write key may be in the body instead.
+    let single = json!({"event": "Logged In", "userId": "u1", "writeKey": PRIVATE_INGEST});
+    assert_eq!(
+        send(&app, call("/segment/v1/track", None, single))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Refused: no key, a key that is not one, a read key, a body that is no Segment call.
+    let track = json!({"event": "x", "userId": "u"});
+    for (auth, body, status, code) in [
+        (None, track.clone(), 401, "missing_api_key"),
+        (
+            Some(basic("not-a-key")),
+            track.clone(),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            Some(basic(PRIVATE_READ)),
+            track.clone(),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            Some(basic(PRIVATE_INGEST)),
+            json!({"no": "batch"}),
+            400,
+            "invalid_body",
+        ),
+    ] {
+        let path = if status == 400 {
+            "/segment/v1/batch"
+        } else {
+            "/segment/v1/track"
+        };
+        let (got, _, answer) = answer(send(&app, call(path, auth, body)).await).await;
+        assert_eq!(
+            (got.as_u16(), answer["error"].as_str()),
+            (status, Some(code)),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        send(
+            &app,
+            call("/segment/v1/nope", Some(basic(PRIVATE_INGEST)), json!({}))
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn a_reposted_event_is_answered_as_a_duplicate_and_stored_once() {
     let sink = Arc::new(MemorySink::default());
     let app = app(sink.clone());
