@@ -22,6 +22,7 @@ use crate::admission::Admission;
 use crate::api::{self, ApiError, EventOutcome, NotStored};
 use crate::metrics::{BotAction, Metrics};
 use crate::payload::{Item, Shape, decode_body, split_items};
+use crate::pixel;
 use crate::rate_limit::{Limited, RateLimits, Standing};
 use crate::salt::Salts;
 use crate::segment;
@@ -241,11 +242,20 @@ pub async fn post_segment(
     response
 }
 
-/// Where a POST's events come from: Tally's own body, or one of Segment's calls.
+/// `GET /v1/pixel.gif`: a page view from a `<noscript>` image (see `pixel.rs`), answered
+/// with a 1×1 GIF whatever became of it; the status says what did.
+pub async fn get_pixel(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    let status = handle(&state, request, Source::Pixel).await.status();
+    pixel::image(status)
+}
+
+/// Where a request's events come from: Tally's own body, one of Segment's calls, or the
+/// query string of a pixel.
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Native,
     Segment(segment::Call),
+    Pixel,
 }
 
 async fn handle(state: &IngestState, request: Request, source: Source) -> Response {
@@ -255,7 +265,7 @@ async fn handle(state: &IngestState, request: Request, source: Source) -> Respon
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    let handled = match ingest(state, &parts.headers, peer, body, source).await {
+    let handled = match ingest(state, &parts.headers, parts.uri.query(), peer, body, source).await {
         Ok(handled) => handled,
         Err(error) => return api::error_answer(error),
     };
@@ -283,6 +293,7 @@ struct Handled {
 async fn ingest(
     state: &IngestState,
     headers: &HeaderMap,
+    uri_query: Option<&str>,
     peer: Option<SocketAddr>,
     body: Body,
     source: Source,
@@ -293,7 +304,7 @@ async fn ingest(
     // body is buffered (it is read through, so the client gets to read the answer). A
     // Segment call without Basic auth may still name its write key in the body.
     let key = match source {
-        Source::Native => ingest_key(&rules, headers),
+        Source::Native | Source::Pixel => ingest_key(&rules, headers),
         Source::Segment(_) => match segment::key(&rules, headers, None) {
             Err(Denied::MissingKey(_)) => Ok(None),
             other => other.map(Some),
@@ -332,8 +343,22 @@ async fn ingest(
         .map_err(|_| limits.body_too_large())?;
     let now = OffsetDateTime::now_utc();
     let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let referer_origin;
     let (raw, key, request_headers) = match source {
         Source::Native => (raw, key, RequestHeaders::of(headers, key)),
+        Source::Pixel => {
+            let (event, origin) = pixel::event(uri_query, headers)?;
+            referer_origin = origin;
+            let request = RequestHeaders {
+                content_type: Some("application/json"),
+                content_encoding: None,
+                // An image request has no Origin: the page it is on (its Referer) stands in
+                // for it, so the site's domains check it the same way.
+                origin: referer_origin.as_deref(),
+                key,
+            };
+            (event, key, request)
+        }
         Source::Segment(call) => {
             let body = decode_body(raw, header_str(headers, header::CONTENT_ENCODING), max_body)?;
             let translated = segment::translate(call, &body, key.and_then(Grant::site_id), now)?;

@@ -23,6 +23,7 @@ mod hostile_input;
 mod ingest;
 mod metrics;
 mod payload;
+mod pixel;
 mod rate_limit;
 mod router;
 pub mod salt;

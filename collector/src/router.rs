@@ -5,8 +5,8 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(ingest::post_events))
         // Segment's Tracking API, for its SDKs (`host` = this collector + `/segment`).
         .route("/segment/v1/{call}", post(ingest::post_segment))
+        .route("/v1/pixel.gif", get(ingest::get_pixel))
         .route("/tracker.js", get(tracker_js))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // The ingest handler enforces its own, configured limit with a JSON answer.
@@ -52,17 +53,42 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The browser tracker that site snippets load.
-async fn tracker_js() -> impl IntoResponse {
+pub const TRACKER: &str = include_str!("../assets/tracker.js");
+
+/// The tracker, cacheable for a day and revalidated by its ETag (a digest of its text):
+/// a browser that has it asks with `If-None-Match` and gets 304.
+async fn tracker_js(headers: HeaderMap) -> Response {
+    static ETAG: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(TRACKER.as_bytes());
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header")
+    });
+    let cache = [
+        (header::ETAG, ETAG.clone()),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=86400"),
+        ),
+    ];
+    let known = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == ETAG.to_str().unwrap_or_default() || tag.trim() == "*");
+    if known {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
     (
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/javascript; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        include_str!("../assets/tracker.js"),
+        cache,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/javascript; charset=utf-8"),
+        )],
+        TRACKER,
     )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -622,6 +622,69 @@ async fn segment_calls_take_the_write_key_and_answer_as_segment_does() {
     );
 }
 
+#[test]
+fn the_tracker_stays_within_2_kb_gzipped() {
+    use std::io::Write as _;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(crate::router::TRACKER.as_bytes()).unwrap();
+    let size = gzip.finish().unwrap().len();
+    assert!(
+        size <= 2048,
+        "tracker.js is {size} bytes gzipped, over its 2 KB budget"
+    );
+}
+
+#[tokio::test]
+async fn the_pixel_records_a_page_view_and_always_answers_an_image() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let pixel = |query: &str, referer: Option<&str>| {
+        let mut request = Request::get(format!("/v1/pixel.gif?{query}"));
+        if let Some(referer) = referer {
+            request = request.header(header::REFERER, referer);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let cases = [
+        // The page from the Referer, checked against the site's domains.
+        (
+            "site_id=shop",
+            Some("https://www.shop.example.com/pricing"),
+            200,
+        ),
+        ("site_id=shop", Some("https://elsewhere.example.net/"), 403),
+        // The page in the query; a site with ingest keys wants one from a pixel too.
+        (
+            "site_id=quiet&url=https%3A%2F%2Fquiet.example%2Fa",
+            None,
+            200,
+        ),
+        (
+            "site_id=other&url=https%3A%2F%2Fother.example.com%2F",
+            None,
+            401,
+        ),
+        ("site_id=nope", Some("https://shop.example.com/"), 404),
+        ("site_id=shop", None, 400),
+    ];
+    for (query, referer, status) in cases {
+        let response = send(&app, pixel(query, referer)).await;
+        assert_eq!(response.status().as_u16(), status, "{query} {referer:?}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "image/gif");
+        let image = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert!(image.starts_with(b"GIF89a"));
+    }
+    let stored = sink.stored();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        (stored[0].event_type.as_str(), stored[0].path.as_str()),
+        ("page_view", "/pricing")
+    );
+    assert_eq!(stored[1].url, "https://quiet.example/a");
+}
+
 #[tokio::test]
 async fn a_reposted_event_is_answered_as_a_duplicate_and_stored_once() {
     let sink = Arc::new(MemorySink::default());
@@ -917,6 +980,20 @@ async fn the_tracker_and_cors_preflights_are_served() {
             .unwrap()
             .starts_with("application/javascript")
     );
+    // Cached for a day, revalidated by its ETag.
+    assert_eq!(
+        response.headers()[header::CACHE_CONTROL],
+        "public, max-age=86400"
+    );
+    let etag = response.headers()[header::ETAG].clone();
+    let again = Request::get("/tracker.js")
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .body(Body::empty())
+        .unwrap();
+    let response = send(&app, again).await;
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(response.headers()[header::ETAG], etag);
+    assert!(body_text(response).await.is_empty());
     let preflight = Request::options("/v1/events")
         .header(header::ORIGIN, "https://shop.example.com")
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
