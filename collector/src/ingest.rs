@@ -2,7 +2,6 @@
 //! it into events (the one parsing path, which the fuzz target and the property test run
 //! too), the valid events are stored, and `api` builds the answer.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ use crate::api::{self, ApiError, EventOutcome, NotStored};
 use crate::metrics::{BotAction, Metrics};
 use crate::payload::{Item, Shape, decode_body, split_items};
 use crate::pixel;
-use crate::rate_limit::{Limited, RateLimits, Standing};
+use crate::rate_limit::{RateLimits, Standing};
 use crate::salt::Salts;
 use crate::segment;
 use crate::sink::{EventSink, Stored};
@@ -391,14 +390,20 @@ async fn ingest(
 
     // Rate limits, before anything is published: the key's for all valid events, then each
     // site's for its own.
-    let (standings, limited) = take_rate_limits(&rules.rate_limits, key, &items);
+    let (standings, limited) = rules.rate_limits.take_request(
+        key,
+        items
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .map(|event| event.site_id.as_str()),
+    );
 
     // Refusals and events not stored on purpose keep their place; the other valid events
     // are stored together, then take theirs.
     let do_not_track = asks_not_to_be_tracked(headers);
     // A request with an ingest key comes from the site's own back-end, whose user agent is
     // an HTTP library's (curl, an SDK), not a visitor's: only keyless requests are checked.
-    let bot = key.is_none() && is_bot(headers);
+    let bot = key.is_none() && visitor::is_bot(headers);
     let mut events = Vec::with_capacity(items.len());
     let kept: Vec<Option<EventOutcome>> = items
         .into_iter()
@@ -460,12 +465,6 @@ async fn ingest(
     })
 }
 
-/// Whether the request's `User-Agent` is a known bot or crawler (the `isbot` list).
-fn is_bot(headers: &HeaderMap) -> bool {
-    static BOTS: std::sync::LazyLock<isbot::Bots> = std::sync::LazyLock::new(isbot::Bots::default);
-    header_str(headers, header::USER_AGENT).is_some_and(|agent| BOTS.is_bot(agent))
-}
-
 /// The grant of the request's API key, if it sent one; refused when the key is not one of
 /// the configuration's or may not ingest.
 fn ingest_key<'a>(rules: &'a Rules, headers: &HeaderMap) -> Result<Option<&'a Grant>, Denied> {
@@ -474,49 +473,6 @@ fn ingest_key<'a>(rules: &'a Rules, headers: &HeaderMap) -> Result<Option<&'a Gr
         Some(key) if !key.has_scope(KeyScope::Ingest) => Err(Denied::MissingScope("ingest")),
         key => Ok(key),
     }
-}
-
-/// Takes the valid events' tokens: all of them from the key's limit, then each site's from
-/// its own. Returns the limits met (for the headers) and the sites whose events are
-/// refused, with why.
-fn take_rate_limits(
-    rate_limits: &RateLimits,
-    key: Option<&Grant>,
-    items: &[Result<Event, ApiError>],
-) -> (Vec<Standing>, HashMap<String, Limited>) {
-    let mut per_site: Vec<(&str, u32)> = Vec::new();
-    for event in items.iter().filter_map(|item| item.as_ref().ok()) {
-        match per_site.iter_mut().find(|(site, _)| *site == event.site_id) {
-            Some((_, n)) => *n += 1,
-            None => per_site.push((&event.site_id, 1)),
-        }
-    }
-    let mut standings = Vec::new();
-    let mut limited = HashMap::new();
-    let mut met = |taken: Result<Option<Standing>, Limited>| match taken {
-        Ok(standing) => {
-            standings.extend(standing);
-            None
-        }
-        Err(refusal) => {
-            if let Limited::Over(standing) = &refusal {
-                standings.push(standing.clone());
-            }
-            Some(refusal)
-        }
-    };
-    let total = per_site.iter().map(|(_, n)| n).sum();
-    let key_refusal = key.and_then(|key| met(rate_limits.take_for_key(key, total)));
-    for (site_id, n) in per_site {
-        let refusal = match &key_refusal {
-            Some(refusal) => Some(refusal.clone()),
-            None => met(rate_limits.take_for_site(site_id, n)),
-        };
-        if let Some(refusal) = refusal {
-            limited.insert(site_id.to_owned(), refusal);
-        }
-    }
-    (standings, limited)
 }
 
 /// `DNT: 1` or `Sec-GPC: 1`: the visitor asked not to be tracked.

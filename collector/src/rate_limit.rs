@@ -111,6 +111,49 @@ impl RateLimits {
         Self { sites, keys, clock }
     }
 
+    /// Takes the tokens of a request's valid events, given by their sites: all of them from
+    /// the key's limit, then each site's from its own. Returns the limits met (for the
+    /// headers) and the sites whose events are refused, with why.
+    pub fn take_request<'a>(
+        &self,
+        key: Option<&Grant>,
+        sites: impl Iterator<Item = &'a str>,
+    ) -> (Vec<Standing>, HashMap<String, Limited>) {
+        let mut per_site: Vec<(&str, u32)> = Vec::new();
+        for site in sites {
+            match per_site.iter_mut().find(|(s, _)| *s == site) {
+                Some((_, n)) => *n += 1,
+                None => per_site.push((site, 1)),
+            }
+        }
+        let mut standings = Vec::new();
+        let mut refused = HashMap::new();
+        let mut met = |taken: Result<Option<Standing>, Limited>| match taken {
+            Ok(standing) => {
+                standings.extend(standing);
+                None
+            }
+            Err(refusal) => {
+                if let Limited::Over(standing) = &refusal {
+                    standings.push(standing.clone());
+                }
+                Some(refusal)
+            }
+        };
+        let total = per_site.iter().map(|(_, n)| n).sum();
+        let key_refusal = key.and_then(|key| met(self.take_for_key(key, total)));
+        for (site_id, n) in per_site {
+            let refusal = match &key_refusal {
+                Some(refusal) => Some(refusal.clone()),
+                None => met(self.take_for_site(site_id, n)),
+            };
+            if let Some(refusal) = refusal {
+                refused.insert(site_id.to_owned(), refusal);
+            }
+        }
+        (standings, refused)
+    }
+
     /// Takes `events` tokens of the request's key's limit, if it has one.
     pub fn take_for_key(&self, key: &Grant, events: u32) -> Result<Option<Standing>, Limited> {
         self.keys

@@ -1,5 +1,5 @@
-//! Who the visitor is, without storing who they are: the client's address as the trusted
-//! proxies report it, and the visitor id of a site's `privacy.visitorId` mode — the
+//! Who the visitor is, without storing who they are: whether it is a known bot, the
+//! client's address as the trusted proxies report it, and the visitor id of a site's `privacy.visitorId` mode — the
 //! client's own, one derived from the collector's `tally_vid` cookie, or a keyed hash of
 //! the day's salt, the site, the address and the user agent. The address is used here and
 //! nowhere else: it is never put into an event, a log line or a metric.
@@ -167,6 +167,15 @@ pub fn identify(
         }
     }
     issued
+}
+
+/// Whether the request's `User-Agent` is a known bot or crawler (the `isbot` list).
+pub fn is_bot(headers: &HeaderMap) -> bool {
+    static BOTS: std::sync::LazyLock<isbot::Bots> = std::sync::LazyLock::new(isbot::Bots::default);
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| BOTS.is_bot(agent))
 }
 
 /// The `tally_vid` cookie of a request, if it carries a well-formed one.
