@@ -14,7 +14,7 @@ use axum::response::Response;
 use tally_contracts::access::Grant;
 use tally_contracts::{Event, RuntimeConfig};
 use tally_crds::{BotPolicy, KeyScope, VisitorIdMode};
-use tally_runtime::access::{Denied, grant_of};
+use tally_runtime::access::{Denied, find_key, grant_of};
 use time::OffsetDateTime;
 
 use crate::admission::Admission;
@@ -304,10 +304,8 @@ async fn ingest(
     // Segment call without Basic auth may still name its write key in the body.
     let key = match source {
         Source::Native | Source::Pixel => ingest_key(&rules, headers),
-        Source::Segment(_) => match segment::key(&rules, headers, None) {
-            Err(Denied::MissingKey(_)) => Ok(None),
-            other => other.map(Some),
-        },
+        Source::Segment(_) => segment::write_key(headers, None)
+            .and_then(|key| key.map(|key| ingest_grant(&rules, &key)).transpose()),
     };
     let key = match key {
         Ok(key) => key,
@@ -363,7 +361,11 @@ async fn ingest(
             let translated = segment::translate(call, &body, key.and_then(Grant::site_id), now)?;
             let key = match key {
                 Some(key) => key,
-                None => segment::key(&rules, headers, translated.write_key.as_deref())?,
+                None => {
+                    let key = segment::write_key(headers, translated.write_key.as_deref())?
+                        .ok_or_else(segment::no_write_key)?;
+                    ingest_grant(&rules, &key)?
+                }
             };
             let request = RequestHeaders {
                 content_type: Some("application/json"),
@@ -468,10 +470,21 @@ async fn ingest(
 /// The grant of the request's API key, if it sent one; refused when the key is not one of
 /// the configuration's or may not ingest.
 fn ingest_key<'a>(rules: &'a Rules, headers: &HeaderMap) -> Result<Option<&'a Grant>, Denied> {
-    let key = grant_of(rules.config.keys(), headers)?;
-    match key {
-        Some(key) if !key.has_scope(KeyScope::Ingest) => Err(Denied::MissingScope("ingest")),
-        key => Ok(key),
+    grant_of(rules.config.keys(), headers)?
+        .map(may_ingest)
+        .transpose()
+}
+
+/// The grant of `key` (a Segment write key), refused as [`ingest_key`] refuses.
+fn ingest_grant<'a>(rules: &'a Rules, key: &str) -> Result<&'a Grant, Denied> {
+    may_ingest(find_key(rules.config.keys(), key)?)
+}
+
+fn may_ingest(grant: &Grant) -> Result<&Grant, Denied> {
+    if grant.has_scope(KeyScope::Ingest) {
+        Ok(grant)
+    } else {
+        Err(Denied::MissingScope("ingest"))
     }
 }
 

@@ -4,7 +4,7 @@
 //! `http://collector/segment`) so that no route clashes with Tally's own `/v1/...`.
 //!
 //! The write key is a site's ingest key, sent as Segment sends it: HTTP Basic with the key
-//! as the user name (or the body's `writeKey`). Each message becomes a Tally event and then
+//! as the user name (or the body's `writeKey`), checked as any ingest key is. Each message becomes a Tally event and then
 //! takes the path every event takes — [`crate::ingest::parse_events`] validates it exactly
 //! as a native one — so limits, rate limits, identity, de-duplication and storage are the
 //! same. What is mapped:
@@ -25,15 +25,12 @@ use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tally_contracts::access::Grant;
-use tally_crds::KeyScope;
 use tally_runtime::access::Denied;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::api::ApiError;
-use crate::ingest::Rules;
 
 /// The namespace of the UUIDv5 event ids of messages whose `messageId` is not a UUID.
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f2c_8d0e_4b6a_4c1e_9a57_3e0d_5b8f_21c4);
@@ -45,13 +42,9 @@ pub enum Call {
     Single(&'static str),
 }
 
-/// The ingest key of a Segment request: HTTP Basic's user name (the write key), else the
-/// body's `writeKey`. A Segment request always needs one.
-pub fn key<'a>(
-    rules: &'a Rules,
-    headers: &HeaderMap,
-    body_key: Option<&str>,
-) -> Result<&'a Grant, Denied> {
+/// The write key of a Segment request: HTTP Basic's user name, else the body's `writeKey`
+/// (`body_key`, once the body is read); `None` when it has neither.
+pub fn write_key(headers: &HeaderMap, body_key: Option<&str>) -> Result<Option<String>, Denied> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -70,24 +63,16 @@ pub fn key<'a>(
                 ))
         })
         .transpose()?;
-    let key = basic
+    Ok(basic
         .filter(|k| !k.is_empty())
-        .or_else(|| body_key.map(str::to_owned))
-        .ok_or_else(|| {
-            Denied::MissingKey(
-                "the Segment API needs a site's ingest key as the write key (HTTP Basic user name)"
-                    .into(),
-            )
-        })?;
-    let grant = rules
-        .config
-        .keys()
-        .find(&key)
-        .ok_or(Denied::InvalidKey("the write key is not valid"))?;
-    if !grant.has_scope(KeyScope::Ingest) {
-        return Err(Denied::MissingScope("ingest"));
-    }
-    Ok(grant)
+        .or_else(|| body_key.map(str::to_owned)))
+}
+
+/// A Segment request without a write key.
+pub fn no_write_key() -> Denied {
+    Denied::MissingKey(
+        "the Segment API needs a site's ingest key as the write key (HTTP Basic user name)".into(),
+    )
 }
 
 /// The body of a Segment call.

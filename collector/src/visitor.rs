@@ -131,9 +131,10 @@ pub fn identify(
     client: Client,
     items: &mut [Result<Event, ApiError>],
 ) -> Option<String> {
-    let known = cookie_of(headers);
-    let mut issued = None;
-    let salt = salts.current();
+    // The request's cookie (or a new one) and the salt, read once a site needs them.
+    let mut cookie: Option<String> = None;
+    let mut issued = false;
+    let mut salt = None;
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -150,13 +151,15 @@ pub fn identify(
         match site.privacy.visitor_id {
             VisitorIdMode::Client => {}
             VisitorIdMode::Cookie => {
-                let cookie = known
-                    .as_ref()
-                    .or_else(|| Some(&*issued.get_or_insert_with(new_cookie)))
-                    .expect("one or the other");
+                let cookie = cookie.get_or_insert_with(|| {
+                    cookie_of(headers).unwrap_or_else(|| {
+                        issued = true;
+                        new_cookie()
+                    })
+                });
                 event.visitor_id = cookie_visitor_id(&event.site_id, cookie);
             }
-            VisitorIdMode::Hash => match &salt {
+            VisitorIdMode::Hash => match salt.get_or_insert_with(|| salts.current()) {
                 Some(salt) => event.visitor_id = hashed_visitor_id(salt, &event.site_id, ip, agent),
                 None => {
                     *item = Err(ApiError::Unavailable(
@@ -166,7 +169,7 @@ pub fn identify(
             },
         }
     }
-    issued
+    cookie.filter(|_| issued)
 }
 
 /// Whether the request's `User-Agent` is a known bot or crawler (the `isbot` list).

@@ -155,12 +155,15 @@ impl SecretValues {
         Ok(digest_of(&text))
     }
 
-    /// `source` with its key given by digest only, the form a configuration keeps.
-    pub fn resolve(&self, source: &KeySource) -> Result<KeySource, KeyProblem> {
-        Ok(KeySource {
+    /// Gives `source` by its digest only, the form a configuration keeps, and returns the
+    /// digest.
+    pub fn resolve(&self, source: &mut KeySource) -> Result<KeyDigest, KeyProblem> {
+        let digest = self.digest(source)?;
+        *source = KeySource {
             secret_ref: None,
-            sha256: Some(to_hex(&self.digest(source)?)),
-        })
+            sha256: Some(to_hex(&digest)),
+        };
+        Ok(digest)
     }
 }
 
@@ -321,7 +324,8 @@ mod tests {
     fn a_secret_value_is_trimmed_and_hashed() {
         let digest = secrets().digest(&from_secret("good")).unwrap();
         assert_eq!(digest, digest_of("abcdefghijklmnop"));
-        let resolved = secrets().resolve(&from_secret("good")).unwrap();
+        let mut resolved = from_secret("good");
+        assert_eq!(secrets().resolve(&mut resolved).unwrap(), digest);
         assert_eq!(resolved.secret_ref, None);
         assert_eq!(from_hex(resolved.sha256.as_deref().unwrap()), Some(digest));
     }

@@ -298,10 +298,9 @@ impl RuntimeConfig {
         let mut keys = KeyRing::default();
         for (i, admin) in pipeline.spec.admin_keys.iter_mut().enumerate() {
             let field = format!("spec.adminKeys[{i}]");
-            admin.source = secrets
-                .resolve(&admin.source)
+            let digest = secrets
+                .resolve(&mut admin.source)
                 .map_err(|e| invalid(&pipeline_origin, format!("{field}: {e}")))?;
-            let digest = secrets.digest(&admin.source).expect("resolved");
             keys.add(digest, Holder::Admin, None).map_err(|shared| {
                 invalid(
                     &pipeline_origin,
@@ -331,15 +330,14 @@ impl RuntimeConfig {
             }
             for (i, key) in s.api_keys.iter_mut().enumerate() {
                 let field = format!("spec.apiKeys[{i}]");
-                key.source = secrets
-                    .resolve(&key.source)
+                let digest = secrets
+                    .resolve(&mut key.source)
                     .map_err(|e| invalid(&origin, format!("{field}: {e}")))?;
                 let holder = Holder::Site {
                     site_id: s.site_id.clone(),
                     ingest: key.scopes.contains(&KeyScope::Ingest),
                     read: key.scopes.contains(&KeyScope::Read),
                 };
-                let digest = secrets.digest(&key.source).expect("resolved");
                 keys.add(digest, holder, key.rate_limit).map_err(|shared| {
                     invalid(
                         &origin,

@@ -33,14 +33,7 @@ impl Credentials {
             hash.update(b"\0");
             hash.update(part.as_deref().unwrap_or_default().as_bytes());
         }
-        if let Some(tls) = &clickhouse.tls {
-            hash.update(b"\0tls\0");
-            hash.update(tls.ca.as_deref().unwrap_or_default());
-            if let Some((cert, key)) = &tls.client {
-                hash.update(cert);
-                hash.update(key);
-            }
-        }
+        TlsMaterial::hash_into(clickhouse.tls.as_ref(), &mut hash);
         crate::access::to_hex(&hash.finalize().into())
     }
 }
@@ -86,6 +79,21 @@ pub struct TlsMaterial {
     pub ca: Option<Vec<u8>>,
     /// The client certificate and its key.
     pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsMaterial {
+    /// Adds `tls` (if any) to a fingerprint's hash.
+    fn hash_into(tls: Option<&Self>, hash: &mut sha2::Sha256) {
+        use sha2::Digest;
+        if let Some(tls) = tls {
+            hash.update(b"\0tls\0");
+            hash.update(tls.ca.as_deref().unwrap_or_default());
+            if let Some((cert, key)) = &tls.client {
+                hash.update(cert);
+                hash.update(key);
+            }
+        }
+    }
 }
 
 /// Reads the credentials `spec` names from `secrets`; the error names the field and the
@@ -254,14 +262,7 @@ impl NatsCredentials {
                 hash.update(seed.as_bytes());
             }
         }
-        if let Some(tls) = &self.tls {
-            hash.update(b"\0tls\0");
-            hash.update(tls.ca.as_deref().unwrap_or_default());
-            if let Some((cert, key)) = &tls.client {
-                hash.update(cert);
-                hash.update(key);
-            }
-        }
+        TlsMaterial::hash_into(self.tls.as_ref(), &mut hash);
         crate::access::to_hex(&hash.finalize().into())
     }
 

@@ -97,58 +97,59 @@ pub fn decide(
     let mut verdicts = BTreeMap::new();
     for site in order {
         let verdict = decide_one(site, pipelines, secrets, &holders, &key_holders);
-        if verdict.is_accepted() {
+        if let Ok(digests) = &verdict {
             let pipeline = &site.spec.pipeline_ref.name;
             holders.insert(
                 (pipeline.clone(), site.spec.site_id.clone()),
                 site.name_any(),
             );
-            for key in &site.spec.api_keys {
-                let digest = secrets.digest(&key.source).expect("checked above");
-                key_holders.insert((pipeline.clone(), digest), site.name_any());
+            for digest in digests {
+                key_holders.insert((pipeline.clone(), *digest), site.name_any());
             }
         }
+        let verdict = verdict.err().unwrap_or(Verdict::Accepted);
         verdicts.insert(site.name_any(), verdict);
     }
     verdicts
 }
 
+/// One site's verdict: accepted with its keys' digests, or why not.
 fn decide_one(
     site: &AnalyticsSite,
     pipelines: &BTreeSet<String>,
     secrets: &SecretValues,
     holders: &BTreeMap<(String, String), String>,
     key_holders: &HashMap<(String, KeyDigest), String>,
-) -> Verdict {
+) -> Result<Vec<KeyDigest>, Verdict> {
     let spec = &site.spec;
     let pipeline = &spec.pipeline_ref.name;
     if !pipelines.contains(pipeline) {
-        return Verdict::PipelineNotFound {
+        return Err(Verdict::PipelineNotFound {
             pipeline: pipeline.clone(),
-        };
+        });
     }
     let mut digests = Vec::with_capacity(spec.api_keys.len());
     for (index, key) in spec.api_keys.iter().enumerate() {
         match secrets.digest(&key.source) {
             Ok(digest) => digests.push(digest),
-            Err(problem) => return Verdict::ApiKeyUnusable { index, problem },
+            Err(problem) => return Err(Verdict::ApiKeyUnusable { index, problem }),
         }
     }
     if let Some(holder) = holders.get(&(pipeline.clone(), spec.site_id.clone())) {
-        return Verdict::SiteIdConflict {
+        return Err(Verdict::SiteIdConflict {
             site_id: spec.site_id.clone(),
             holder: holder.clone(),
-        };
+        });
     }
     for (index, digest) in digests.iter().enumerate() {
         let earlier = digests[..index].contains(digest).then(|| site.name_any());
         if let Some(holder) =
             earlier.or_else(|| key_holders.get(&(pipeline.clone(), *digest)).cloned())
         {
-            return Verdict::ApiKeyInUse { index, holder };
+            return Err(Verdict::ApiKeyInUse { index, holder });
         }
     }
-    Verdict::Accepted
+    Ok(digests)
 }
 
 #[cfg(test)]

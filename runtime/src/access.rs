@@ -95,13 +95,15 @@ fn non_empty(key: &str) -> Result<&str, Denied> {
 /// The grant of the request's key: `None` without a key, an error for a key that is not
 /// one of the configuration's.
 pub fn grant_of<'a>(keys: &'a KeyRing, headers: &HeaderMap) -> Result<Option<&'a Grant>, Denied> {
-    match presented_key(headers)? {
-        None => Ok(None),
-        Some(key) => keys
-            .find(key)
-            .map(Some)
-            .ok_or(Denied::InvalidKey("the API key is not valid")),
-    }
+    presented_key(headers)?
+        .map(|key| find_key(keys, key))
+        .transpose()
+}
+
+/// The grant of `key`, or a refusal when it is not one of the configuration's.
+pub fn find_key<'a>(keys: &'a KeyRing, key: &str) -> Result<&'a Grant, Denied> {
+    keys.find(key)
+        .ok_or(Denied::InvalidKey("the API key is not valid"))
 }
 
 /// The rule of every read endpoint: a `read` key of `site_id`, or an admin key of the
