@@ -104,14 +104,21 @@ fn reload(stack: &mut Stack, resources: &RuntimeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// No key of the run in any of the stack's logs.
+/// No key or server password of the run in any of the stack's logs.
 fn assert_no_key_in_logs(stack: &Stack) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(&stack.dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "log") {
             let text = std::fs::read_to_string(&path)?;
-            for key in [ALPHA_KEY, BETA_KEY, ALPHA_NEXT, ADMIN_KEY] {
-                assert!(!text.contains(key), "{} holds a key", path.display());
+            for secret in [
+                ALPHA_KEY,
+                BETA_KEY,
+                ALPHA_NEXT,
+                ADMIN_KEY,
+                tally_e2e::NATS_PASSWORD,
+                tally_e2e::CLICKHOUSE_PASSWORD,
+            ] {
+                assert!(!text.contains(secret), "{} holds a secret", path.display());
             }
         }
     }
