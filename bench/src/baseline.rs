@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tally_contracts::{Event, EventRow, schema};
+use tally_contracts::{Enrichment, Event, EventRow, schema};
 use uuid::Uuid;
 
 use crate::generate::{Gen, now_ms};
@@ -287,7 +287,9 @@ pub async fn clickhouse(
 async fn insert_rows(client: &clickhouse::Client, events: &[Event]) -> anyhow::Result<()> {
     let mut insert = client.insert::<EventRow<'_>>(schema::EVENTS).await?;
     for event in events {
-        insert.write(&EventRow::from(event)).await?;
+        insert
+            .write(&EventRow::new(event, &Enrichment::default()))
+            .await?;
     }
     insert.end().await?;
     Ok(())

@@ -95,6 +95,9 @@ impl Gen {
             visitor_id: f.visitor_id,
             session_id: f.session_id,
             properties: Event::empty_properties(),
+            user_agent: String::new(),
+            screen_width: 0,
+            screen_height: 0,
             bot: false,
         }
     }

@@ -406,6 +406,12 @@ async fn ingest(
     // A request with an ingest key comes from the site's own back-end, whose user agent is
     // an HTTP library's (curl, an SDK), not a visitor's: only keyless requests are checked.
     let bot = key.is_none() && visitor::is_bot(headers);
+    // For the same reason, only a keyless request's user agent is the visitor's browser; a
+    // back-end passes its visitor's on in `user_agent`.
+    let browser_agent = key
+        .is_none()
+        .then(|| visitor::user_agent(headers))
+        .flatten();
     let mut events = Vec::with_capacity(items.len());
     let kept: Vec<Option<EventOutcome>> = items
         .into_iter()
@@ -435,6 +441,11 @@ async fn ingest(
                         event.bot = true;
                     }
                 }
+            }
+            if event.user_agent.is_empty()
+                && let Some(agent) = browser_agent
+            {
+                agent.clone_into(&mut event.user_agent);
             }
             events.push(event);
             None

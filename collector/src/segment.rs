@@ -18,8 +18,9 @@
 //! | `userId`, `anonymousId` | `user_id`, `visitor_id` |
 //! | `properties` | `properties`, nested objects flattened to dotted keys and arrays kept as JSON text |
 //! | `timestamp` (else `originalTimestamp`), `sentAt` | `timestamp`, moved by the clock skew `receivedAt − sentAt` |
+//! | `context.userAgent`, `context.screen.width` / `height` | `user_agent`, `screen_width` / `screen_height` (read by the processor's enrichment) |
 //!
-//! Ignored: `context` beyond `context.page`, `integrations`, `options`.
+//! Ignored: the rest of `context` (`ip`, `locale`, `library`, …), `integrations`, `options`.
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
@@ -205,6 +206,20 @@ fn event_of(
     for (from, to) in [("groupId", "group_id"), ("previousId", "previous_id")] {
         if let Some(Value::String(s)) = message.get(from) {
             properties.insert(to.into(), Value::String(s.clone()));
+        }
+    }
+    // The visitor's browser and screen, which the processor's enrichment reads.
+    if let Some(Value::String(agent)) = message.pointer("/context/userAgent") {
+        event.insert("user_agent".into(), Value::String(agent.clone()));
+    }
+    for (from, to) in [("width", "screen_width"), ("height", "screen_height")] {
+        // A size Tally cannot hold is left out rather than refusing the message.
+        let size = message.pointer(&format!("/context/screen/{from}"));
+        if let Some(size) = size
+            .and_then(Value::as_u64)
+            .filter(|n| *n <= u16::MAX.into())
+        {
+            event.insert(to.into(), size.into());
         }
     }
     if !properties.is_empty() {

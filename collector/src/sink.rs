@@ -242,6 +242,7 @@ fn encode(event: &Event) -> serde_json::Result<Vec<u8>> {
         + event.user_id.len()
         + event.visitor_id.len()
         + event.session_id.len()
+        + event.user_agent.len()
         + event.properties.get().len();
     let mut out = Vec::with_capacity(256 + texts + texts / 8);
     serde_json::to_writer(&mut out, event)?;
@@ -268,6 +269,9 @@ mod tests {
             visitor_id: String::new(),
             session_id: String::new(),
             properties: Event::empty_properties(),
+            user_agent: String::new(),
+            screen_width: 0,
+            screen_height: 0,
             bot: false,
         };
         assert_eq!(encode(&event).unwrap(), serde_json::to_vec(&event).unwrap());

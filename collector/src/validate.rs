@@ -98,6 +98,9 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("referrer", &["referrer"]),
     ("title", &["title"]),
     ("properties", &["properties", "metadata"]),
+    ("user_agent", &["user_agent", "userAgent"]),
+    ("screen_width", &["screen_width", "screenWidth"]),
+    ("screen_height", &["screen_height", "screenHeight"]),
 ];
 
 /// Longest accepted text, in bytes, per string field.
@@ -106,7 +109,7 @@ fn max_len(field: &str) -> usize {
         "site_id" => 63,
         "event_type" => 100,
         "user_id" | "visitor_id" | "session_id" => 256,
-        "title" => 1024,
+        "title" | "user_agent" => 1024,
         "path" => 2048,
         _ => 4096, // url, referrer
     }
@@ -213,6 +216,19 @@ impl<'a> RawFields<'a> {
             }
         }
     }
+
+    /// A screen dimension in CSS pixels: absent gives `None`; it must be an integer from 0
+    /// to 65535.
+    fn screen_size(&mut self, field: &'static str) -> Option<u16> {
+        let raw = self.get(field)?;
+        match serde_json::from_str::<u16>(raw.get()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.problem(field, "must be an integer from 0 to 65535");
+                None
+            }
+        }
+    }
 }
 
 /// The text of a JSON string without escapes, borrowed as it is; `None` for anything else
@@ -292,6 +308,9 @@ pub fn validate_event(
     let user_id = f.text("user_id");
     let visitor_id = f.text("visitor_id");
     let session_id = f.text("session_id");
+    let user_agent = f.text("user_agent");
+    let screen_width = f.screen_size("screen_width");
+    let screen_height = f.screen_size("screen_height");
 
     let site = match site_id.as_deref() {
         None | Some("") => {
@@ -417,6 +436,9 @@ pub fn validate_event(
         visitor_id: owned(visitor_id),
         session_id: owned(session_id),
         properties,
+        user_agent: owned(user_agent),
+        screen_width: screen_width.unwrap_or(0),
+        screen_height: screen_height.unwrap_or(0),
         bot: false,
     })
 }

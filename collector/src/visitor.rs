@@ -172,6 +172,16 @@ pub fn identify(
     cookie.filter(|_| issued)
 }
 
+/// The request's `User-Agent`, cut to the 1024 bytes an event's `user_agent` may hold.
+pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let mut end = agent.len().min(1024);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&agent[..end]).filter(|a| !a.is_empty())
+}
+
 /// Whether the request's `User-Agent` is a known bot or crawler (the `isbot` list).
 pub fn is_bot(headers: &HeaderMap) -> bool {
     static BOTS: std::sync::LazyLock<isbot::Bots> = std::sync::LazyLock::new(isbot::Bots::default);

@@ -34,10 +34,24 @@ pub struct Event {
     pub session_id: String,
     /// A flat JSON object, kept as its JSON text.
     pub properties: Box<RawValue>,
+    /// The visitor's browser as its `User-Agent` names it: the request's header for browser
+    /// requests, or what a back-end passes on. The processor parses it into the enrichment
+    /// columns; it is not stored itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_agent: String,
+    /// The screen's size in CSS pixels, as the tracker reports it (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub screen_width: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub screen_height: u16,
     /// Sent by a known bot or crawler to a site that flags bots (`spec.bots: flag`); absent
     /// (false) otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bot: bool,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 impl Event {

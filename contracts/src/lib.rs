@@ -16,4 +16,4 @@ pub mod stream;
 pub use config::{ConfigError, RuntimeConfig};
 pub use event::Event;
 #[cfg(feature = "event-row")]
-pub use event_row::EventRow;
+pub use event_row::{Agent, Enrichment, EventRow};

@@ -13,6 +13,18 @@ pub const SITE_HOURLY: &str = "site_hourly";
 pub const PATH_DAILY: &str = "path_daily";
 /// Per site per UTC day per event type: events, unique users, unique visitors.
 pub const EVENT_TYPE_DAILY: &str = "event_type_daily";
+/// Per site per UTC day per traffic source (channel, source, referrer host): page views,
+/// events and unique visitors of the events that arrived from outside the site.
+pub const SOURCE_DAILY: &str = "source_daily";
+/// Per site per UTC day per browser and major version: page views and unique visitors.
+pub const BROWSER_DAILY: &str = "browser_daily";
+/// Per site per UTC day per operating system and major version: page views and visitors.
+pub const OS_DAILY: &str = "os_daily";
+/// Per site per UTC day per device type: page views and unique visitors.
+pub const DEVICE_DAILY: &str = "device_daily";
+/// Per site per `session_id`: start, end, entry and exit page, counts, and where the
+/// session came from (the attributes of its first event).
+pub const SESSIONS: &str = "sessions";
 /// Which migrations have been applied.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
 
@@ -156,8 +168,163 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                 "ALTER TABLE `{db}`.{EVENTS} ADD COLUMN IF NOT EXISTS is_bot Bool DEFAULT false"
             )],
         },
+        Migration {
+            version: 3,
+            description: "enrichment columns (browser, OS, device, screen, referrer source and \
+                          channel, UTM parameters); source, browser, OS, device and session rollups",
+            statements: enrichment_migration(db, &rollup, &view),
+        },
     ]
 }
+
+/// Migration 3. New columns take their defaults on the rows stored before it; the new
+/// rollups count the events stored from then on (older rows carry no enrichment to count).
+fn enrichment_migration(
+    db: &str,
+    rollup: &dyn Fn(&str, &str, &str) -> String,
+    view: &dyn Fn(&str, &str, &str) -> String,
+) -> Vec<String> {
+    let mut statements: Vec<String> = ENRICHMENT_COLUMNS
+        .iter()
+        .map(|(name, ty)| {
+            format!("ALTER TABLE `{db}`.{EVENTS} ADD COLUMN IF NOT EXISTS {name} {ty}")
+        })
+        .collect();
+    const VIEWS_AND_VISITORS: &str = "page_views SimpleAggregateFunction(sum, UInt64), \
+         visitors AggregateFunction(uniqExact, String)";
+    let views_and_visitors = format!(
+        "countIf(event_type = '{PAGE_VIEW}') AS page_views, \
+         uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+    );
+    statements.extend([
+        rollup(
+            SOURCE_DAILY,
+            "site_id LowCardinality(String), day Date, channel LowCardinality(String), \
+             source String, referrer_host String",
+            "page_views SimpleAggregateFunction(sum, UInt64), \
+             events SimpleAggregateFunction(sum, UInt64), \
+             visitors AggregateFunction(uniqExact, String)",
+        ),
+        rollup(
+            BROWSER_DAILY,
+            "site_id LowCardinality(String), day Date, browser LowCardinality(String), \
+             browser_version LowCardinality(String)",
+            VIEWS_AND_VISITORS,
+        ),
+        rollup(
+            OS_DAILY,
+            "site_id LowCardinality(String), day Date, os LowCardinality(String), \
+             os_version LowCardinality(String)",
+            VIEWS_AND_VISITORS,
+        ),
+        rollup(
+            DEVICE_DAILY,
+            "site_id LowCardinality(String), day Date, device LowCardinality(String)",
+            VIEWS_AND_VISITORS,
+        ),
+        // One row per session, merged across inserts: no partitions, since a session's
+        // events may be stored months apart only in theory and its row must merge.
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.{SESSIONS} (\
+               site_id LowCardinality(String), session_id String, \
+               started_at SimpleAggregateFunction(min, DateTime64(3, 'UTC')), \
+               ended_at SimpleAggregateFunction(max, DateTime64(3, 'UTC')), \
+               page_views SimpleAggregateFunction(sum, UInt64), \
+               events SimpleAggregateFunction(sum, UInt64), \
+               visitor AggregateFunction(argMin, String, DateTime64(3, 'UTC')), \
+               entry_page AggregateFunction(argMin, String, DateTime64(3, 'UTC')), \
+               exit_page AggregateFunction(argMax, String, DateTime64(3, 'UTC')), \
+               {first}\
+             ) ENGINE = AggregatingMergeTree ORDER BY (site_id, session_id)",
+            first = SESSION_ATTRIBUTES
+                .iter()
+                .map(|c| format!("{c} AggregateFunction(argMin, String, DateTime64(3, 'UTC'))"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        view(
+            SOURCE_DAILY,
+            &format!(
+                "site_id, toDate(timestamp) AS day, channel, source, referrer_host, \
+                 countIf(event_type = '{PAGE_VIEW}') AS page_views, count() AS events, \
+                 uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors"
+            ),
+            &format!("site_id, day, channel, source, referrer_host HAVING channel != '{INTERNAL}'"),
+        ),
+        view(
+            BROWSER_DAILY,
+            &format!(
+                "site_id, toDate(timestamp) AS day, browser, browser_version, {views_and_visitors}"
+            ),
+            "site_id, day, browser, browser_version",
+        ),
+        view(
+            OS_DAILY,
+            &format!("site_id, toDate(timestamp) AS day, os, os_version, {views_and_visitors}"),
+            "site_id, day, os, os_version",
+        ),
+        view(
+            DEVICE_DAILY,
+            &format!("site_id, toDate(timestamp) AS day, device, {views_and_visitors}"),
+            "site_id, day, device",
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.{SESSIONS}_mv TO `{db}`.{SESSIONS} AS \
+             SELECT site_id, session_id, min(timestamp) AS started_at, max(timestamp) AS ended_at, \
+             countIf(event_type = '{PAGE_VIEW}') AS page_views, count() AS events, \
+             argMinState({VISITOR_KEY}, timestamp) AS visitor, \
+             argMinStateIf(path, timestamp, event_type = '{PAGE_VIEW}') AS entry_page, \
+             argMaxStateIf(path, timestamp, event_type = '{PAGE_VIEW}') AS exit_page, \
+             {first} \
+             FROM `{db}`.{EVENTS} WHERE session_id != '' GROUP BY site_id, session_id",
+            first = SESSION_ATTRIBUTES
+                .iter()
+                .map(|c| format!("argMinState({c}, timestamp) AS {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    ]);
+    statements
+}
+
+/// The columns migration 3 adds to `events`, in order (the processor fills them).
+pub const ENRICHMENT_COLUMNS: &[(&str, &str)] = &[
+    ("browser", "LowCardinality(String) DEFAULT ''"),
+    ("browser_version", "LowCardinality(String) DEFAULT ''"),
+    ("os", "LowCardinality(String) DEFAULT ''"),
+    ("os_version", "LowCardinality(String) DEFAULT ''"),
+    ("device", "LowCardinality(String) DEFAULT ''"),
+    ("screen_width", "UInt16 DEFAULT 0"),
+    ("screen_height", "UInt16 DEFAULT 0"),
+    ("referrer_host", "String DEFAULT ''"),
+    ("source", "String DEFAULT ''"),
+    ("channel", "LowCardinality(String) DEFAULT ''"),
+    ("utm_source", "String DEFAULT ''"),
+    ("utm_medium", "String DEFAULT ''"),
+    ("utm_campaign", "String DEFAULT ''"),
+    ("utm_term", "String DEFAULT ''"),
+    ("utm_content", "String DEFAULT ''"),
+];
+
+/// The attributes a session takes from its first event (`sessions` table).
+pub const SESSION_ATTRIBUTES: &[&str] = &[
+    "referrer",
+    "referrer_host",
+    "source",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "browser",
+    "os",
+    "device",
+];
+
+/// The channel of an event whose referrer is a page of the same site: a step inside a
+/// visit, not a way in; the source rollup leaves such events out.
+pub const INTERNAL: &str = "Internal";
 
 /// The statement that makes the raw table keep `retention_days` of data (or keep it all).
 pub fn retention_statement(db: &str, retention_days: Option<u32>) -> String {

@@ -32,6 +32,7 @@ Environment (defaults in brackets; an empty value counts as unset):
   PROCESSOR_PORT       processor health/metrics port [9091]
   COLLECTOR_PORT       collector HTTP port [8080]
   QUERY_PORT           query service HTTP port (/v1/stats) [8081]
+  DEMO_PORT            the demo website (examples/demo-site/, site demo) [8090]
   TALLY_DEV_DIR        data directory [$TALLY_CACHE/dev]; the logs are in it too
   TALLY_CONFIG         resources the services read [$TALLY_ROOT/examples/]
   RUST_LOG             log filter for the Tally services [info]
@@ -82,11 +83,13 @@ pub struct DevPorts {
     pub processor: u16,
     pub collector: u16,
     pub query: u16,
+    /// The demo website, served by tally-dev itself.
+    pub demo: u16,
 }
 
 impl DevPorts {
     /// Each port with the variable that sets it and its default.
-    const VARIABLES: [(&str, u16); 7] = [
+    const VARIABLES: [(&str, u16); 8] = [
         ("NATS_PORT", 4222),
         ("NATS_MONITOR_PORT", 8222),
         ("CLICKHOUSE_HTTP_PORT", 8123),
@@ -94,12 +97,13 @@ impl DevPorts {
         ("PROCESSOR_PORT", 9091),
         ("COLLECTOR_PORT", 8080),
         ("QUERY_PORT", 8081),
+        ("DEMO_PORT", 8090),
     ];
 
     /// Reads the ports from the environment: defaults for those unset, an error for a value
     /// that is not a port, or for two variables giving the same port.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let mut ports = [0u16; 7];
+        let mut ports = [0u16; 8];
         for (slot, (name, default)) in ports.iter_mut().zip(Self::VARIABLES) {
             *slot = match env(name) {
                 None => default,
@@ -121,6 +125,7 @@ impl DevPorts {
             processor: ports[4],
             collector: ports[5],
             query: ports[6],
+            demo: ports[7],
         };
         let named = ports.named();
         for (i, (a, port)) in named.iter().enumerate() {
@@ -132,7 +137,7 @@ impl DevPorts {
     }
 
     /// Each port with the variable that sets it.
-    pub fn named(&self) -> [(&'static str, u16); 7] {
+    pub fn named(&self) -> [(&'static str, u16); 8] {
         let values = [
             self.nats,
             self.nats_monitor,
@@ -141,8 +146,9 @@ impl DevPorts {
             self.processor,
             self.collector,
             self.query,
+            self.demo,
         ];
-        let mut out = [("", 0); 7];
+        let mut out = [("", 0); 8];
         for (slot, ((name, _), port)) in out.iter_mut().zip(Self::VARIABLES.into_iter().zip(values))
         {
             *slot = (name, port);
@@ -265,6 +271,8 @@ pub struct Running {
     pub ingest_key: bool,
     /// The resources the services run, where their Secrets (and so the keys) are.
     pub config: PathBuf,
+    /// The demo website.
+    pub demo: String,
 }
 
 impl Running {
@@ -288,6 +296,7 @@ impl Running {
             logs,
             ingest_key,
             config: settings.config.clone(),
+            demo: format!("http://127.0.0.1:{}/", settings.ports.demo),
         }
     }
 }
@@ -307,6 +316,7 @@ pub fn banner(running: &Running, site: &str) -> String {
         logs,
         ingest_key,
         config,
+        demo,
     } = running;
     let dir = dir.display();
     let logs = logs.join(",");
@@ -325,6 +335,7 @@ Tally is running.
   processor   {processor_metrics}
   NATS        {nats}   (monitoring {nats_monitor})
   ClickHouse  {clickhouse}   (native tcp 127.0.0.1:{clickhouse_tcp_port})
+  demo site   {demo}   (site "demo": open it and click around)
   data        {dir}
   logs        {dir}/{{{logs}}}.log
               follow them with: tail -F {dir}/*.log
@@ -343,9 +354,21 @@ Today's stats:
 SQL:
   curl -sS {clickhouse}/ --data-binary 'SHOW DATABASES'
 
+The demo website's latest events:
+  curl -sS {clickhouse}/ --data-binary "SELECT timestamp, event_type, path, properties, browser, device FROM tally_web.events WHERE site_id = 'demo' ORDER BY timestamp DESC LIMIT 20 FORMAT PrettyCompact"
+
 Press Ctrl-C to stop.
 "#
     )
+}
+
+/// Stops a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught from the start: each one stops the stack in order.
@@ -416,6 +439,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    let demo = tokio::net::TcpListener::bind(("127.0.0.1", settings.ports.demo))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve the demo website on port {}",
+                settings.ports.demo
+            )
+        })?;
+    let demo_site = tokio::spawn(crate::demo_site::serve(
+        demo,
+        crate::demo_site::demo_dir(),
+        stack.collector_url(""),
+    ));
+    let _stop_demo = AbortOnDrop(demo_site);
     let today = crate::today();
     let running = Running::of(&mut stack, &settings, ingest_key, &today);
     print!("{}", banner(&running, &settings.site));
@@ -556,6 +593,7 @@ mod tests {
                     processor: 9091,
                     collector: 8080,
                     query: 8081,
+                    demo: 8090,
                 },
                 dir: "/cache/dev".into(),
                 config: "/repo/examples/".into(),
@@ -579,6 +617,7 @@ mod tests {
                 ("PROCESSOR_PORT", "19091"),
                 ("COLLECTOR_PORT", "18080"),
                 ("QUERY_PORT", "18081"),
+                ("DEMO_PORT", "18090"),
                 ("TALLY_DEV_DIR", "/data"),
                 ("TALLY_CACHE", "/cache"),
                 ("TALLY_CONFIG", "/etc/tally.yaml"),
@@ -591,7 +630,7 @@ mod tests {
         assert_eq!(settings.site, "docs");
         assert_eq!(
             settings.ports.named().map(|(_, port)| port),
-            [14222, 18222, 18123, 19000, 19091, 18080, 18081]
+            [14222, 18222, 18123, 19000, 19091, 18080, 18081, 18090]
         );
         assert_eq!(settings.dir, Path::new("/data"));
         assert_eq!(settings.config, Path::new("/etc/tally.yaml"));
@@ -703,6 +742,7 @@ mod tests {
             ],
             ingest_key: true,
             config: "/repo/examples/".into(),
+            demo: "http://127.0.0.1:8090/".into(),
         };
         let text = banner(&running, "docs");
         for line in [

@@ -30,6 +30,7 @@ use tally_crds::{AnalyticsPipeline, AnalyticsSite, AnalyticsSiteSpec, PipelineRe
 
 pub mod chart;
 pub mod cluster;
+pub mod demo_site;
 pub mod dev;
 pub mod jaeger;
 pub mod nats_cluster;

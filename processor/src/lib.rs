@@ -17,6 +17,7 @@ mod backoff;
 mod bisect;
 mod consume;
 mod dead_letter;
+pub mod enrich;
 mod health;
 mod metrics;
 mod poison;
@@ -28,12 +29,21 @@ mod trace;
 /// Serves /healthz, /readyz and /metrics on `listen`, connects to both servers and drains
 /// the stream until SIGINT or SIGTERM; a batch being written then is finished first.
 /// `crash_after_inserts` is a fault-injection hook for tests: exit abruptly after this many
-/// batch inserts, before the last batch is acknowledged.
+/// batch inserts, before the last batch is acknowledged. Without `enrichment` the
+/// enrichment columns are stored empty (the bench compares both).
 pub async fn run(
     config: RuntimeConfig,
     listen: SocketAddr,
     crash_after_inserts: Option<u64>,
+    enrichment: bool,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let enricher = enrichment
+        .then(enrich::Enricher::new)
+        .transpose()
+        .context("cannot compile the user-agent patterns")?
+        .map(Arc::new);
+    tracing::debug!(elapsed = ?started.elapsed(), enrichment, "enrichment ready");
     let metrics = Arc::new(metrics::Metrics::default());
     let readiness = Arc::new(health::Readiness::default());
     let listener = tally_runtime::health::bind(listen).await?;
@@ -49,7 +59,7 @@ pub async fn run(
 
     let shutdown = shutdown_signal();
     tokio::select! {
-        started = start(&config, crash_after_inserts, metrics, readiness) => started?.run(shutdown).await,
+        started = start(&config, crash_after_inserts, enricher, metrics, readiness) => started?.run(shutdown).await,
         _ = shutdown_signal() => {}
     }
     tracing::info!("processor stopped");
@@ -61,6 +71,7 @@ pub async fn run(
 async fn start(
     config: &RuntimeConfig,
     crash_after_inserts: Option<u64>,
+    enricher: Option<Arc<enrich::Enricher>>,
     metrics: Arc<metrics::Metrics>,
     readiness: Arc<health::Readiness>,
 ) -> anyhow::Result<consume::Processor> {
@@ -109,6 +120,7 @@ async fn start(
         store: store::Store::new(
             clickhouse.with_database(&db),
             (ack_wait * 3 / 4).max(Duration::from_secs(1)),
+            enricher,
         ),
         settings: consume::Settings {
             max_rows: spec.processor.batch_max_rows as usize,

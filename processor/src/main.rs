@@ -21,6 +21,10 @@ struct Cli {
     /// last batch is acknowledged.
     #[arg(long, hide = true)]
     crash_after_inserts: Option<u64>,
+    /// Store the enrichment columns (browser, OS, device, source, channel, UTM) empty
+    /// instead of deriving them: what the bench compares the processor's throughput with.
+    #[arg(long, hide = true)]
+    no_enrichment: bool,
 }
 
 #[tokio::main]
@@ -30,5 +34,11 @@ async fn main() -> anyhow::Result<()> {
     // flushes the last spans when main returns.
     let _telemetry = cli.common.init_telemetry("tally-processor")?;
     let config = cli.common.load_config()?;
-    tally_processor::run(config, cli.listen, cli.crash_after_inserts).await
+    tally_processor::run(
+        config,
+        cli.listen,
+        cli.crash_after_inserts,
+        !cli.no_enrichment,
+    )
+    .await
 }

@@ -3,12 +3,15 @@
 //! events it carried is [`failure`]'s to say.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
-use tally_contracts::{Event, EventRow, schema::EVENTS};
+use tally_contracts::{Enrichment, Event, EventRow, schema::EVENTS};
 use uuid::Uuid;
+
+use crate::enrich::Enricher;
 
 mod failure;
 
@@ -25,6 +28,9 @@ struct IdRow {
 pub struct Store {
     client: Client,
     timeout: Duration,
+    /// `None` stores the enrichment columns empty (`--no-enrichment`, for the bench's
+    /// comparison).
+    enricher: Option<Arc<Enricher>>,
 }
 
 impl Store {
@@ -36,23 +42,28 @@ impl Store {
     /// processor's CPU. [`EventRow`] mirrors the `events` DDL of `tally_contracts::schema`
     /// column for column (a unit test there checks it), and the end-to-end tests read every
     /// column back.
-    pub fn new(client: Client, timeout: Duration) -> Self {
+    pub fn new(client: Client, timeout: Duration, enricher: Option<Arc<Enricher>>) -> Self {
         Self {
             client: client.with_validation(false),
             timeout,
+            enricher,
         }
     }
 
-    /// Inserts `events` as one block. The materialized views update the rollups from the
-    /// same block.
+    /// Enriches `events` and inserts them as one block. The materialized views update the
+    /// rollups from the same block.
     pub async fn insert(&self, events: &[&Event]) -> clickhouse::error::Result<()> {
+        let enrichments: Vec<Enrichment> = match &self.enricher {
+            Some(enricher) => events.iter().map(|e| enricher.enrich(e)).collect(),
+            None => vec![Enrichment::default(); events.len()],
+        };
         let mut insert = self
             .client
             .insert::<EventRow<'_>>(EVENTS)
             .await?
             .with_timeouts(Some(self.timeout), Some(self.timeout));
-        for event in events {
-            insert.write(&EventRow::from(*event)).await?;
+        for (event, enrichment) in events.iter().zip(&enrichments) {
+            insert.write(&EventRow::new(event, enrichment)).await?;
         }
         insert.end().await
     }
