@@ -101,7 +101,51 @@ impl Gen {
             bot: false,
         }
     }
+
+    /// An envelope as a browser's tracker event becomes one: a user agent, a screen size,
+    /// a referrer and, for one in five, a campaign link.
+    pub fn browser_envelope(&mut self, sites: &[String], now_ms: i64) -> Event {
+        let mut event = self.envelope(sites, now_ms);
+        event.user_agent = USER_AGENTS[self.below(USER_AGENTS.len() as u64) as usize].to_owned();
+        REFERRERS[self.below(REFERRERS.len() as u64) as usize].clone_into(&mut event.referrer);
+        if self.below(5) == 0 {
+            event
+                .url
+                .push_str("?utm_source=newsletter&utm_medium=email&utm_campaign=spring");
+        }
+        event.screen_width = 1920;
+        event.screen_height = 1080;
+        event
+    }
 }
+
+/// User agents of the browsers a site sees most, for the enrichment phase.
+const USER_AGENTS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (iPad; CPU OS 17_7 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.7 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/26.0 Chrome/122.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+];
+
+/// Referrers of the enrichment phase: search, social, mail, another site, none.
+const REFERRERS: &[&str] = &[
+    "",
+    "",
+    "https://www.google.com/",
+    "https://www.bing.com/search?q=tally",
+    "https://l.facebook.com/l.php?u=x",
+    "https://t.co/abc",
+    "https://mail.google.com/",
+    "https://blog.example.org/post/42",
+];
 
 struct Fields {
     site: String,

@@ -16,16 +16,19 @@
 //!    JetStream's own publish-to-acknowledgement latency and the collector's `GET /healthz`;
 //! 3. `overload` — 10× the batch maximum offered over many connections: does the collector
 //!    shed load (503/429), and does its memory stay bounded;
-//! 4. `e2e` — the stream is purged and the processor started; batch POSTs as fast as they go,
+//! 4. `enrichment` — the processor alone, draining the same backlog of browser-like
+//!    envelopes (user agents, referrers, campaign links) published straight into the stream,
+//!    once with `--no-enrichment` and once enriching; and one enrichment's cost in-process;
+//! 5. `e2e` — the stream is purged and the processor started; batch POSTs as fast as they go,
 //!    counted until visible in the rollups; then the lag from POST to visible at half that;
-//! 5. `reads` — 10 million generated events over 30 days and 50 sites are inserted straight
+//! 6. `reads` — 10 million generated events over 30 days and 50 sites are inserted straight
 //!    into `events` (the views fill the rollups), then `/v1/stats` and the documented SQL
 //!    are timed;
-//! 6. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
+//! 7. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
 //!    run against the query service (paced, then as fast as they go), then alone again: the
 //!    collector's p99 with reads against its p99 alone; once on shared cores, once with the
 //!    ingest side and the read side pinned to cores of their own (as nodes of a cluster);
-//! 7. the peak resident memory (VmHWM) of every process.
+//! 8. the peak resident memory (VmHWM) of every process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +41,7 @@ use serde::Serialize;
 mod baseline;
 mod client;
 mod e2e;
+mod enrichment;
 mod generate;
 mod ingest;
 mod isolation;
@@ -94,11 +98,12 @@ pub struct Cli {
     /// A label stored in the JSON report (e.g. "before", "after").
     #[arg(long, default_value = "")]
     label: String,
-    /// Comma-separated phases: baseline,single,batch,overload,e2e,reads,isolation,tenancy.
+    /// Comma-separated phases:
+    /// baseline,single,batch,overload,enrichment,e2e,reads,isolation,tenancy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,e2e,reads,isolation,tenancy"
+        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,isolation,tenancy"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -181,6 +186,9 @@ impl Cli {
         self.read_events
             .unwrap_or(if self.quick { 200_000 } else { 10_000_000 })
     }
+    fn enrichment_events(&self) -> usize {
+        if self.quick { 50_000 } else { 300_000 }
+    }
     fn read_queries(&self) -> usize {
         self.read_queries
             .unwrap_or(if self.quick { 60 } else { 300 })
@@ -200,6 +208,7 @@ pub struct Report {
     pub baseline_clickhouse: Vec<baseline::Rate>,
     pub collector: Vec<ingest::Shape>,
     pub overload: Option<ingest::Overload>,
+    pub enrichment: Option<enrichment::Enrichment>,
     pub e2e_capacity: Option<e2e::Capacity>,
     pub e2e_lag: Option<e2e::Lag>,
     pub read_load: Option<reads::Load>,
@@ -592,6 +601,16 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         if local {
             // The collector phases filled the stream; the processor starts on an empty one.
             report::purge_stream(target).await?;
+            if cli.has("enrichment") {
+                eprintln!("enrichment: the processor with and without it");
+                let measured =
+                    enrichment::measure(target, &load_sites, cli.enrichment_events()).await?;
+                eprintln!(
+                    "  {:.0} events/s without, {:.0} with",
+                    measured.without_enrichment_per_second, measured.with_enrichment_per_second
+                );
+                report.enrichment = Some(measured);
+            }
             eprintln!("tally-bench: starting the processor");
             target.start_processor().await?;
         }

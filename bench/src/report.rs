@@ -271,6 +271,21 @@ pub fn print(r: &Report) {
         println!("      RSS MiB each second: {}", timeline.join(", "));
     }
 
+    if let Some(e) = &r.enrichment {
+        println!(
+            "\nProcessor enrichment (the same backlog of browser events, drained from the stream)"
+        );
+        println!(
+            "  without enrichment {:>10} events/s   with {:>10} events/s   time with / without {:.2}",
+            n(e.without_enrichment_per_second),
+            n(e.with_enrichment_per_second),
+            e.ratio
+        );
+        println!(
+            "  one event's enrichment in-process: {:.2} µs (user agent cached), {:.1} µs (new user agent)",
+            e.cached_micros_per_event, e.uncached_micros_per_event
+        );
+    }
     if r.e2e_capacity.is_some() || r.e2e_lag.is_some() {
         println!("\nEnd to end (POST → JetStream → processor → ClickHouse rollups)");
     }

@@ -1,0 +1,127 @@
+//! The processor with and without enrichment: the same backlog of browser-like envelopes
+//! (real user agents, referrers, campaign links) is drained from the stream once by a
+//! processor started with `--no-enrichment` and once by one that enriches, on the same
+//! servers in the same run; plus the in-process cost of one enrichment (cached and
+//! uncached user agent).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::Serialize;
+use tally_contracts::{Event, naming};
+use tally_processor::enrich::Enricher;
+
+use crate::generate::{Gen, now_ms};
+use crate::target::Target;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrichment {
+    pub events: u64,
+    /// Events per second from the processor's start until the stream is drained.
+    pub without_enrichment_per_second: f64,
+    pub with_enrichment_per_second: f64,
+    /// with / without.
+    pub ratio: f64,
+    /// One event's enrichment in the process, its user agent in the cache.
+    pub cached_micros_per_event: f64,
+    /// One event's enrichment when every user agent is new.
+    pub uncached_micros_per_event: f64,
+}
+
+/// Browser-like envelopes for `sites`, each with a user agent, referrer and page of a
+/// realistic mix.
+pub fn envelopes(sites: &[String], n: usize, seed: u64) -> Vec<Event> {
+    let mut generator = Gen::new(seed);
+    let now = now_ms();
+    (0..n)
+        .map(|_| generator.browser_envelope(sites, now))
+        .collect()
+}
+
+async fn publish(target: &Target, events: &[Event]) -> anyhow::Result<()> {
+    let client = target
+        .config
+        .credentials
+        .nats
+        .connect_options()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .name("tally-bench")
+        .connect(target.nats_url.as_str())
+        .await
+        .context("cannot connect to NATS")?;
+    let js = jetstream::new(client);
+    let mut acks = FuturesUnordered::new();
+    for event in events {
+        let subject = naming::event_subject(target.config.name(), &event.site_id);
+        let message = PublishMessage::build()
+            .payload(serde_json::to_vec(event)?.into())
+            .message_id(event.event_id.to_string());
+        acks.push(js.send_publish(subject, message).await?.into_future());
+        while acks.len() >= 4096 {
+            acks.next().await.transpose()?;
+        }
+    }
+    while acks.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// Seconds from starting a processor (with `args`) until it drained `events` from the
+/// stream; the processor is stopped afterwards.
+async fn drain(target: &mut Target, events: &[Event], args: &[&str]) -> anyhow::Result<f64> {
+    publish(target, events).await?;
+    let start = Instant::now();
+    let stack = target.local.as_mut().context("a local stack")?;
+    stack.start_processor(args).await?;
+    crate::report::wait_drained(target, Duration::from_secs(600)).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    target
+        .local
+        .as_mut()
+        .context("a local stack")?
+        .processor
+        .stop();
+    Ok(seconds)
+}
+
+/// Runs the comparison on a local stack whose processor is not running.
+pub async fn measure(
+    target: &mut Target,
+    sites: &[String],
+    n: usize,
+) -> anyhow::Result<Enrichment> {
+    let without = drain(target, &envelopes(sites, n, 11), &["--no-enrichment"]).await?;
+    let with = drain(target, &envelopes(sites, n, 12), &[]).await?;
+
+    let enricher = Enricher::new()?;
+    let sample = envelopes(sites, 20_000, 13);
+    for event in &sample {
+        enricher.enrich(event);
+    }
+    let start = Instant::now();
+    for event in &sample {
+        std::hint::black_box(enricher.enrich(event));
+    }
+    let cached = start.elapsed().as_secs_f64() * 1e6 / sample.len() as f64;
+    let mut fresh = envelopes(sites, 2_000, 14);
+    for (i, event) in fresh.iter_mut().enumerate() {
+        event.user_agent = format!("{} Build/{i}", event.user_agent);
+    }
+    let start = Instant::now();
+    for event in &fresh {
+        std::hint::black_box(enricher.enrich(event));
+    }
+    let uncached = start.elapsed().as_secs_f64() * 1e6 / fresh.len() as f64;
+
+    let per_second = |seconds: f64| n as f64 / seconds;
+    Ok(Enrichment {
+        events: n as u64,
+        without_enrichment_per_second: per_second(without),
+        with_enrichment_per_second: per_second(with),
+        ratio: without / with,
+        cached_micros_per_event: cached,
+        uncached_micros_per_event: uncached,
+    })
+}
