@@ -597,7 +597,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
-    if cli.has("e2e") || cli.has("reads") || cli.has("isolation") {
+    if cli.has("enrichment") || cli.has("e2e") || cli.has("reads") || cli.has("isolation") {
         if local {
             // The collector phases filled the stream; the processor starts on an empty one.
             report::purge_stream(target).await?;

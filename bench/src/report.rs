@@ -276,10 +276,16 @@ pub fn print(r: &Report) {
             "\nProcessor enrichment (the same backlog of browser events, drained from the stream)"
         );
         println!(
-            "  without enrichment {:>10} events/s   with {:>10} events/s   time with / without {:.2}",
+            "  without enrichment {:>10} events/s   with {:>10} events/s   time with / without {:.2} (best of 2 each, {} events)",
             n(e.without_enrichment_per_second),
             n(e.with_enrichment_per_second),
-            e.ratio
+            e.time_ratio,
+            n(e.events as f64)
+        );
+        println!(
+            "  per processor core-second: without {:>10} events   with {:>10} events",
+            n(e.without_enrichment_per_core_second),
+            n(e.with_enrichment_per_core_second)
         );
         println!(
             "  one event's enrichment in-process: {:.2} µs (user agent cached), {:.1} µs (new user agent)",

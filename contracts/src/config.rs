@@ -717,5 +717,9 @@ spec:
         let config = RuntimeConfig::load(&examples).unwrap();
         assert_eq!(config.name(), "web");
         assert!(config.site("shop").is_some() && config.site("docs").is_some());
+        // The demo website's site takes the pages make dev serves on the loopback address.
+        let demo = config.site("demo").unwrap();
+        assert!(demo.allows_origin_host("127.0.0.1") && demo.allows_origin_host("localhost"));
+        assert!(!demo.allows_origin_host("shop.example.com"));
     }
 }

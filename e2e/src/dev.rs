@@ -271,12 +271,21 @@ pub struct Running {
     pub ingest_key: bool,
     /// The resources the services run, where their Secrets (and so the keys) are.
     pub config: PathBuf,
-    /// The demo website.
+    /// The demo website, and `/v1/stats` of its site today.
     pub demo: String,
+    pub demo_stats: String,
+    /// The pipeline's ClickHouse database.
+    pub database: String,
 }
 
 impl Running {
-    pub fn of(stack: &mut Stack, settings: &Settings, ingest_key: bool, date: &str) -> Self {
+    pub fn of(
+        stack: &mut Stack,
+        settings: &Settings,
+        ingest_key: bool,
+        date: &str,
+        database: &str,
+    ) -> Self {
         let site = &settings.site;
         let logs = stack
             .processes()
@@ -297,6 +306,8 @@ impl Running {
             ingest_key,
             config: settings.config.clone(),
             demo: format!("http://127.0.0.1:{}/", settings.ports.demo),
+            demo_stats: stack.stats_url(&format!("site_id=demo&date={date}")),
+            database: database.to_owned(),
         }
     }
 }
@@ -317,6 +328,8 @@ pub fn banner(running: &Running, site: &str) -> String {
         ingest_key,
         config,
         demo,
+        demo_stats,
+        database,
     } = running;
     let dir = dir.display();
     let logs = logs.join(",");
@@ -354,8 +367,10 @@ Today's stats:
 SQL:
   curl -sS {clickhouse}/ --data-binary 'SHOW DATABASES'
 
-The demo website's latest events:
-  curl -sS {clickhouse}/ --data-binary "SELECT timestamp, event_type, path, properties, browser, device FROM tally_web.events WHERE site_id = 'demo' ORDER BY timestamp DESC LIMIT 20 FORMAT PrettyCompact"
+The demo website ({demo}): its latest events, and its stats (site demo has no keys of its
+own: READ_KEY must be the pipeline's admin key):
+  curl -sS {clickhouse}/ --data-binary "SELECT timestamp, event_type, path, properties, browser, device FROM {database}.events WHERE site_id = 'demo' ORDER BY timestamp DESC LIMIT 20 FORMAT PrettyCompact"
+  curl -sS -H "X-API-Key: $READ_KEY" "{demo_stats}"
 
 Press Ctrl-C to stop.
 "#
@@ -428,6 +443,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         announce(&format!("stopping ({why})"));
     };
     // Interrupted while starting: dropping the half-started stack stops what runs.
+    let database = resources.database();
     let ingest_key = resources
         .site(&settings.site)
         .is_some_and(|site| site.has_key_with(tally_crds::KeyScope::Ingest));
@@ -454,7 +470,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     ));
     let _stop_demo = AbortOnDrop(demo_site);
     let today = crate::today();
-    let running = Running::of(&mut stack, &settings, ingest_key, &today);
+    let running = Running::of(&mut stack, &settings, ingest_key, &today, &database);
     print!("{}", banner(&running, &settings.site));
 
     loop {
@@ -743,6 +759,8 @@ mod tests {
             ingest_key: true,
             config: "/repo/examples/".into(),
             demo: "http://127.0.0.1:8090/".into(),
+            demo_stats: "http://127.0.0.1:8081/v1/stats?site_id=demo&date=2026-01-31".into(),
+            database: "tally_web".into(),
         };
         let text = banner(&running, "docs");
         for line in [
@@ -758,6 +776,9 @@ mod tests {
             r#"-d '{"site_id":"docs","type":"page_view","url":"https://docs.example/","path":"/"}'"#,
             "  curl -sS -H \"X-API-Key: $READ_KEY\" \"http://127.0.0.1:8081/v1/stats?site_id=docs&date=2026-01-31\"\n",
             "  curl -sS http://127.0.0.1:8123/ --data-binary 'SHOW DATABASES'\n",
+            "  demo site   http://127.0.0.1:8090/   (site \"demo\": open it and click around)\n",
+            "FROM tally_web.events WHERE site_id = 'demo'",
+            "  curl -sS -H \"X-API-Key: $READ_KEY\" \"http://127.0.0.1:8081/v1/stats?site_id=demo&date=2026-01-31\"\n",
             "Press Ctrl-C to stop.",
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");

@@ -59,7 +59,11 @@ impl Enricher {
     }
 
     pub fn enrich(&self, event: &Event) -> Enrichment {
-        let page = parse_url(&event.url);
+        // The page's URL is parsed only when it matters: for its campaign, or for its host
+        // (is the referrer the same site?).
+        let page = (!event.referrer.is_empty() || event.url.contains("utm_"))
+            .then(|| parse_url(&event.url))
+            .flatten();
         let campaign = Campaign::of(page.as_ref());
         let referrer = source::classify(
             &event.referrer,

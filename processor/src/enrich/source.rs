@@ -3,6 +3,9 @@
 //! here and nowhere else; the channel rules are in [`classify`] and in the README's SQL
 //! reference.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use tally_contracts::schema::INTERNAL;
 
 use super::Campaign;
@@ -16,10 +19,9 @@ enum Kind {
 }
 
 /// Known referrers: a host (matched with its subdomains, after `www.` and `m.` are taken
-/// off) and the name the source column shows. Google's country domains (google.de,
+/// off; the most specific listed host wins) and the name the source column shows. Google's country domains (google.de,
 /// google.co.uk) are matched by [`known`] itself.
 const KNOWN: &[(&str, &str, Kind)] = &[
-    // Mail first: their hosts are subdomains of search engines'.
     ("mail.google.com", "Gmail", Kind::Email),
     ("mail.yahoo.com", "Yahoo! Mail", Kind::Email),
     ("outlook.live.com", "Outlook", Kind::Email),
@@ -73,25 +75,38 @@ fn bare(host: &str) -> &str {
     host.strip_prefix("m.").unwrap_or(host)
 }
 
-/// The known site `host` (lowercase) belongs to.
+/// [`KNOWN`] by host.
+static BY_HOST: LazyLock<HashMap<&'static str, (&'static str, Kind)>> = LazyLock::new(|| {
+    KNOWN
+        .iter()
+        .map(|(host, name, kind)| (*host, (*name, *kind)))
+        .collect()
+});
+
+/// The known site `host` (lowercase) belongs to: the host itself or its nearest listed
+/// parent domain (so `mail.google.com` is Gmail, `l.facebook.com` Facebook).
 fn known(host: &str) -> Option<(&'static str, Kind)> {
     let host = bare(host);
-    let listed = KNOWN.iter().find(|(known, _, _)| {
-        host == *known
-            || host
-                .strip_suffix(known)
-                .is_some_and(|rest| rest.ends_with('.'))
-    });
-    if let Some((_, name, kind)) = listed {
-        return Some((name, *kind));
+    let mut domain = host;
+    loop {
+        if let Some(&known) = BY_HOST.get(domain) {
+            return Some(known);
+        }
+        match domain.split_once('.') {
+            Some((_, parent)) => domain = parent,
+            None => break,
+        }
     }
     // google.com, google.de, google.co.uk, news.google.com: a "google" label followed
     // only by a country or generic top-level domain (one or two short labels).
-    let labels: Vec<&str> = host.split('.').collect();
-    let google = labels.iter().position(|l| *l == "google")?;
-    let tail = &labels[google + 1..];
-    (matches!(tail.len(), 1 | 2) && tail.iter().all(|l| l.len() <= 3))
-        .then_some(("Google", Kind::Search))
+    let mut labels = host.split('.');
+    labels.by_ref().find(|label| *label == "google")?;
+    let (mut tail, mut short) = (0, true);
+    for label in labels {
+        tail += 1;
+        short &= label.len() <= 3;
+    }
+    (matches!(tail, 1 | 2) && short).then_some(("Google", Kind::Search))
 }
 
 /// The known source a `utm_source` value names ("google", "facebook.com", "Newsletter").
