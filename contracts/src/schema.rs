@@ -306,7 +306,8 @@ pub const ENRICHMENT_COLUMNS: &[(&str, &str)] = &[
     ("utm_content", "String DEFAULT ''"),
 ];
 
-/// The attributes a session takes from its first event (`sessions` table).
+/// The attributes a visit takes from its first event: the `sessions` table keeps them,
+/// and the query API's `visit:*` dimensions read them.
 pub const SESSION_ATTRIBUTES: &[&str] = &[
     "referrer",
     "referrer_host",
@@ -318,7 +319,9 @@ pub const SESSION_ATTRIBUTES: &[&str] = &[
     "utm_term",
     "utm_content",
     "browser",
+    "browser_version",
     "os",
+    "os_version",
     "device",
 ];
 

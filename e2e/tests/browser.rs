@@ -366,7 +366,11 @@ async fn the_demo_website_in_a_real_browser() -> anyhow::Result<()> {
     // The events of the first page carry its (empty) referrer: direct; the rest were
     // referred by the demo's own pages.
     for row in &rows {
-        let want = if row.referrer.is_empty() { "Direct" } else { "Internal" };
+        let want = if row.referrer.is_empty() {
+            "Direct"
+        } else {
+            "Internal"
+        };
         assert_eq!(row.channel, want, "{row:?}");
     }
     assert_eq!(rows[0].channel, "Direct");

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tally_runtime::access::{Denied, with_challenge};
 
+use crate::query::request::Problem;
+
 /// Everything that ends a request with an error. The `Display` text is the message clients
 /// read.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +18,9 @@ pub enum ApiError {
     /// A query parameter is missing or malformed; the message names it.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A `/v1/query` body with problems, each with a JSON pointer to its place.
+    #[error("{} problem(s) with the query: {}", .0.len(), .0.iter().map(|p| format!("{} {}", if p.pointer.is_empty() { "(body)" } else { &p.pointer }, p.message)).collect::<Vec<_>>().join("; "))]
+    InvalidBody(Vec<Problem>),
     #[error("site_id {0:?} is not configured in this pipeline")]
     UnknownSite(String),
     /// The request's key may not read what it asks (401 or 403).
@@ -30,7 +35,9 @@ impl ApiError {
     /// The status code and the stable machine-readable error code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::InvalidQuery(_) | Self::InvalidBody(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_query")
+            }
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
             Self::Denied(denied) => denied.status_and_code(),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -43,14 +50,22 @@ impl ApiError {
 struct ErrorBody {
     error: &'static str,
     message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<Problem>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let message = self.to_string();
+        let problems = match self {
+            Self::InvalidBody(problems) => problems,
+            _ => Vec::new(),
+        };
         let body = ErrorBody {
             error: code,
-            message: self.to_string(),
+            message,
+            problems,
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -18,6 +18,7 @@ use tally_runtime::{ServerLimits, shutdown_signal};
 mod api;
 mod health;
 mod metrics;
+mod query;
 mod router;
 mod state;
 mod stats;

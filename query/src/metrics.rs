@@ -17,6 +17,8 @@ use tally_runtime::server::ConnectionMetrics;
 pub enum ReadQuery {
     Totals,
     TopPaths,
+    /// A `POST /v1/query` statement.
+    Query,
 }
 
 /// Whether ClickHouse answered it.

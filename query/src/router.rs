@@ -3,16 +3,17 @@
 
 use axum::Router;
 use axum::http::{HeaderName, Method, header};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::stats;
+use crate::{query, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/stats", get(stats::get_stats))
+        .route("/v1/query", post(query::post_query))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header
         // (never a cookie), so a page of another origin cannot read with a visitor's
@@ -20,7 +21,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
-                .allow_methods([Method::GET])
+                .allow_methods([Method::GET, Method::POST])
                 .allow_headers([
                     header::CONTENT_TYPE,
                     header::AUTHORIZATION,

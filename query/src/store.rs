@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
 use tally_contracts::schema::{PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
 
+use crate::api::ApiError;
 use crate::metrics::{Metrics, ReadQuery};
+use crate::query::sql::{Compiled, Param};
 
 /// One path's page views on a day.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Row)]
@@ -30,6 +32,32 @@ pub struct Totals {
 
 /// The longest a stats query may run in ClickHouse (its `max_execution_time`).
 pub const MAX_READ_SECONDS: u32 = 10;
+
+/// The most memory one `/v1/query` statement may take in ClickHouse.
+pub const MAX_QUERY_MEMORY: u64 = 2 << 30;
+/// The most rows one `/v1/query` statement may produce (a page is at most 10,000).
+pub const MAX_RESULT_ROWS: u64 = 100_000;
+
+/// A refused statement as the client sees it: what the query asked for is a 400, anything
+/// else (ClickHouse down, a timeout) a 503.
+fn query_error(e: clickhouse::error::Error) -> ApiError {
+    let text = e.to_string();
+    tracing::warn!(error = %text, "query failed");
+    const THE_QUERYS: [&str; 4] = [
+        "CANNOT_COMPILE_REGEXP",
+        "MEMORY_LIMIT_EXCEEDED",
+        "TOO_MANY_ROWS_OR_BYTES",
+        "TOO_MANY_ROWS",
+    ];
+    if THE_QUERYS.iter().any(|code| text.contains(code)) {
+        ApiError::InvalidBody(vec![crate::query::request::Problem {
+            pointer: String::new(),
+            message: format!("ClickHouse refused the query: {text}"),
+        }])
+    } else {
+        ApiError::Unavailable(format!("the query store did not answer: {text}"))
+    }
+}
 
 /// The tables the stats API reads; readiness waits until they all exist.
 const READ_TABLES: [&str; 2] = [SITE_DAILY, PATH_DAILY];
@@ -83,6 +111,69 @@ impl Store {
             .param("limit", limit)
             .fetch_all::<PathViews>();
         self.timed(ReadQuery::TopPaths, query).await
+    }
+
+    /// The pipeline's database.
+    pub fn database(&self) -> &str {
+        &self.db
+    }
+
+    /// Runs a compiled `/v1/query` statement (and its row count when asked): the rows as
+    /// JSON arrays, read-only, within [`MAX_READ_SECONDS`], [`MAX_QUERY_MEMORY`] and
+    /// [`MAX_RESULT_ROWS`]. A statement ClickHouse refuses for what the query asked (a bad
+    /// regular expression, too much memory) is the client's 400; one it could not run is a
+    /// 503.
+    pub async fn run_query(
+        &self,
+        compiled: &Compiled,
+    ) -> Result<(Vec<Vec<serde_json::Value>>, Option<u64>), ApiError> {
+        let rows = self.timed(ReadQuery::Query, self.rows(&compiled.sql, &compiled.params));
+        let total = async {
+            match &compiled.total_sql {
+                Some(sql) => {
+                    let rows = self.rows(sql, &compiled.params).await?;
+                    Ok(rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .and_then(serde_json::Value::as_u64))
+                }
+                None => Ok(None),
+            }
+        };
+        let (rows, total) = tokio::join!(rows, total);
+        Ok((rows.map_err(query_error)?, total.map_err(query_error)?))
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[(String, Param)],
+    ) -> Result<Vec<Vec<serde_json::Value>>, clickhouse::error::Error> {
+        let mut query = self
+            .client
+            .query(sql)
+            .with_setting("readonly", "2")
+            .with_setting("max_memory_usage", MAX_QUERY_MEMORY.to_string())
+            .with_setting("max_result_rows", MAX_RESULT_ROWS.to_string())
+            .with_setting("result_overflow_mode", "throw")
+            .with_setting("output_format_json_quote_64bit_integers", "0");
+        for (name, value) in params {
+            query = match value {
+                Param::Text(text) => query.param(name, text),
+                Param::Texts(texts) => query.param(name, texts),
+                Param::Int(n) => query.param(name, n),
+            };
+        }
+        let mut cursor = query.fetch_bytes("JSONCompactEachRow")?;
+        let mut text = Vec::new();
+        while let Some(chunk) = cursor.next().await? {
+            text.extend_from_slice(&chunk);
+        }
+        Ok(text
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect())
     }
 
     /// `Ok` when ClickHouse answers and the pipeline's rollups exist (the processor creates

@@ -1,0 +1,719 @@
+//! `POST /v1/query` checked differentially: a random history (two sites, visitors with and
+//! without session ids, logged-in users, several days, properties, bots) is stored in
+//! ClickHouse, then hundreds of random queries (metrics, dimensions, filters combined with
+//! and/or/not, date ranges, order, pagination) are asked of the query service and each
+//! answer is compared with the same question answered here, independently, from the
+//! generated events: every row, every figure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tally_e2e::{ADMIN_KEY, DATABASE, Options, Stack};
+use time::OffsetDateTime;
+
+/// SplitMix64: the same history and queries on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    site: &'static str,
+    event_type: &'static str,
+    path: &'static str,
+    ts: i64,
+    user_id: String,
+    visitor_id: String,
+    session_id: String,
+    properties: BTreeMap<&'static str, Value>,
+    source: &'static str,
+    channel: &'static str,
+    utm_campaign: &'static str,
+    browser: &'static str,
+    device: &'static str,
+    bot: bool,
+}
+
+const DAY_MS: i64 = 86_400_000;
+const PATHS: &[&str] = &["/", "/pricing", "/docs", "/blog/a", "/blog/b", "/signup"];
+const SOURCES: &[(&str, &str)] = &[
+    ("", "Direct"),
+    ("Google", "Organic Search"),
+    ("Facebook", "Organic Social"),
+    ("newsletter", "Email"),
+    ("blog.example.org", "Referral"),
+];
+
+/// Visitors, their visits and events over the three days before `today_ms`.
+fn history(rng: &mut Rng, today_ms: i64) -> Vec<Event> {
+    let mut events = Vec::new();
+    for site in ["shop", "docs"] {
+        for v in 0..40 {
+            let with_sessions = rng.chance(50);
+            let user = if rng.chance(20) {
+                format!("user-{site}-{v}")
+            } else {
+                String::new()
+            };
+            let visitor = format!("visitor-{site}-{v}");
+            let browser = *rng.pick(&["Chrome", "Firefox", "Safari"]);
+            let device = *rng.pick(&["desktop", "mobile", "tablet"]);
+            // Each visitor's events at distinct, growing times.
+            let mut ts = today_ms - 3 * DAY_MS + rng.below(2 * DAY_MS as u64) as i64;
+            for visit in 0..1 + rng.below(3) {
+                let (source, channel) = *rng.pick(SOURCES);
+                let campaign = if rng.chance(30) {
+                    *rng.pick(&["spring", "summer-sale"])
+                } else {
+                    ""
+                };
+                let session = if with_sessions {
+                    format!("session-{site}-{v}-{visit}")
+                } else {
+                    String::new()
+                };
+                for i in 0..1 + rng.below(7) {
+                    let event_type = if i == 0 || rng.chance(60) {
+                        "page_view"
+                    } else {
+                        *rng.pick(&["signup", "click", "page_unload"])
+                    };
+                    let mut properties = BTreeMap::new();
+                    if event_type != "page_view" {
+                        properties.insert("plan", json!(*rng.pick(&["pro", "free"])));
+                        if rng.chance(50) {
+                            properties.insert("n", json!(1 + rng.below(3)));
+                        }
+                    }
+                    events.push(Event {
+                        site,
+                        event_type,
+                        path: PATHS[rng.below(PATHS.len() as u64) as usize],
+                        ts,
+                        user_id: user.clone(),
+                        visitor_id: visitor.clone(),
+                        session_id: session.clone(),
+                        properties,
+                        // Later events of a visit come from inside the site.
+                        source: if i == 0 { source } else { "" },
+                        channel: if i == 0 { channel } else { "Internal" },
+                        utm_campaign: campaign,
+                        browser,
+                        device,
+                        bot: rng.chance(3),
+                    });
+                    ts += 1 + rng.below(20 * 60 * 1000) as i64;
+                }
+                // The next visit after more than half an hour (sometimes a day).
+                ts += 31 * 60 * 1000 + rng.below(DAY_MS as u64 / 2) as i64;
+            }
+        }
+    }
+    events
+}
+
+/// A UTC millisecond as ClickHouse reads a `DateTime64(3, 'UTC')`.
+fn clock(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+    format!(
+        "{} {:02}:{:02}:{:02}.{:03}",
+        t.date(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
+    let rows: Vec<String> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "event_id": uuid::Uuid::new_v4().to_string(),
+                "site_id": e.site, "event_type": e.event_type,
+                "timestamp": clock(e.ts), "received_at": clock(e.ts),
+                "path": e.path, "url": format!("https://{}.example.com{}", e.site, e.path),
+                "user_id": e.user_id, "visitor_id": e.visitor_id, "session_id": e.session_id,
+                "properties": serde_json::to_string(&e.properties).unwrap(),
+                "is_bot": e.bot, "source": e.source, "channel": e.channel,
+                "utm_campaign": e.utm_campaign, "browser": e.browser, "device": e.device,
+            })
+            .to_string()
+        })
+        .collect();
+    stack
+        .sql(&format!(
+            "INSERT INTO {DATABASE}.events FORMAT JSONEachRow\n{}",
+            rows.join("\n")
+        ))
+        .await?;
+    Ok(())
+}
+
+/// An event with what the query sees of it.
+struct Seen<'a> {
+    event: &'a Event,
+    visitor_key: String,
+    visit_id: String,
+}
+
+struct Visit {
+    pageviews: u64,
+    duration_ms: i64,
+    entry: &'static str,
+    exit: &'static str,
+    first: usize,
+}
+
+fn visitor_key(e: &Event) -> String {
+    if !e.user_id.is_empty() {
+        format!("u:{}", e.user_id)
+    } else if !e.visitor_id.is_empty() {
+        format!("v:{}", e.visitor_id)
+    } else if !e.session_id.is_empty() {
+        format!("s:{}", e.session_id)
+    } else {
+        String::new()
+    }
+}
+
+/// The strings of a JSON array.
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A dimension's value of an event.
+fn value(name: &str, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> String {
+    let e = seen.event;
+    let first = all[visit.first].event;
+    let time = |format: &str| {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts) * 1_000_000).unwrap();
+        match format {
+            "day" => t.date().to_string(),
+            "hour" => format!("{} {:02}:00:00", t.date(), t.hour()),
+            _ => unreachable!(),
+        }
+    };
+    match name {
+        "event:name" => e.event_type.into(),
+        "event:page" => e.path.into(),
+        "event:props:plan" => e.properties.get("plan").map(text).unwrap_or_default(),
+        "event:props:n" => e.properties.get("n").map(text).unwrap_or_default(),
+        "visit:source" => first.source.into(),
+        "visit:channel" => first.channel.into(),
+        "visit:device" => first.device.into(),
+        "visit:browser" => first.browser.into(),
+        "visit:utm_campaign" => first.utm_campaign.into(),
+        "visit:entry_page" => visit.entry.into(),
+        "visit:exit_page" => visit.exit.into(),
+        "time:day" => time("day"),
+        "time:hour" => time("hour"),
+        other => panic!("no reference for {other}"),
+    }
+}
+
+fn passes(filter: &Value, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> bool {
+    let f = filter.as_array().unwrap();
+    match f[0].as_str().unwrap() {
+        "and" => f[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| passes(g, seen, visit, all)),
+        "or" => f[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| passes(g, seen, visit, all)),
+        "not" => !passes(&f[1], seen, visit, all),
+        op => {
+            let v = value(f[1].as_str().unwrap(), seen, visit, all);
+            let values: Vec<String> = f[2].as_array().unwrap().iter().map(text).collect();
+            let is = values.contains(&v);
+            let contains = values.iter().any(|x| v.contains(x.as_str()));
+            let matches = values.iter().any(|x| regex_lite(x, &v));
+            match op {
+                "is" => is,
+                "is_not" => !is,
+                "contains" => contains,
+                "contains_not" => !contains,
+                "matches" => matches,
+                "matches_not" => !matches,
+                _ => unreachable!(),
+            }
+        }
+    }
+}
+
+/// The patterns the random queries use: `^prefix` or a plain substring.
+fn regex_lite(pattern: &str, text: &str) -> bool {
+    match pattern.strip_prefix('^') {
+        Some(prefix) => text.starts_with(prefix),
+        None => text.contains(pattern),
+    }
+}
+
+/// A visit's part of a group: its page views and events there, and its visitors.
+#[derive(Default)]
+struct InGroup(u64, u64, BTreeSet<String>);
+
+/// The answer computed here: rows of (dimension values, metric values).
+fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
+    let site = query["site_id"].as_str().unwrap();
+    let range = query["date_range"].as_array().unwrap();
+    let day = |v: &Value| {
+        let d = time::Date::parse(
+            v.as_str().unwrap(),
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .unwrap();
+        d.midnight().assume_utc().unix_timestamp() * 1000
+    };
+    let (from, to) = (day(&range[0]), day(&range[1]) + DAY_MS);
+    let mut seen: Vec<Seen<'_>> = events
+        .iter()
+        .filter(|e| e.site == site && !e.bot && e.ts >= from && e.ts < to)
+        .map(|e| Seen {
+            event: e,
+            visitor_key: visitor_key(e),
+            visit_id: String::new(),
+        })
+        .collect();
+    seen.sort_by_key(|s| s.event.ts);
+    // Visits: the session, else the visitor's events split by 30-minute gaps.
+    let mut last: HashMap<String, (i64, u64)> = HashMap::new();
+    for s in &mut seen {
+        s.visit_id = if s.event.session_id.is_empty() {
+            let (prev, n) = last.entry(s.visitor_key.clone()).or_insert((i64::MIN, 0));
+            if *prev == i64::MIN || s.event.ts - *prev >= 30 * 60 * 1000 {
+                *n += 1;
+            }
+            *prev = s.event.ts;
+            format!("g:{}:{n}", s.visitor_key)
+        } else {
+            format!("s:{}", s.event.session_id)
+        };
+    }
+    let mut visits: HashMap<String, Visit> = HashMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        let v = visits.entry(s.visit_id.clone()).or_insert(Visit {
+            pageviews: 0,
+            duration_ms: 0,
+            entry: "",
+            exit: "",
+            first: i,
+        });
+        let start = seen[v.first].event.ts;
+        v.duration_ms = s.event.ts - start;
+        if s.event.event_type == "page_view" {
+            if v.pageviews == 0 {
+                v.entry = s.event.path;
+            }
+            v.exit = s.event.path;
+            v.pageviews += 1;
+        }
+    }
+    let dims: Vec<&str> = names(&query["dimensions"]);
+    let filters = query["filters"].as_array().cloned().unwrap_or_default();
+    // group → visit → (page views, events, visitor keys)
+    let mut groups: BTreeMap<Vec<String>, BTreeMap<String, InGroup>> = BTreeMap::new();
+    for s in &seen {
+        let visit = &visits[&s.visit_id];
+        if !filters.iter().all(|f| passes(f, s, visit, &seen)) {
+            continue;
+        }
+        let key: Vec<String> = dims.iter().map(|d| value(d, s, visit, &seen)).collect();
+        let entry = groups
+            .entry(key)
+            .or_default()
+            .entry(s.visit_id.clone())
+            .or_default();
+        entry.0 += u64::from(s.event.event_type == "page_view");
+        entry.1 += 1;
+        if !s.visitor_key.is_empty() {
+            entry.2.insert(s.visitor_key.clone());
+        }
+    }
+    if dims.is_empty() && groups.is_empty() {
+        groups.insert(Vec::new(), BTreeMap::new());
+    }
+    let metrics: Vec<&str> = names(&query["metrics"]);
+    let mut rows: Vec<(Vec<String>, Vec<f64>)> = groups
+        .into_iter()
+        .map(|(key, in_group)| {
+            let count = in_group.len() as f64;
+            let values = metrics
+                .iter()
+                .map(|m| match *m {
+                    "visitors" => in_group
+                        .values()
+                        .flat_map(|g| g.2.iter())
+                        .collect::<BTreeSet<_>>()
+                        .len() as f64,
+                    "visits" => count,
+                    "pageviews" => in_group.values().map(|g| g.0).sum::<u64>() as f64,
+                    "events" => in_group.values().map(|g| g.1).sum::<u64>() as f64,
+                    "views_per_visit" if count == 0.0 => 0.0,
+                    "views_per_visit" => in_group.values().map(|g| g.0).sum::<u64>() as f64 / count,
+                    "bounce_rate" => {
+                        let with_views =
+                            in_group.keys().filter(|v| visits[*v].pageviews > 0).count();
+                        let bounced = in_group
+                            .keys()
+                            .filter(|v| visits[*v].pageviews == 1)
+                            .count();
+                        if with_views == 0 {
+                            0.0
+                        } else {
+                            100.0 * bounced as f64 / with_views as f64
+                        }
+                    }
+                    "visit_duration" if count == 0.0 => 0.0,
+                    "visit_duration" => {
+                        in_group
+                            .keys()
+                            .map(|v| visits[v].duration_ms as f64)
+                            .sum::<f64>()
+                            / count
+                            / 1000.0
+                    }
+                    other => panic!("no reference for {other}"),
+                })
+                .collect();
+            (key, values)
+        })
+        .collect();
+    // The query's order, then every dimension ascending.
+    let order: Vec<(String, bool)> = query["order_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o[0].as_str().unwrap().to_owned(), o[1] == "desc"))
+        .collect();
+    rows.sort_by(|a, b| {
+        for (name, descending) in &order {
+            let ord = if let Some(i) = metrics.iter().position(|m| m == name) {
+                a.1[i].partial_cmp(&b.1[i]).unwrap()
+            } else {
+                let i = dims.iter().position(|d| d == name).unwrap();
+                a.0[i].cmp(&b.0[i])
+            };
+            let ord = if *descending { ord.reverse() } else { ord };
+            if ord.is_ne() {
+                return ord;
+            }
+        }
+        a.0.cmp(&b.0)
+    });
+    let page = &query["pagination"];
+    let offset = page["offset"].as_u64().unwrap() as usize;
+    let limit = page["limit"].as_u64().unwrap() as usize;
+    rows.into_iter().skip(offset).take(limit).collect()
+}
+
+/// A random query over the history's days.
+fn random_query(rng: &mut Rng, days: &[String]) -> Value {
+    const INTEGER_METRICS: &[&str] = &["visitors", "visits", "pageviews", "events"];
+    const OTHER_METRICS: &[&str] = &["views_per_visit", "bounce_rate", "visit_duration"];
+    const DIMENSIONS: &[&str] = &[
+        "event:name",
+        "event:page",
+        "event:props:plan",
+        "event:props:n",
+        "visit:source",
+        "visit:channel",
+        "visit:device",
+        "visit:browser",
+        "visit:utm_campaign",
+        "visit:entry_page",
+        "visit:exit_page",
+        "time:day",
+        "time:hour",
+    ];
+    let mut metrics = vec![*rng.pick(INTEGER_METRICS)];
+    for _ in 0..rng.below(4) {
+        let m = if rng.chance(50) {
+            *rng.pick(INTEGER_METRICS)
+        } else {
+            *rng.pick(OTHER_METRICS)
+        };
+        if !metrics.contains(&m) {
+            metrics.push(m);
+        }
+    }
+    let mut dimensions = Vec::new();
+    for _ in 0..rng.below(3) {
+        let d = *rng.pick(DIMENSIONS);
+        if !dimensions.contains(&d) {
+            dimensions.push(d);
+        }
+    }
+    let comparison = |rng: &mut Rng| -> Value {
+        let (dimension, values): (&str, &[&str]) = *rng.pick(&[
+            ("event:page", PATHS),
+            (
+                "event:name",
+                &["page_view", "signup", "click", "page_unload"][..],
+            ),
+            (
+                "visit:source",
+                &["", "Google", "Facebook", "newsletter"][..],
+            ),
+            ("visit:device", &["desktop", "mobile", "tablet"][..]),
+            ("event:props:plan", &["pro", "free", ""][..]),
+            ("visit:utm_campaign", &["spring", "summer-sale", ""][..]),
+            ("visit:entry_page", PATHS),
+        ]);
+        let op = *rng.pick(&[
+            "is",
+            "is_not",
+            "contains",
+            "contains_not",
+            "matches",
+            "matches_not",
+        ]);
+        let mut chosen: Vec<String> = (0..1 + rng.below(2))
+            .map(|_| (*rng.pick(values)).to_owned())
+            .collect();
+        if op.starts_with("contains") || op.starts_with("matches") {
+            chosen.retain(|v| !v.is_empty());
+            if chosen.is_empty() {
+                chosen.push("o".into());
+            }
+            if op.starts_with("matches") {
+                for v in &mut chosen {
+                    *v = format!("^{}", &v[..v.len().min(3)]);
+                }
+            } else {
+                for v in &mut chosen {
+                    v.truncate(3);
+                }
+            }
+        }
+        json!([op, dimension, chosen])
+    };
+    let mut filters = Vec::new();
+    for _ in 0..rng.below(3) {
+        filters.push(match rng.below(5) {
+            0 => json!(["not", comparison(rng)]),
+            1 => json!(["or", [comparison(rng), comparison(rng)]]),
+            2 => json!(["and", [comparison(rng), comparison(rng)]]),
+            _ => comparison(rng),
+        });
+    }
+    let a = rng.below(days.len() as u64) as usize;
+    let b = a + rng.below((days.len() - a) as u64) as usize;
+    let order_by = if rng.chance(50) {
+        // Integer metrics only: a rounded ratio may tie differently.
+        let names: Vec<&str> = metrics
+            .iter()
+            .copied()
+            .filter(|m| INTEGER_METRICS.contains(m))
+            .chain(dimensions.iter().copied())
+            .collect();
+        let name = *rng.pick(&names);
+        json!([[name, if rng.chance(50) { "asc" } else { "desc" }]])
+    } else {
+        Value::Null
+    };
+    let mut query = json!({
+        "site_id": *rng.pick(&["shop", "docs"]),
+        "metrics": metrics,
+        "dimensions": dimensions,
+        "filters": filters,
+        "date_range": [days[a], days[b]],
+        "pagination": {"limit": 1 + rng.below(30), "offset": if rng.chance(25) { rng.below(4) } else { 0 }},
+    });
+    if !order_by.is_null() {
+        query["order_by"] = order_by;
+    }
+    query
+}
+
+fn close(a: f64, b: f64, metric: &str) -> bool {
+    let tolerance = match metric {
+        "views_per_visit" | "bounce_rate" => 0.0051,
+        "visit_duration" => 0.051,
+        _ => 0.0,
+    };
+    (a - b).abs() <= tolerance
+}
+
+#[tokio::test]
+async fn query_answers_equal_the_history_computed_independently() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let now = OffsetDateTime::now_utc();
+    let today_ms = now.date().midnight().assume_utc().unix_timestamp() * 1000;
+    let mut rng = Rng(20_261_207);
+    let events = history(&mut rng, today_ms);
+    store(&stack, &events).await?;
+    // The history's days: from three days ago to today.
+    let days: Vec<String> = (0..=3)
+        .rev()
+        .map(|d| (now.date() - time::Duration::days(d)).to_string())
+        .collect();
+    let client = &stack.http;
+    let (mut compared, mut with_data) = (0, 0);
+    for _ in 0..300 {
+        let query = random_query(&mut rng, &days);
+        let response = client
+            .post(stack.query_url("/v1/query"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&query)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await?;
+        assert_eq!(status, 200, "{query}\n{answer}");
+        let echoed = &answer["query"];
+        let want = expected(
+            &events,
+            &json!({
+                "site_id": query["site_id"], "metrics": query["metrics"], "dimensions": query["dimensions"],
+                "filters": query["filters"], "date_range": query["date_range"],
+                "order_by": echoed["order_by"], "pagination": echoed["pagination"],
+            }),
+        );
+        let got: Vec<(Vec<String>, Vec<f64>)> = answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["dimensions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(text)
+                        .collect(),
+                    r["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|m| m.as_f64().unwrap())
+                        .collect(),
+                )
+            })
+            .collect();
+        let metrics: Vec<&str> = names(&query["metrics"]);
+        let same = got.len() == want.len()
+            && got.iter().zip(&want).all(|(g, w)| {
+                g.0 == w.0
+                    && g.1
+                        .iter()
+                        .zip(&w.1)
+                        .zip(&metrics)
+                        .all(|((a, b), m)| close(*a, *b, m))
+            });
+        assert!(same, "query {query}\n got  {got:?}\n want {want:?}");
+        compared += 1;
+        if want
+            .iter()
+            .any(|(_, values)| values.iter().any(|v| *v != 0.0))
+        {
+            with_data += 1;
+        }
+    }
+    assert_eq!(compared, 300);
+    // At least half the questions found something (181 on this seed): the comparison is of
+    // figures, not of empty answers.
+    assert!(
+        with_data >= 150,
+        "only {with_data} of 300 answers held data"
+    );
+    eprintln!("{with_data} of 300 answers held data");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_queries_name_each_problem() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let ask = |body: Value| {
+        stack
+            .http
+            .post(stack.query_url("/v1/query"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&body)
+            .send()
+    };
+    let answer = ask(json!({
+        "site_id": "shop", "metrics": ["visitors", "bogus"], "dimensions": ["visit:nope"],
+        "filters": [["is", "event:page"], ["like", "event:page", ["/"]]],
+        "date_range": "fortnight", "pagination": {"limit": 100000},
+    }))
+    .await?;
+    assert_eq!(answer.status().as_u16(), 400);
+    let body: Value = answer.json().await?;
+    let pointers: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pointers,
+        [
+            "/metrics/1",
+            "/dimensions/0",
+            "/filters/0",
+            "/filters/1/0",
+            "/date_range",
+            "/pagination/limit"
+        ],
+        "{body}"
+    );
+    assert_eq!(body["error"], "invalid_query");
+    // Without a key, or for a site that does not exist.
+    let no_key = stack
+        .http
+        .post(stack.query_url("/v1/query"))
+        .json(&json!({"site_id": "shop", "metrics": ["visitors"]}))
+        .send()
+        .await?;
+    assert_eq!(no_key.status().as_u16(), 401);
+    let unknown = ask(json!({"site_id": "nope", "metrics": ["visitors"]})).await?;
+    assert_eq!(unknown.status().as_u16(), 404);
+    // A well-formed query of an empty site: one row of zeros.
+    let empty =
+        ask(json!({"site_id": "docs", "metrics": ["visitors", "bounce_rate"], "date_range": "7d"}))
+            .await?;
+    let body: Value = empty.json().await?;
+    assert_eq!(
+        body["results"],
+        json!([{"dimensions": [], "metrics": [0, 0]}]),
+        "{body}"
+    );
+    assert_eq!(body["query"]["order_by"], json!([["visitors", "desc"]]));
+    Ok(())
+}

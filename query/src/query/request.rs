@@ -1,0 +1,679 @@
+//! The body of `POST /v1/query`, read by hand from JSON so that every problem is reported at
+//! once with a JSON pointer to its place (`/metrics/2`, `/filters/0/1`), and checked into a
+//! [`Query`]: known metrics and dimensions, well-shaped filters, a date range, order and
+//! pagination within bounds. The query is echoed back with its defaults filled in.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::macros::format_description;
+use time::{Date, Duration, OffsetDateTime};
+
+/// Most rows one answer holds.
+pub const MAX_LIMIT: u64 = 10_000;
+/// Most dimensions one query groups by.
+pub const MAX_DIMENSIONS: usize = 6;
+/// Most filters, counting those inside `and`, `or` and `not`.
+pub const MAX_FILTERS: usize = 50;
+
+/// One thing wrong with a query, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// A JSON pointer (RFC 6901) into the request body.
+    pub pointer: String,
+    pub message: String,
+}
+
+/// A metric of `metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Visitors,
+    Visits,
+    Pageviews,
+    Events,
+    ViewsPerVisit,
+    BounceRate,
+    VisitDuration,
+}
+
+impl Metric {
+    pub const ALL: [(&'static str, Metric); 7] = [
+        ("visitors", Metric::Visitors),
+        ("visits", Metric::Visits),
+        ("pageviews", Metric::Pageviews),
+        ("events", Metric::Events),
+        ("views_per_visit", Metric::ViewsPerVisit),
+        ("bounce_rate", Metric::BounceRate),
+        ("visit_duration", Metric::VisitDuration),
+    ];
+}
+
+/// A time bucket of a `time:*` dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// A dimension of `dimensions` (and the subject of a filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dimension {
+    /// `event:name`, `event:page`: a column of the event.
+    Event(&'static str),
+    /// `event:props:<key>`: a property's value, as text.
+    Property(String),
+    /// `visit:*`: an attribute of the event's visit (its first event, entry or exit page).
+    Visit(&'static str),
+    Time(Bucket),
+}
+
+/// The `visit:*` dimensions, and the column of the visit that holds each.
+pub const VISIT_DIMENSIONS: &[(&str, &str)] = &[
+    ("visit:entry_page", "entry_page"),
+    ("visit:exit_page", "exit_page"),
+    ("visit:source", "source"),
+    ("visit:referrer", "referrer"),
+    ("visit:channel", "channel"),
+    ("visit:utm_source", "utm_source"),
+    ("visit:utm_medium", "utm_medium"),
+    ("visit:utm_campaign", "utm_campaign"),
+    ("visit:utm_term", "utm_term"),
+    ("visit:utm_content", "utm_content"),
+    ("visit:browser", "browser"),
+    ("visit:browser_version", "browser_version"),
+    ("visit:os", "os"),
+    ("visit:os_version", "os_version"),
+    ("visit:device", "device"),
+];
+
+impl Dimension {
+    fn parse(name: &str, time_allowed: bool) -> Result<Self, String> {
+        match name {
+            "event:name" => return Ok(Self::Event("event_type")),
+            "event:page" => return Ok(Self::Event("path")),
+            _ => {}
+        }
+        if let Some(key) = name.strip_prefix("event:props:") {
+            return if key.is_empty() || key.len() > 256 {
+                Err("a property name must have 1 to 256 characters".into())
+            } else {
+                Ok(Self::Property(key.to_owned()))
+            };
+        }
+        if let Some((_, column)) = VISIT_DIMENSIONS.iter().find(|(n, _)| *n == name) {
+            return Ok(Self::Visit(column));
+        }
+        let bucket = match name {
+            "time:minute" => Some(Bucket::Minute),
+            "time:hour" => Some(Bucket::Hour),
+            "time:day" => Some(Bucket::Day),
+            "time:week" => Some(Bucket::Week),
+            "time:month" => Some(Bucket::Month),
+            _ => None,
+        };
+        match bucket {
+            Some(_) if !time_allowed => Err(format!("{name:?} cannot be filtered by")),
+            Some(bucket) => Ok(Self::Time(bucket)),
+            None => Err(format!(
+                "unknown dimension {name:?}: use event:name, event:page, event:props:<name>, \
+                 visit:entry_page, visit:exit_page, visit:source, visit:referrer, visit:channel, \
+                 visit:utm_*, visit:browser, visit:browser_version, visit:os, visit:os_version, \
+                 visit:device, time, time:minute, time:hour, time:day, time:week or time:month"
+            )),
+        }
+    }
+}
+
+/// How a filter compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    Is,
+    IsNot,
+    Contains,
+    ContainsNot,
+    Matches,
+    MatchesNot,
+}
+
+/// A filter: a comparison, or filters combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Compare {
+        operator: Operator,
+        dimension: Dimension,
+        values: Vec<String>,
+    },
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+/// The checked query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub site_id: String,
+    pub metrics: Vec<Metric>,
+    pub dimensions: Vec<Dimension>,
+    pub filters: Vec<Filter>,
+    /// `[from, to)`, Unix milliseconds (UTC).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// (index into metrics, or into dimensions; descending)
+    pub order_by: Vec<(OrderKey, bool)>,
+    pub limit: u64,
+    pub offset: u64,
+    pub total_rows: bool,
+    /// The request with its defaults filled in, as the answer echoes it.
+    pub echo: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKey {
+    Metric(usize),
+    Dimension(usize),
+}
+
+/// Reads a query. `now` is the time relative ranges (`7d`, `day`, `realtime`) end at.
+pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
+    let mut p = Problems::default();
+    let Some(object) = body.as_object() else {
+        p.add("", "the query must be a JSON object");
+        return Err(p.0);
+    };
+    for key in object.keys() {
+        if !matches!(
+            key.as_str(),
+            "site_id"
+                | "metrics"
+                | "dimensions"
+                | "filters"
+                | "date_range"
+                | "order_by"
+                | "pagination"
+                | "include"
+        ) {
+            p.add(
+                &format!("/{}", escape(key)),
+                format!("unknown field {key:?}"),
+            );
+        }
+    }
+    let site_id = match object.get("site_id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            p.add("/site_id", "must be a site id (a non-empty string)");
+            String::new()
+        }
+        None => {
+            p.add("/site_id", "is required");
+            String::new()
+        }
+    };
+
+    let mut metrics = Vec::new();
+    let mut metric_names = Vec::new();
+    match object.get("metrics") {
+        Some(Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                let found = item
+                    .as_str()
+                    .and_then(|name| Metric::ALL.iter().find(|(n, _)| *n == name));
+                match found {
+                    Some((name, metric)) if metrics.contains(metric) => {
+                        p.add(
+                            &format!("/metrics/{i}"),
+                            format!("{name:?} is listed twice"),
+                        );
+                    }
+                    Some((name, metric)) => {
+                        metrics.push(*metric);
+                        metric_names.push(*name);
+                    }
+                    None => p.add(
+                        &format!("/metrics/{i}"),
+                        format!(
+                            "unknown metric {item}: use {}",
+                            Metric::ALL.map(|(n, _)| n).join(", ")
+                        ),
+                    ),
+                }
+            }
+        }
+        _ => p.add("/metrics", "must be a non-empty array of metric names"),
+    }
+
+    let mut dimensions = Vec::new();
+    let mut dimension_names: Vec<String> = Vec::new();
+    let range_text = object.get("date_range").cloned().unwrap_or(json!("7d"));
+    match object.get("dimensions") {
+        None => {}
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_DIMENSIONS {
+                p.add(
+                    "/dimensions",
+                    format!("at most {MAX_DIMENSIONS} dimensions"),
+                );
+            }
+            for (i, item) in items.iter().enumerate() {
+                let Some(name) = item.as_str() else {
+                    p.add(&format!("/dimensions/{i}"), "must be a dimension name");
+                    continue;
+                };
+                // `time` picks its bucket from the range: hours for a day or less, else days.
+                let name = if name == "time" {
+                    let short = matches!(range_text.as_str(), Some("day" | "realtime"));
+                    if short { "time:hour" } else { "time:day" }
+                } else {
+                    name
+                };
+                match Dimension::parse(name, true) {
+                    Ok(d) if dimensions.contains(&d) => {
+                        p.add(
+                            &format!("/dimensions/{i}"),
+                            format!("{name:?} is listed twice"),
+                        );
+                    }
+                    Ok(d) => {
+                        dimensions.push(d);
+                        dimension_names.push(name.to_owned());
+                    }
+                    Err(message) => p.add(&format!("/dimensions/{i}"), message),
+                }
+            }
+        }
+        Some(_) => p.add("/dimensions", "must be an array of dimension names"),
+    }
+
+    let mut filters = Vec::new();
+    let mut count = 0;
+    match object.get("filters") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(f) = parse_filter(item, &format!("/filters/{i}"), &mut p, &mut count) {
+                    filters.push(f);
+                }
+            }
+            if count > MAX_FILTERS {
+                p.add("/filters", format!("at most {MAX_FILTERS} filters in all"));
+            }
+        }
+        Some(_) => p.add("/filters", "must be an array of filters"),
+    }
+
+    let (from_ms, to_ms) = parse_range(&range_text, now).unwrap_or_else(|message| {
+        p.add("/date_range", message);
+        (0, 0)
+    });
+
+    let mut order_by = Vec::new();
+    let mut order_echo = Vec::new();
+    match object.get("order_by") {
+        None => {
+            // Time in order when grouped by it, else the first metric, largest first.
+            if let Some(i) = dimensions
+                .iter()
+                .position(|d| matches!(d, Dimension::Time(_)))
+            {
+                order_by.push((OrderKey::Dimension(i), false));
+                order_echo.push(json!([dimension_names[i], "asc"]));
+            } else if !metrics.is_empty() {
+                order_by.push((OrderKey::Metric(0), true));
+                order_echo.push(json!([metric_names[0], "desc"]));
+            }
+        }
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let pointer = format!("/order_by/{i}");
+                let pair = item.as_array().filter(|a| a.len() == 2);
+                let (Some(name), Some(direction)) = (
+                    pair.and_then(|a| a[0].as_str()),
+                    pair.and_then(|a| a[1].as_str()),
+                ) else {
+                    p.add(&pointer, "must be [name, \"asc\" | \"desc\"]");
+                    continue;
+                };
+                let descending = match direction {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => {
+                        p.add(&format!("{pointer}/1"), "must be \"asc\" or \"desc\"");
+                        continue;
+                    }
+                };
+                let key = metric_names
+                    .iter()
+                    .position(|m| *m == name)
+                    .map(OrderKey::Metric)
+                    .or_else(|| {
+                        dimension_names
+                            .iter()
+                            .position(|d| d == name)
+                            .map(OrderKey::Dimension)
+                    });
+                match key {
+                    Some(key) => {
+                        order_by.push((key, descending));
+                        order_echo.push(json!([name, direction]));
+                    }
+                    None => p.add(
+                        &format!("{pointer}/0"),
+                        format!("{name:?} is neither a metric nor a dimension of this query"),
+                    ),
+                }
+            }
+        }
+        Some(_) => p.add("/order_by", "must be an array of [name, direction] pairs"),
+    }
+
+    let (mut limit, mut offset) = (MAX_LIMIT, 0);
+    match object.get("pagination") {
+        None => {}
+        Some(Value::Object(page)) => {
+            for (key, value) in page {
+                let slot = match key.as_str() {
+                    "limit" => &mut limit,
+                    "offset" => &mut offset,
+                    _ => {
+                        p.add(
+                            &format!("/pagination/{}", escape(key)),
+                            format!("unknown field {key:?}"),
+                        );
+                        continue;
+                    }
+                };
+                match value.as_u64() {
+                    Some(n) if key == "limit" && !(1..=MAX_LIMIT).contains(&n) => p.add(
+                        "/pagination/limit",
+                        format!("must be from 1 to {MAX_LIMIT}: the query is too wide otherwise"),
+                    ),
+                    Some(n) => *slot = n,
+                    None => p.add(&format!("/pagination/{key}"), "must be a whole number"),
+                }
+            }
+        }
+        Some(_) => p.add("/pagination", "must be {\"limit\": n, \"offset\": n}"),
+    }
+
+    let mut total_rows = false;
+    match object.get("include") {
+        None => {}
+        Some(Value::Object(include)) => {
+            for (key, value) in include {
+                match (key.as_str(), value) {
+                    ("total_rows", Value::Bool(b)) => total_rows = *b,
+                    ("total_rows", _) => p.add("/include/total_rows", "must be true or false"),
+                    _ => p.add(
+                        &format!("/include/{}", escape(key)),
+                        format!("unknown field {key:?} (this version answers total_rows)"),
+                    ),
+                }
+            }
+        }
+        Some(_) => p.add("/include", "must be an object"),
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let echo = json!({
+        "site_id": site_id,
+        "metrics": metric_names,
+        "dimensions": dimension_names,
+        "filters": object.get("filters").cloned().unwrap_or(json!([])),
+        "date_range": [ms_text(from_ms), ms_text(to_ms)],
+        "order_by": order_echo,
+        "pagination": {"limit": limit, "offset": offset},
+        "include": {"total_rows": total_rows},
+    });
+    Ok(Query {
+        site_id,
+        metrics,
+        dimensions,
+        filters,
+        from_ms,
+        to_ms,
+        order_by,
+        limit,
+        offset,
+        total_rows,
+        echo,
+    })
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, pointer: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            pointer: pointer.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A key as a JSON pointer's reference token.
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn parse_filter(
+    value: &Value,
+    pointer: &str,
+    p: &mut Problems,
+    count: &mut usize,
+) -> Option<Filter> {
+    *count += 1;
+    let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
+        p.add(pointer, "a filter is [operator, dimension, [values]], [\"and\"|\"or\", [filters]] or [\"not\", filter]");
+        return None;
+    };
+    let Some(operator) = items[0].as_str() else {
+        p.add(&format!("{pointer}/0"), "must be an operator name");
+        return None;
+    };
+    let combined = |p: &mut Problems, count: &mut usize| -> Option<Vec<Filter>> {
+        match items.get(1).and_then(Value::as_array) {
+            Some(list) if items.len() == 2 && !list.is_empty() => {
+                let parsed: Vec<Option<Filter>> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| parse_filter(f, &format!("{pointer}/1/{i}"), p, count))
+                    .collect();
+                parsed.into_iter().collect()
+            }
+            _ => {
+                p.add(
+                    pointer,
+                    format!("{operator:?} takes one non-empty array of filters"),
+                );
+                None
+            }
+        }
+    };
+    match operator {
+        "and" => return combined(p, count).map(Filter::And),
+        "or" => return combined(p, count).map(Filter::Or),
+        "not" => {
+            return if items.len() == 2 {
+                parse_filter(&items[1], &format!("{pointer}/1"), p, count)
+                    .map(|f| Filter::Not(Box::new(f)))
+            } else {
+                p.add(pointer, "\"not\" takes one filter");
+                None
+            };
+        }
+        _ => {}
+    }
+    let operator = match operator {
+        "is" => Operator::Is,
+        "is_not" => Operator::IsNot,
+        "contains" => Operator::Contains,
+        "contains_not" => Operator::ContainsNot,
+        "matches" => Operator::Matches,
+        "matches_not" => Operator::MatchesNot,
+        other => {
+            p.add(
+                &format!("{pointer}/0"),
+                format!(
+                    "unknown operator {other:?}: use is, is_not, contains, contains_not, matches, \
+                     matches_not, and, or or not"
+                ),
+            );
+            return None;
+        }
+    };
+    if items.len() != 3 {
+        p.add(pointer, "a comparison is [operator, dimension, [values]]");
+        return None;
+    }
+    let dimension = match items[1].as_str().map(|name| Dimension::parse(name, false)) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(message)) => {
+            p.add(&format!("{pointer}/1"), message);
+            None
+        }
+        None => {
+            p.add(&format!("{pointer}/1"), "must be a dimension name");
+            None
+        }
+    };
+    let values: Option<Vec<String>> = match items[2].as_array() {
+        Some(list) if !list.is_empty() && list.len() <= 100 => {
+            let mut values = Vec::new();
+            for (i, v) in list.iter().enumerate() {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        p.add(
+                            &format!("{pointer}/2/{i}"),
+                            "must be a string, number or boolean",
+                        );
+                        continue;
+                    }
+                };
+                if matches!(operator, Operator::Matches | Operator::MatchesNot)
+                    && let Err(e) = regex_syntax::Parser::new().parse(&text)
+                {
+                    p.add(
+                        &format!("{pointer}/2/{i}"),
+                        format!("not a regular expression: {e}"),
+                    );
+                }
+                values.push(text);
+            }
+            Some(values)
+        }
+        _ => {
+            p.add(
+                &format!("{pointer}/2"),
+                "must be an array of 1 to 100 values",
+            );
+            None
+        }
+    };
+    Some(Filter::Compare {
+        operator,
+        dimension: dimension?,
+        values: values?,
+    })
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn day_ms(date: Date) -> i64 {
+    date.midnight().assume_utc().unix_timestamp() * 1000
+}
+
+/// `[from, to)` of a date range, in UTC milliseconds: `day` (today), `7d`, `28d`, `30d`
+/// (ending today, inclusive), `month` and `year` (from the first day of this month or year),
+/// `12mo` (this month and the 11 before), `all`, `realtime` (the last 30 minutes), or
+/// `[from, to]`: two dates (inclusive) or two RFC 3339 date-times.
+pub fn parse_range(value: &Value, now: OffsetDateTime) -> Result<(i64, i64), String> {
+    let today = now.date();
+    let tomorrow = day_ms(today) + DAY_MS;
+    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let days_back = |n: i64| Ok((tomorrow - n * DAY_MS, tomorrow));
+    match value {
+        Value::String(s) => match s.as_str() {
+            "day" => days_back(1),
+            "7d" => days_back(7),
+            "28d" => days_back(28),
+            "30d" => days_back(30),
+            "month" => Ok((
+                day_ms(today.replace_day(1).expect("day 1 exists")),
+                tomorrow,
+            )),
+            "year" => Ok((
+                day_ms(Date::from_ordinal_date(today.year(), 1).expect("day 1 exists")),
+                tomorrow,
+            )),
+            "12mo" => {
+                let mut first = today.replace_day(1).expect("day 1 exists");
+                for _ in 0..11 {
+                    first = (first - Duration::days(1))
+                        .replace_day(1)
+                        .expect("day 1 exists");
+                }
+                Ok((day_ms(first), tomorrow))
+            }
+            "all" => Ok((
+                day_ms(Date::from_ordinal_date(2000, 1).expect("a date")),
+                tomorrow,
+            )),
+            "realtime" => Ok((now_ms - 30 * 60 * 1000, now_ms + 1)),
+            other => Err(format!(
+                "unknown date range {other:?}: use day, 7d, 28d, 30d, month, year, 12mo, all, \
+                 realtime or [from, to]"
+            )),
+        },
+        Value::Array(pair) if pair.len() == 2 => {
+            let (Some(a), Some(b)) = (pair[0].as_str(), pair[1].as_str()) else {
+                return Err("[from, to] must be two dates or two date-times".into());
+            };
+            let date = format_description!("[year]-[month]-[day]");
+            let (from, to) = match (Date::parse(a, date), Date::parse(b, date)) {
+                (Ok(from), Ok(to)) => (day_ms(from), day_ms(to) + DAY_MS),
+                _ => {
+                    let rfc = time::format_description::well_known::Rfc3339;
+                    match (
+                        OffsetDateTime::parse(a, &rfc),
+                        OffsetDateTime::parse(b, &rfc),
+                    ) {
+                        (Ok(from), Ok(to)) => (
+                            (from.unix_timestamp_nanos() / 1_000_000) as i64,
+                            (to.unix_timestamp_nanos() / 1_000_000) as i64 + 1,
+                        ),
+                        _ => {
+                            return Err(format!(
+                                "[{a:?}, {b:?}] must be two dates (2026-01-31) or two RFC 3339 \
+                                 date-times (2026-01-31T12:00:00Z)"
+                            ));
+                        }
+                    }
+                }
+            };
+            if from >= to {
+                return Err("from must come before to".into());
+            }
+            Ok((from, to))
+        }
+        _ => Err("must be a range name such as \"7d\" or [from, to]".into()),
+    }
+}
+
+/// A UTC millisecond as RFC 3339.
+fn ms_text(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
