@@ -99,6 +99,18 @@ fn history(rng: &mut Rng, today_ms: i64) -> Vec<Event> {
                     let mut properties = BTreeMap::new();
                     if event_type != "page_view" {
                         properties.insert("plan", json!(*rng.pick(&["pro", "free"])));
+                        if rng.chance(60) {
+                            // A response time: whole or with a fraction.
+                            let ms = if rng.chance(50) {
+                                json!(rng.below(500))
+                            } else {
+                                json!(rng.below(5000) as f64 / 10.0)
+                            };
+                            properties.insert("ms", ms);
+                        }
+                        if event_type == "page_unload" {
+                            properties.insert("time_on_page", json!(1 + rng.below(60_000)));
+                        }
                         if rng.chance(50) {
                             properties.insert("n", json!(1 + rng.below(3)));
                         }
@@ -283,9 +295,10 @@ fn regex_lite(pattern: &str, text: &str) -> bool {
     }
 }
 
-/// A visit's part of a group: its page views and events there, and its visitors.
+/// A visit's part of a group: its page views and events there, its visitors, the
+/// `time_on_page` of its `page_unload` events and the numeric `ms` properties.
 #[derive(Default)]
-struct InGroup(u64, u64, BTreeSet<String>);
+struct InGroup(u64, u64, BTreeSet<String>, Vec<f64>, Vec<f64>);
 
 /// The answer computed here: rows of (dimension values, metric values).
 fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
@@ -346,6 +359,7 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
     let dims: Vec<&str> = names(&query["dimensions"]);
     let filters = query["filters"].as_array().cloned().unwrap_or_default();
     // group → visit → (page views, events, visitor keys)
+    let mut everyone = BTreeSet::new();
     let mut groups: BTreeMap<Vec<String>, BTreeMap<String, InGroup>> = BTreeMap::new();
     for s in &seen {
         let visit = &visits[&s.visit_id];
@@ -362,7 +376,13 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
         entry.1 += 1;
         if !s.visitor_key.is_empty() {
             entry.2.insert(s.visitor_key.clone());
+            everyone.insert(s.visitor_key.clone());
         }
+        let number = |name: &str| s.event.properties.get(name).and_then(Value::as_f64);
+        if let (true, Some(ms)) = (s.event.event_type == "page_unload", number("time_on_page")) {
+            entry.3.push(ms);
+        }
+        entry.4.extend(number("ms"));
     }
     if dims.is_empty() && groups.is_empty() {
         groups.insert(Vec::new(), BTreeMap::new());
@@ -407,7 +427,48 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
                             / count
                             / 1000.0
                     }
-                    other => panic!("no reference for {other}"),
+                    "percentage" if everyone.is_empty() => 0.0,
+                    "percentage" => {
+                        let visitors = in_group
+                            .values()
+                            .flat_map(|g| g.2.iter())
+                            .collect::<BTreeSet<_>>();
+                        100.0 * visitors.len() as f64 / everyone.len() as f64
+                    }
+                    "time_on_page" => {
+                        let all: Vec<f64> = in_group
+                            .values()
+                            .flat_map(|g| g.3.iter().copied())
+                            .collect();
+                        if all.is_empty() {
+                            0.0
+                        } else {
+                            all.iter().sum::<f64>() / all.len() as f64 / 1000.0
+                        }
+                    }
+                    property => {
+                        let (aggregate, _) =
+                            property.split_once(":props.").expect("a property metric");
+                        let mut all: Vec<f64> = in_group
+                            .values()
+                            .flat_map(|g| g.4.iter().copied())
+                            .collect();
+                        all.sort_by(f64::total_cmp);
+                        if all.is_empty() {
+                            0.0
+                        } else {
+                            match aggregate {
+                                "avg" => all.iter().sum::<f64>() / all.len() as f64,
+                                "sum" => all.iter().sum(),
+                                "min" => all[0],
+                                "max" => all[all.len() - 1],
+                                p => {
+                                    let level = p[1..].parse::<f64>().unwrap() / 100.0;
+                                    all[((level * all.len() as f64) as usize).min(all.len() - 1)]
+                                }
+                            }
+                        }
+                    }
                 })
                 .collect();
             (key, values)
@@ -444,7 +505,19 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
 /// A random query over the history's days.
 fn random_query(rng: &mut Rng, days: &[String]) -> Value {
     const INTEGER_METRICS: &[&str] = &["visitors", "visits", "pageviews", "events"];
-    const OTHER_METRICS: &[&str] = &["views_per_visit", "bounce_rate", "visit_duration"];
+    const OTHER_METRICS: &[&str] = &[
+        "views_per_visit",
+        "bounce_rate",
+        "visit_duration",
+        "percentage",
+        "time_on_page",
+        "avg:props.ms",
+        "sum:props.ms",
+        "min:props.ms",
+        "max:props.ms",
+        "p50:props.ms",
+        "p95:props.ms",
+    ];
     const DIMENSIONS: &[&str] = &[
         "event:name",
         "event:page",
@@ -562,9 +635,10 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
 
 fn close(a: f64, b: f64, metric: &str) -> bool {
     let tolerance = match metric {
-        "views_per_visit" | "bounce_rate" => 0.0051,
-        "visit_duration" => 0.051,
-        _ => 0.0,
+        "visitors" | "visits" | "pageviews" | "events" => 0.0,
+        "visit_duration" | "time_on_page" => 0.051,
+        // Rounded to 2 decimals.
+        _ => 0.0051,
     };
     (a - b).abs() <= tolerance
 }

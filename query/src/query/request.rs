@@ -24,7 +24,7 @@ pub struct Problem {
 }
 
 /// A metric of `metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Metric {
     Visitors,
     Visits,
@@ -33,10 +33,27 @@ pub enum Metric {
     ViewsPerVisit,
     BounceRate,
     VisitDuration,
+    /// The group's visitors as a share of all the query's visitors.
+    Percentage,
+    /// The mean `time_on_page` of the group's `page_unload` events, in seconds.
+    TimeOnPage,
+    /// `avg:props.<name>`, `p95:props.<name>`, …: over the events whose property is a number.
+    Property(Aggregate, String),
+}
+
+/// How a numeric property's values are summarised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    /// A percentile, 1–99: the value at index ⌊level × n⌋ of the sorted values.
+    Percentile(u8),
 }
 
 impl Metric {
-    pub const ALL: [(&'static str, Metric); 7] = [
+    pub const NAMED: [(&'static str, Metric); 9] = [
         ("visitors", Metric::Visitors),
         ("visits", Metric::Visits),
         ("pageviews", Metric::Pageviews),
@@ -44,7 +61,29 @@ impl Metric {
         ("views_per_visit", Metric::ViewsPerVisit),
         ("bounce_rate", Metric::BounceRate),
         ("visit_duration", Metric::VisitDuration),
+        ("percentage", Metric::Percentage),
+        ("time_on_page", Metric::TimeOnPage),
     ];
+
+    fn parse(name: &str) -> Option<Self> {
+        if let Some((_, metric)) = Self::NAMED.iter().find(|(n, _)| *n == name) {
+            return Some(metric.clone());
+        }
+        let (aggregate, key) = name.split_once(":props.")?;
+        let aggregate = match aggregate {
+            "avg" => Aggregate::Avg,
+            "min" => Aggregate::Min,
+            "max" => Aggregate::Max,
+            "sum" => Aggregate::Sum,
+            p => Aggregate::Percentile(
+                p.strip_prefix('p')?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=99).contains(n))?,
+            ),
+        };
+        (!key.is_empty() && key.len() <= 256).then(|| Metric::Property(aggregate, key.to_owned()))
+    }
 }
 
 /// A time bucket of a `time:*` dimension.
@@ -213,29 +252,28 @@ pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
     };
 
     let mut metrics = Vec::new();
-    let mut metric_names = Vec::new();
+    let mut metric_names: Vec<String> = Vec::new();
     match object.get("metrics") {
         Some(Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
-                let found = item
-                    .as_str()
-                    .and_then(|name| Metric::ALL.iter().find(|(n, _)| *n == name));
-                match found {
-                    Some((name, metric)) if metrics.contains(metric) => {
+                let name = item.as_str().unwrap_or_default();
+                match Metric::parse(name) {
+                    Some(metric) if metrics.contains(&metric) => {
                         p.add(
                             &format!("/metrics/{i}"),
                             format!("{name:?} is listed twice"),
                         );
                     }
-                    Some((name, metric)) => {
-                        metrics.push(*metric);
-                        metric_names.push(*name);
+                    Some(metric) => {
+                        metrics.push(metric);
+                        metric_names.push(name.to_owned());
                     }
                     None => p.add(
                         &format!("/metrics/{i}"),
                         format!(
-                            "unknown metric {item}: use {}",
-                            Metric::ALL.map(|(n, _)| n).join(", ")
+                            "unknown metric {item}: use {}, or avg, min, max, sum, p1 … p99 of \
+                             a numeric property (\"p95:props.response_time_ms\")",
+                            Metric::NAMED.map(|(n, _)| n).join(", ")
                         ),
                     ),
                 }

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use tally_contracts::schema::{EVENTS, PAGE_VIEW, SESSION_ATTRIBUTES, VISITOR_KEY};
 
-use super::request::{Bucket, Dimension, Filter, Metric, Operator, OrderKey, Query};
+use super::request::{Aggregate, Bucket, Dimension, Filter, Metric, Operator, OrderKey, Query};
 
 /// A value bound to a `{name:Type}` placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,17 +110,53 @@ impl Builder {
     }
 }
 
-fn metric(metric: Metric) -> &'static str {
+/// A metric's expression over the rows of one group (one row per visit in the group), and
+/// the columns it needs from each visit's events (`vals{i}`: the i-th metric's values).
+fn metric(b: &mut Builder, i: usize, metric: &Metric, inner: &mut Vec<String>) -> String {
+    let numeric =
+        |key: &str| format!("JSONType(properties, {key}) IN ('Int64', 'UInt64', 'Double')");
     match metric {
-        Metric::Visitors => "uniqExactArray(keys)",
-        Metric::Visits => "count()",
-        Metric::Pageviews => "sum(pv)",
-        Metric::Events => "sum(ev)",
-        Metric::ViewsPerVisit => "if(count() = 0, 0, round(sum(pv) / count(), 2))",
+        Metric::Visitors => "uniqExactArray(keys)".into(),
+        Metric::Visits => "count()".into(),
+        Metric::Pageviews => "sum(pv)".into(),
+        Metric::Events => "sum(ev)".into(),
+        Metric::ViewsPerVisit => "if(count() = 0, 0, round(sum(pv) / count(), 2))".into(),
         Metric::BounceRate => {
-            "if(countIf(vpv > 0) = 0, 0, round(100 * countIf(vpv = 1) / countIf(vpv > 0), 2))"
+            "if(countIf(vpv > 0) = 0, 0, round(100 * countIf(vpv = 1) / countIf(vpv > 0), 2))".into()
         }
-        Metric::VisitDuration => "if(count() = 0, 0, round(avg(vdur) / 1000, 1))",
+        Metric::VisitDuration => "if(count() = 0, 0, round(avg(vdur) / 1000, 1))".into(),
+        Metric::Percentage => {
+            "if((SELECT total FROM t) = 0, 0, round(100 * uniqExactArray(keys) / (SELECT total FROM t), 2))".into()
+        }
+        Metric::TimeOnPage => {
+            let unload = format!(
+                "event_type = 'page_unload' AND {}",
+                numeric("'time_on_page'")
+            );
+            inner.push(format!(
+                "sumIf(JSONExtractFloat(properties, 'time_on_page'), {unload}) AS top_sum{i}"
+            ));
+            inner.push(format!("countIf({unload}) AS top_n{i}"));
+            format!("if(sum(top_n{i}) = 0, 0, round(sum(top_sum{i}) / sum(top_n{i}) / 1000, 1))")
+        }
+        Metric::Property(aggregate, key) => {
+            let key = b.bind("k", "String", Param::Text(key.clone()));
+            inner.push(format!(
+                "groupArrayIf(JSONExtractFloat(properties, {key}), {}) AS vals{i}",
+                numeric(&key)
+            ));
+            let over = match aggregate {
+                Aggregate::Avg => format!("avgArray(vals{i})"),
+                Aggregate::Min => format!("minArray(vals{i})"),
+                Aggregate::Max => format!("maxArray(vals{i})"),
+                Aggregate::Sum => format!("sumArray(vals{i})"),
+                // A literal level: an aggregate's parameters are constants.
+                Aggregate::Percentile(p) => {
+                    format!("quantileExactArray({})(vals{i})", f64::from(*p) / 100.0)
+                }
+            };
+            format!("if(sum(length(vals{i})) = 0, 0, round({over}, 2))")
+        }
     }
 }
 
@@ -168,20 +204,23 @@ pub fn compile(db: &str, query: &Query) -> Compiled {
                   dateDiff('millisecond', min(timestamp), max(timestamp)) AS v_duration, \
                   argMinIf(path, timestamp, event_type = '{PAGE_VIEW}') AS v_entry_page, \
                   argMaxIf(path, timestamp, event_type = '{PAGE_VIEW}') AS v_exit_page{firsts} \
-           FROM e GROUP BY visit_id) \
-         SELECT "
+           FROM e GROUP BY visit_id)"
     );
+    let where_clause = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    if query.metrics.contains(&Metric::Percentage) {
+        // All the query's visitors, for each group's share of them.
+        let _ = write!(
+            sql,
+            ", t AS (SELECT uniqExactIf(visitor_key, visitor_key != '') AS total \
+             FROM e INNER JOIN v USING visit_id{where_clause})"
+        );
+    }
     let dim_aliases: Vec<String> = (0..dims.len()).map(|i| format!("d{i}")).collect();
     let metric_aliases: Vec<String> = (0..query.metrics.len()).map(|i| format!("m{i}")).collect();
-    let mut outer: Vec<String> = dim_aliases.clone();
-    outer.extend(
-        query
-            .metrics
-            .iter()
-            .zip(&metric_aliases)
-            .map(|(m, alias)| format!("{} AS {alias}", metric(*m))),
-    );
-    sql.push_str(&outer.join(", "));
     let mut inner: Vec<String> = dims
         .iter()
         .zip(&dim_aliases)
@@ -198,13 +237,14 @@ pub fn compile(db: &str, query: &Query) -> Compiled {
         ]
         .map(str::to_owned),
     );
+    let mut outer: Vec<String> = dim_aliases.clone();
+    for (i, (m, alias)) in query.metrics.iter().zip(&metric_aliases).enumerate() {
+        let expr = metric(&mut b, i, m, &mut inner);
+        outer.push(format!("{expr} AS {alias}"));
+    }
+    let _ = write!(sql, " SELECT {}", outer.join(", "));
     let mut inner_group = dim_aliases.clone();
     inner_group.push("visit_id".into());
-    let where_clause = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
     let _ = write!(
         sql,
         " FROM (SELECT {} FROM e INNER JOIN v USING visit_id{where_clause} GROUP BY {})",
