@@ -791,3 +791,70 @@ async fn malformed_queries_name_each_problem() -> anyhow::Result<()> {
     assert_eq!(body["query"]["order_by"], json!([["visitors", "desc"]]));
     Ok(())
 }
+
+#[tokio::test]
+async fn recent_events_come_newest_first() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let now = OffsetDateTime::now_utc();
+    for i in 0..5i64 {
+        let at = now - time::Duration::seconds(60 - i);
+        let (status, body) = stack
+            .post(
+                json!({"site_id": "shop", "type": "page_view", "path": format!("/p{i}"),
+                       "timestamp": at.format(&time::format_description::well_known::Rfc3339)?,
+                       "properties": {"i": i}})
+                .to_string(),
+            )
+            .await?;
+        assert_eq!(status, 202, "{body}");
+    }
+    let recent = |query: &'static str, key: Option<&'static str>| {
+        let mut request = stack
+            .http
+            .get(stack.query_url(&format!("/v1/events/recent?{query}")));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    let mut paths = Vec::new();
+    for _ in 0..300 {
+        let answer: Value = recent("site_id=shop&limit=3", Some(ADMIN_KEY))
+            .await?
+            .json()
+            .await?;
+        paths = answer["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            .collect();
+        if paths.first().map(String::as_str) == Some("/p4") {
+            let first = &answer["events"][0];
+            assert_eq!(first["properties"], "{\"i\":4}");
+            assert!(
+                first["timestamp"].as_str().unwrap().ends_with('Z'),
+                "{first}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(paths, ["/p4", "/p3", "/p2"]);
+    assert_eq!(recent("site_id=shop", None).await?.status().as_u16(), 401);
+    assert_eq!(
+        recent("site_id=shop&limit=0", Some(ADMIN_KEY))
+            .await?
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(
+        recent("site_id=nope", Some(ADMIN_KEY))
+            .await?
+            .status()
+            .as_u16(),
+        404
+    );
+    Ok(())
+}

@@ -45,6 +45,23 @@ impl ApiError {
     }
 }
 
+/// A `limit` query parameter: `default` when absent or empty, else a whole number from 1
+/// to `max`.
+pub fn parse_limit(text: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match text {
+        None | Some("") => Ok(default),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!(
+                    "limit {text:?} must be a whole number from 1 to {max}"
+                ))
+            }),
+    }
+}
+
 /// The JSON body of an error answer.
 #[derive(Debug, Serialize)]
 struct ErrorBody {

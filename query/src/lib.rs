@@ -19,6 +19,7 @@ mod api;
 mod health;
 mod metrics;
 mod query;
+mod recent;
 mod router;
 mod state;
 mod stats;

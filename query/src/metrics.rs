@@ -19,6 +19,8 @@ pub enum ReadQuery {
     TopPaths,
     /// A `POST /v1/query` statement.
     Query,
+    /// `GET /v1/events/recent`.
+    Recent,
 }
 
 /// Whether ClickHouse answered it.

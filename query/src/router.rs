@@ -7,13 +7,14 @@ use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{query, stats};
+use crate::{query, recent, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/stats", get(stats::get_stats))
         .route("/v1/query", post(query::post_query))
+        .route("/v1/events/recent", get(recent::get_recent))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header
         // (never a cookie), so a page of another origin cannot read with a visitor's

@@ -14,7 +14,7 @@ use tally_runtime::access::authorize_read;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, parse_limit};
 pub use crate::store::PathViews;
 use crate::store::Store;
 
@@ -74,18 +74,7 @@ impl StatsRequest {
                 })?
             }
         };
-        let limit = match query.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
-            Some(text) => text
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::InvalidQuery(format!(
-                        "limit {text:?} must be a whole number from 1 to {MAX_LIMIT}"
-                    ))
-                })?,
-        };
+        let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
         Ok(Self {
             site_id,
             day,

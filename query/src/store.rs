@@ -9,7 +9,7 @@ use std::time::Instant;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
-use tally_contracts::schema::{PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
+use tally_contracts::schema::{EVENTS, PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
 
 use crate::api::ApiError;
 use crate::metrics::{Metrics, ReadQuery};
@@ -20,6 +20,30 @@ use crate::query::sql::{Compiled, Param};
 pub struct PathViews {
     pub path: String,
     pub views: u64,
+}
+
+/// One event of `/v1/events/recent`.
+#[derive(Debug, Serialize, Deserialize, Row)]
+pub struct RecentEvent {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    /// RFC 3339, UTC, milliseconds.
+    pub timestamp: String,
+    pub event_type: String,
+    pub path: String,
+    pub url: String,
+    pub referrer: String,
+    pub title: String,
+    pub user_id: String,
+    pub visitor_id: String,
+    pub session_id: String,
+    /// The properties' JSON text.
+    pub properties: String,
+    pub browser: String,
+    pub os: String,
+    pub device: String,
+    pub source: String,
+    pub channel: String,
 }
 
 /// A site's totals on a day.
@@ -111,6 +135,30 @@ impl Store {
             .param("limit", limit)
             .fetch_all::<PathViews>();
         self.timed(ReadQuery::TopPaths, query).await
+    }
+
+    /// The `limit` newest events of `site`, newest first (bots' included: a live table
+    /// shows what arrives).
+    pub async fn recent(
+        &self,
+        site: &str,
+        limit: u32,
+    ) -> Result<Vec<RecentEvent>, clickhouse::error::Error> {
+        let query = self
+            .client
+            .query(&format!(
+                "SELECT event_id, replaceOne(toString(at), ' ', 'T') || 'Z' AS timestamp, \
+                 event_type, path, url, referrer, title, user_id, visitor_id, session_id, properties, \
+                 browser, os, device, source, channel \
+                 FROM (SELECT *, timestamp AS at FROM `{}`.{EVENTS} WHERE site_id = {{site:String}} \
+                       ORDER BY timestamp DESC LIMIT {{limit:UInt32}}) \
+                 ORDER BY at DESC",
+                self.db
+            ))
+            .param("site", site)
+            .param("limit", limit)
+            .fetch_all::<RecentEvent>();
+        self.timed(ReadQuery::Recent, query).await
     }
 
     /// The pipeline's database.

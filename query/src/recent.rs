@@ -1,0 +1,53 @@
+//! `GET /v1/events/recent?site_id=S&limit=N`: a site's latest events, newest first, for a
+//! live table. Read from the raw `events` table in its own order (`site_id, timestamp`), so
+//! ClickHouse reads only the newest parts of the site's range.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use tally_runtime::access::authorize_read;
+
+use crate::api::{ApiError, parse_limit};
+use crate::stats::StatsState;
+pub use crate::store::RecentEvent;
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct RecentQuery {
+    site_id: Option<String>,
+    limit: Option<String>,
+}
+
+/// The answer of `/v1/events/recent`.
+#[derive(Debug, Serialize)]
+pub struct Recent {
+    pub site_id: String,
+    pub events: Vec<RecentEvent>,
+}
+
+pub async fn get_recent(
+    State(state): State<Arc<StatsState>>,
+    headers: HeaderMap,
+    Query(query): Query<RecentQuery>,
+) -> Result<Json<Recent>, ApiError> {
+    let config = state.config.load();
+    let Some(site_id) = query.site_id.filter(|id| !id.is_empty()) else {
+        return Err(ApiError::InvalidQuery("site_id is required".into()));
+    };
+    authorize_read(config.keys(), &headers, &site_id)?;
+    if config.site(&site_id).is_none() {
+        return Err(ApiError::UnknownSite(site_id));
+    }
+    drop(config);
+    let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let events = state.store.recent(&site_id, limit).await.map_err(|e| {
+        tracing::warn!(error = %e, "recent events query failed");
+        ApiError::Unavailable(format!("the events store did not answer: {e}"))
+    })?;
+    Ok(Json(Recent { site_id, events }))
+}
