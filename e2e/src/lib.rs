@@ -289,6 +289,9 @@ pub struct Options {
     /// More `spec.collector` settings of the test pipeline, as YAML lines
     /// (`"requestTimeout: 2s"`).
     pub collector_spec: Vec<String>,
+    /// More `spec` settings of the test pipeline's sites: (site id, a YAML line such as
+    /// `"timeZone: Europe/Berlin"`).
+    pub site_spec: Vec<(&'static str, String)>,
     /// Resources to run instead of the test pipeline (`make dev` runs `examples/`, the bench
     /// its `bench` pipeline); the stack points their NATS and ClickHouse URLs at its own
     /// servers ([`local_resources`]).
@@ -328,6 +331,7 @@ impl Default for Options {
             duplicate_window: None,
             collector_spec: Vec::new(),
             resources: None,
+            site_spec: Vec::new(),
             ports: Ports::default(),
             dir: None,
             bin_dir: None,
@@ -1073,6 +1077,7 @@ pub fn with_sites(
                     rate_limit: None,
                     privacy: Default::default(),
                     bots: Default::default(),
+                    time_zone: None,
                 },
             )
         })
@@ -1232,6 +1237,9 @@ spec:
   siteId: {site}
 "
         ));
+        for (_, line) in options.site_spec.iter().filter(|(id, _)| *id == site) {
+            yaml.push_str(&format!("  {line}\n"));
+        }
     }
     yaml
 }

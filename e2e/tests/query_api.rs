@@ -1,6 +1,6 @@
 //! `POST /v1/query` checked differentially: a random history (two sites, visitors with and
 //! without session ids, logged-in users, several days, properties, bots) is stored in
-//! ClickHouse, then hundreds of random queries (metrics, dimensions, filters combined with
+//! ClickHouse, the sites in two time zones, then hundreds of random queries (metrics, dimensions, filters combined with
 //! and/or/not, date ranges, order, pagination) are asked of the query service and each
 //! answer is compared with the same question answered here, independently, from the
 //! generated events: every row, every figure.
@@ -224,12 +224,28 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The sites' time zones in the test (fixed offsets, so that the reference can apply them):
+/// `Etc/GMT-3` is three hours ahead of UTC, `Etc/GMT+5` five behind.
+const TIME_ZONES: [(&str, &str, i64); 2] = [
+    ("shop", "Etc/GMT-3", 3 * 3_600_000),
+    ("docs", "Etc/GMT+5", -5 * 3_600_000),
+];
+
+fn offset_ms(site: &str) -> i64 {
+    TIME_ZONES
+        .iter()
+        .find(|(s, _, _)| *s == site)
+        .map_or(0, |z| z.2)
+}
+
 /// A dimension's value of an event.
 fn value(name: &str, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> String {
     let e = seen.event;
     let first = all[visit.first].event;
     let time = |format: &str| {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts) * 1_000_000).unwrap();
+        // The site's wall clock.
+        let local = e.ts + offset_ms(e.site);
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(local) * 1_000_000).unwrap();
         match format {
             "day" => t.date().to_string(),
             "hour" => format!("{} {:02}:00:00", t.date(), t.hour()),
@@ -304,13 +320,14 @@ struct InGroup(u64, u64, BTreeSet<String>, Vec<f64>, Vec<f64>);
 fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
     let site = query["site_id"].as_str().unwrap();
     let range = query["date_range"].as_array().unwrap();
+    // A date of the site's zone: its midnight there, in UTC milliseconds.
     let day = |v: &Value| {
         let d = time::Date::parse(
             v.as_str().unwrap(),
             time::macros::format_description!("[year]-[month]-[day]"),
         )
         .unwrap();
-        d.midnight().assume_utc().unix_timestamp() * 1000
+        d.midnight().assume_utc().unix_timestamp() * 1000 - offset_ms(site)
     };
     let (from, to) = (day(&range[0]), day(&range[1]) + DAY_MS);
     let mut seen: Vec<Seen<'_>> = events
@@ -645,7 +662,14 @@ fn close(a: f64, b: f64, metric: &str) -> bool {
 
 #[tokio::test]
 async fn query_answers_equal_the_history_computed_independently() -> anyhow::Result<()> {
-    let stack = Stack::start(Options::default()).await?;
+    let stack = Stack::start(Options {
+        site_spec: TIME_ZONES
+            .iter()
+            .map(|(site, zone, _)| (*site, format!("timeZone: {zone}")))
+            .collect(),
+        ..Options::default()
+    })
+    .await?;
     let now = OffsetDateTime::now_utc();
     let today_ms = now.date().midnight().assume_utc().unix_timestamp() * 1000;
     let mut rng = Rng(20_261_207);

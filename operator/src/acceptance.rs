@@ -173,6 +173,7 @@ mod tests {
                 rate_limit: None,
                 privacy: Default::default(),
                 bots: Default::default(),
+                time_zone: None,
             },
         );
         s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));

@@ -144,6 +144,7 @@ pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
             rate_limit: None,
             privacy: Default::default(),
             bots: Default::default(),
+            time_zone: None,
         },
     );
     s.metadata.namespace = Some(namespace.into());

@@ -39,8 +39,8 @@ pub struct Answer {
 
 #[derive(Debug, Serialize)]
 pub struct Meta {
-    /// Days and hours are this zone's.
-    pub time_zone: &'static str,
+    /// Days and hours are this zone's (the site's `timeZone`).
+    pub time_zone: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_rows: Option<u64>,
 }
@@ -58,19 +58,25 @@ pub async fn post_query(
     })?;
     let config = state.config.load();
     // The key first: a key of another site learns nothing of the query's problems.
+    let mut time_zone = String::from("UTC");
     if let Some(site_id) = body
         .get("site_id")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
     {
         authorize_read(config.keys(), &headers, site_id)?;
-        if config.site(site_id).is_none() {
+        let Some(site) = config.site(site_id) else {
             return Err(ApiError::UnknownSite(site_id.to_owned()));
+        };
+        if let Some(zone) = &site.time_zone {
+            zone.clone_into(&mut time_zone);
         }
     }
     drop(config);
-    let query = request::parse(&body, OffsetDateTime::now_utc()).map_err(ApiError::InvalidBody)?;
-    let compiled = sql::compile(state.store.database(), &query);
+    let today = state.store.today(&time_zone).await?;
+    let query =
+        request::parse(&body, OffsetDateTime::now_utc(), today).map_err(ApiError::InvalidBody)?;
+    let compiled = sql::compile(state.store.database(), &query, &time_zone);
     let (rows, total_rows) = state.store.run_query(&compiled).await?;
     let width = query.dimensions.len();
     let results = rows
@@ -86,7 +92,7 @@ pub async fn post_query(
     Ok(Json(Answer {
         results,
         meta: Meta {
-            time_zone: "UTC",
+            time_zone,
             total_rows,
         },
         query: query.echo,

@@ -161,6 +161,32 @@ impl Store {
         self.timed(ReadQuery::Recent, query).await
     }
 
+    /// Today's date in `time_zone`, as ClickHouse's time zone database has it; a zone it
+    /// does not know is a 400 that names it.
+    pub async fn today(&self, time_zone: &str) -> Result<time::Date, ApiError> {
+        let text: String = self
+            .client
+            .query("SELECT toString(toDate(now(), {tz:String}))")
+            .param("tz", time_zone)
+            .fetch_one()
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("BAD_ARGUMENTS") || text.contains("time zone") {
+                    ApiError::InvalidQuery(format!(
+                        "the site's timeZone {time_zone:?} is not a time zone ClickHouse knows"
+                    ))
+                } else {
+                    ApiError::Unavailable(format!("the query store did not answer: {text}"))
+                }
+            })?;
+        time::Date::parse(
+            &text,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map_err(|_| ApiError::Unavailable(format!("ClickHouse gave today as {text:?}")))
+    }
+
     /// The pipeline's database.
     pub fn database(&self) -> &str {
         &self.db

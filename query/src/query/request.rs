@@ -196,9 +196,7 @@ pub struct Query {
     pub metrics: Vec<Metric>,
     pub dimensions: Vec<Dimension>,
     pub filters: Vec<Filter>,
-    /// `[from, to)`, Unix milliseconds (UTC).
-    pub from_ms: i64,
-    pub to_ms: i64,
+    pub range: Range,
     /// (index into metrics, or into dimensions; descending)
     pub order_by: Vec<(OrderKey, bool)>,
     pub limit: u64,
@@ -208,14 +206,34 @@ pub struct Query {
     pub echo: Value,
 }
 
+/// The events a query reads, by time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// Whole days of the site's time zone, both included.
+    Days { from: Date, to: Date },
+    /// `[from, to)`, Unix milliseconds.
+    Instants { from_ms: i64, to_ms: i64 },
+}
+
+impl Range {
+    /// As the answer's `query.date_range` shows it.
+    fn echo(&self) -> Value {
+        match self {
+            Self::Days { from, to } => json!([from.to_string(), to.to_string()]),
+            Self::Instants { from_ms, to_ms } => json!([ms_text(*from_ms), ms_text(*to_ms)]),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderKey {
     Metric(usize),
     Dimension(usize),
 }
 
-/// Reads a query. `now` is the time relative ranges (`7d`, `day`, `realtime`) end at.
-pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
+/// Reads a query. `now` is the time `realtime` ends at, `today` the site's date then (in
+/// its time zone), where `day`, `7d`, `month` and the rest end.
+pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Vec<Problem>> {
     let mut p = Problems::default();
     let Some(object) = body.as_object() else {
         p.add("", "the query must be a JSON object");
@@ -341,9 +359,12 @@ pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
         Some(_) => p.add("/filters", "must be an array of filters"),
     }
 
-    let (from_ms, to_ms) = parse_range(&range_text, now).unwrap_or_else(|message| {
+    let range = parse_range(&range_text, now, today).unwrap_or_else(|message| {
         p.add("/date_range", message);
-        (0, 0)
+        Range::Instants {
+            from_ms: 0,
+            to_ms: 0,
+        }
     });
 
     let mut order_by = Vec::new();
@@ -461,7 +482,7 @@ pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
         "metrics": metric_names,
         "dimensions": dimension_names,
         "filters": object.get("filters").cloned().unwrap_or(json!([])),
-        "date_range": [ms_text(from_ms), ms_text(to_ms)],
+        "date_range": range.echo(),
         "order_by": order_echo,
         "pagination": {"limit": limit, "offset": offset},
         "include": {"total_rows": total_rows},
@@ -471,8 +492,7 @@ pub fn parse(body: &Value, now: OffsetDateTime) -> Result<Query, Vec<Problem>> {
         metrics,
         dimensions,
         filters,
-        from_ms,
-        to_ms,
+        range,
         order_by,
         limit,
         offset,
@@ -622,49 +642,37 @@ fn parse_filter(
     })
 }
 
-const DAY_MS: i64 = 86_400_000;
-
-fn day_ms(date: Date) -> i64 {
-    date.midnight().assume_utc().unix_timestamp() * 1000
-}
-
-/// `[from, to)` of a date range, in UTC milliseconds: `day` (today), `7d`, `28d`, `30d`
-/// (ending today, inclusive), `month` and `year` (from the first day of this month or year),
-/// `12mo` (this month and the 11 before), `all`, `realtime` (the last 30 minutes), or
-/// `[from, to]`: two dates (inclusive) or two RFC 3339 date-times.
-pub fn parse_range(value: &Value, now: OffsetDateTime) -> Result<(i64, i64), String> {
-    let today = now.date();
-    let tomorrow = day_ms(today) + DAY_MS;
+/// The range of `date_range`: `day` (today), `7d`, `28d`, `30d` (ending today, inclusive),
+/// `month` and `year` (from the first day of this month or year), `12mo` (this month and the
+/// 11 before), `all` (from 2000), `realtime` (the last 30 minutes), or `[from, to]`: two
+/// dates (inclusive) or two RFC 3339 date-times. Days are the site's.
+pub fn parse_range(value: &Value, now: OffsetDateTime, today: Date) -> Result<Range, String> {
+    let days = |from: Date| Ok(Range::Days { from, to: today });
+    let back = |n: i64| days(today - Duration::days(n - 1));
+    let first_of_month = today.replace_day(1).expect("day 1 exists");
     let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-    let days_back = |n: i64| Ok((tomorrow - n * DAY_MS, tomorrow));
     match value {
         Value::String(s) => match s.as_str() {
-            "day" => days_back(1),
-            "7d" => days_back(7),
-            "28d" => days_back(28),
-            "30d" => days_back(30),
-            "month" => Ok((
-                day_ms(today.replace_day(1).expect("day 1 exists")),
-                tomorrow,
-            )),
-            "year" => Ok((
-                day_ms(Date::from_ordinal_date(today.year(), 1).expect("day 1 exists")),
-                tomorrow,
-            )),
+            "day" => back(1),
+            "7d" => back(7),
+            "28d" => back(28),
+            "30d" => back(30),
+            "month" => days(first_of_month),
+            "year" => days(Date::from_ordinal_date(today.year(), 1).expect("day 1 exists")),
             "12mo" => {
-                let mut first = today.replace_day(1).expect("day 1 exists");
+                let mut first = first_of_month;
                 for _ in 0..11 {
                     first = (first - Duration::days(1))
                         .replace_day(1)
                         .expect("day 1 exists");
                 }
-                Ok((day_ms(first), tomorrow))
+                days(first)
             }
-            "all" => Ok((
-                day_ms(Date::from_ordinal_date(2000, 1).expect("a date")),
-                tomorrow,
-            )),
-            "realtime" => Ok((now_ms - 30 * 60 * 1000, now_ms + 1)),
+            "all" => days(Date::from_ordinal_date(2000, 1).expect("a date")),
+            "realtime" => Ok(Range::Instants {
+                from_ms: now_ms - 30 * 60 * 1000,
+                to_ms: now_ms + 1,
+            }),
             other => Err(format!(
                 "unknown date range {other:?}: use day, 7d, 28d, 30d, month, year, 12mo, all, \
                  realtime or [from, to]"
@@ -675,31 +683,28 @@ pub fn parse_range(value: &Value, now: OffsetDateTime) -> Result<(i64, i64), Str
                 return Err("[from, to] must be two dates or two date-times".into());
             };
             let date = format_description!("[year]-[month]-[day]");
-            let (from, to) = match (Date::parse(a, date), Date::parse(b, date)) {
-                (Ok(from), Ok(to)) => (day_ms(from), day_ms(to) + DAY_MS),
-                _ => {
-                    let rfc = time::format_description::well_known::Rfc3339;
-                    match (
-                        OffsetDateTime::parse(a, &rfc),
-                        OffsetDateTime::parse(b, &rfc),
-                    ) {
-                        (Ok(from), Ok(to)) => (
-                            (from.unix_timestamp_nanos() / 1_000_000) as i64,
-                            (to.unix_timestamp_nanos() / 1_000_000) as i64 + 1,
-                        ),
-                        _ => {
-                            return Err(format!(
-                                "[{a:?}, {b:?}] must be two dates (2026-01-31) or two RFC 3339 \
-                                 date-times (2026-01-31T12:00:00Z)"
-                            ));
-                        }
+            let rfc = time::format_description::well_known::Rfc3339;
+            let range = match (Date::parse(a, date), Date::parse(b, date)) {
+                (Ok(from), Ok(to)) if from <= to => Range::Days { from, to },
+                (Ok(_), Ok(_)) => return Err("from must not come after to".into()),
+                _ => match (
+                    OffsetDateTime::parse(a, &rfc),
+                    OffsetDateTime::parse(b, &rfc),
+                ) {
+                    (Ok(from), Ok(to)) if from < to => Range::Instants {
+                        from_ms: (from.unix_timestamp_nanos() / 1_000_000) as i64,
+                        to_ms: (to.unix_timestamp_nanos() / 1_000_000) as i64 + 1,
+                    },
+                    (Ok(_), Ok(_)) => return Err("from must come before to".into()),
+                    _ => {
+                        return Err(format!(
+                            "[{a:?}, {b:?}] must be two dates (2026-01-31) or two RFC 3339 \
+                             date-times (2026-01-31T12:00:00Z)"
+                        ));
                     }
-                }
+                },
             };
-            if from >= to {
-                return Err("from must come before to".into());
-            }
-            Ok((from, to))
+            Ok(range)
         }
         _ => Err("must be a range name such as \"7d\" or [from, to]".into()),
     }

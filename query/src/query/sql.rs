@@ -19,7 +19,9 @@ use std::fmt::Write as _;
 
 use tally_contracts::schema::{EVENTS, PAGE_VIEW, SESSION_ATTRIBUTES, VISITOR_KEY};
 
-use super::request::{Aggregate, Bucket, Dimension, Filter, Metric, Operator, OrderKey, Query};
+use super::request::{
+    Aggregate, Bucket, Dimension, Filter, Metric, Operator, OrderKey, Query, Range,
+};
 
 /// A value bound to a `{name:Type}` placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,8 @@ pub const VISIT_GAP_MS: i64 = 30 * 60 * 1000;
 
 struct Builder {
     params: Vec<(String, Param)>,
+    /// The placeholder of the site's time zone.
+    tz: String,
 }
 
 impl Builder {
@@ -65,13 +69,16 @@ impl Builder {
                 )
             }
             Dimension::Visit(column) => format!("v_{column}"),
-            Dimension::Time(bucket) => match bucket {
-                Bucket::Minute => "toString(toStartOfMinute(timestamp, 'UTC'))".into(),
-                Bucket::Hour => "toString(toStartOfHour(timestamp, 'UTC'))".into(),
-                Bucket::Day => "toString(toDate(timestamp, 'UTC'))".into(),
-                Bucket::Week => "toString(toMonday(timestamp, 'UTC'))".into(),
-                Bucket::Month => "toString(toStartOfMonth(timestamp, 'UTC'))".into(),
-            },
+            Dimension::Time(bucket) => {
+                let tz = &self.tz;
+                match bucket {
+                    Bucket::Minute => format!("toString(toStartOfMinute(timestamp, {tz}), {tz})"),
+                    Bucket::Hour => format!("toString(toStartOfHour(timestamp, {tz}), {tz})"),
+                    Bucket::Day => format!("toString(toDate(timestamp, {tz}))"),
+                    Bucket::Week => format!("toString(toMonday(timestamp, {tz}))"),
+                    Bucket::Month => format!("toString(toStartOfMonth(timestamp, {tz}))"),
+                }
+            }
         }
     }
 
@@ -160,12 +167,38 @@ fn metric(b: &mut Builder, i: usize, metric: &Metric, inner: &mut Vec<String>) -
     }
 }
 
-/// The statement of `query` over database `db`.
-pub fn compile(db: &str, query: &Query) -> Compiled {
-    let mut b = Builder { params: Vec::new() };
+/// The statement of `query` over database `db`, for a site in `time_zone`.
+pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
+    let mut b = Builder {
+        params: Vec::new(),
+        tz: String::new(),
+    };
+    b.tz = b.bind("p", "String", Param::Text(time_zone.to_owned()));
     let site = b.bind("p", "String", Param::Text(query.site_id.clone()));
-    let from = b.bind("p", "Int64", Param::Int(query.from_ms));
-    let to = b.bind("p", "Int64", Param::Int(query.to_ms));
+    let (from, to) = match query.range {
+        // The zone's midnights: the first day's, and the one after the last day.
+        Range::Days { from, to } => {
+            let (from, to) = (
+                b.bind("p", "Date", Param::Text(from.to_string())),
+                b.bind("p", "Date", Param::Text(to.to_string())),
+            );
+            let tz = &b.tz;
+            (
+                format!("toDateTime64({from}, 3, {tz})"),
+                format!("toDateTime64({to} + 1, 3, {tz})"),
+            )
+        }
+        Range::Instants { from_ms, to_ms } => (
+            format!(
+                "fromUnixTimestamp64Milli({})",
+                b.bind("p", "Int64", Param::Int(from_ms))
+            ),
+            format!(
+                "fromUnixTimestamp64Milli({})",
+                b.bind("p", "Int64", Param::Int(to_ms))
+            ),
+        ),
+    };
 
     let dims: Vec<String> = query.dimensions.iter().map(|d| b.dimension(d)).collect();
     let filters: Vec<String> = query
@@ -184,8 +217,7 @@ pub fn compile(db: &str, query: &Query) -> Compiled {
            SELECT event_type, path, timestamp, properties, session_id, {attributes}, \
                   {VISITOR_KEY} AS visitor_key \
            FROM `{db}`.{EVENTS} \
-           WHERE site_id = {site} AND timestamp >= fromUnixTimestamp64Milli({from}) \
-             AND timestamp < fromUnixTimestamp64Milli({to}) AND NOT is_bot), \
+           WHERE site_id = {site} AND timestamp >= {from} AND timestamp < {to} AND NOT is_bot), \
          e1 AS (\
            SELECT *, if(session_id != '', 0, \
                     if(row_number() OVER w = 1 \
@@ -302,7 +334,11 @@ mod tests {
 
     fn compiled(body: serde_json::Value) -> Compiled {
         let now = time::macros::datetime!(2026-01-31 12:00 UTC);
-        compile("tally_web", &parse(&body, now).unwrap())
+        compile(
+            "tally_web",
+            &parse(&body, now, now.date()).unwrap(),
+            "Europe/Berlin",
+        )
     }
 
     #[test]
