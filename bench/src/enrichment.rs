@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
@@ -46,17 +46,7 @@ pub fn envelopes(sites: &[String], n: usize, seed: u64) -> Vec<Event> {
 }
 
 async fn publish(target: &Target, events: &[Event]) -> anyhow::Result<()> {
-    let client = target
-        .config
-        .credentials
-        .nats
-        .connect_options()
-        .map_err(|e| anyhow::anyhow!(e))?
-        .name("tally-bench")
-        .connect(target.nats_url.as_str())
-        .await
-        .context("cannot connect to NATS")?;
-    let js = jetstream::new(client);
+    let js = crate::report::jetstream(target).await?;
     let mut acks = FuturesUnordered::new();
     for event in events {
         let subject = naming::event_subject(target.config.name(), &event.site_id);

@@ -45,7 +45,8 @@ pub fn memory(target: &Target, cli: &Cli) -> Vec<Memory> {
     out
 }
 
-async fn jetstream(target: &Target) -> anyhow::Result<jetstream::Context> {
+/// A JetStream context on a new connection to the target's NATS, with its credentials.
+pub async fn jetstream(target: &Target) -> anyhow::Result<jetstream::Context> {
     let client = target
         .config
         .credentials

@@ -67,13 +67,13 @@ pub const MAX_RESULT_ROWS: u64 = 100_000;
 fn query_error(e: clickhouse::error::Error) -> ApiError {
     let text = e.to_string();
     tracing::warn!(error = %text, "query failed");
-    const THE_QUERYS: [&str; 4] = [
+    // (TOO_MANY_ROWS also matches TOO_MANY_ROWS_OR_BYTES.)
+    const REFUSED_FOR_THE_QUERY: [&str; 3] = [
         "CANNOT_COMPILE_REGEXP",
         "MEMORY_LIMIT_EXCEEDED",
-        "TOO_MANY_ROWS_OR_BYTES",
         "TOO_MANY_ROWS",
     ];
-    if THE_QUERYS.iter().any(|code| text.contains(code)) {
+    if REFUSED_FOR_THE_QUERY.iter().any(|code| text.contains(code)) {
         ApiError::InvalidBody(vec![crate::query::request::Problem {
             pointer: String::new(),
             message: format!("ClickHouse refused the query: {text}"),
@@ -243,11 +243,14 @@ impl Store {
         while let Some(chunk) = cursor.next().await? {
             text.extend_from_slice(&chunk);
         }
-        Ok(text
-            .split(|b| *b == b'\n')
+        text.split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
-            .filter_map(|line| serde_json::from_slice(line).ok())
-            .collect())
+            .map(|line| {
+                serde_json::from_slice(line).map_err(|e| {
+                    clickhouse::error::Error::Custom(format!("an answer row is not JSON: {e}"))
+                })
+            })
+            .collect()
     }
 
     /// `Ok` when ClickHouse answers and the pipeline's rollups exist (the processor creates
