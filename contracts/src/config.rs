@@ -328,6 +328,10 @@ impl RuntimeConfig {
                     format!("spec.siteId {:?} must match {SITE_ID_PATTERN}", s.site_id),
                 ));
             }
+            let problems = tally_crds::goal_problems(&s.goals, &s.experiments);
+            if !problems.is_empty() {
+                return Err(invalid(&origin, problems.join("; ")));
+            }
             for (i, key) in s.api_keys.iter_mut().enumerate() {
                 let field = format!("spec.apiKeys[{i}]");
                 let digest = secrets

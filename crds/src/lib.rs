@@ -13,11 +13,13 @@
 
 mod access;
 mod duration;
+mod goal;
 mod pipeline;
 mod site;
 
 pub use access::*;
 pub use duration::{DurationError, parse_duration};
+pub use goal::*;
 pub use pipeline::*;
 pub use site::*;
 

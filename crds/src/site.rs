@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{ApiKey, KeyScope, RateLimit};
+use crate::goal::{Experiment, Goal};
 
 /// The pattern every `siteId` matches: it becomes a NATS subject token and a ClickHouse value.
 pub const SITE_ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
@@ -65,6 +66,7 @@ pub const TIME_ZONE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.experiments) || self.experiments.all(x, has(self.goals) && self.goals.exists(g, g.name == x.goal))").message("each experiment's goal must name one of spec.goals"))]
 pub struct AnalyticsSiteSpec {
     /// The `AnalyticsPipeline` (same namespace) this site's events flow through.
     pub pipeline_ref: PipelineRef,
@@ -114,6 +116,18 @@ pub struct AnalyticsSiteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = TIME_ZONE_PATTERN))]
     pub time_zone: Option<String>,
+    /// The conversions the site counts. The query API's `event:goal` dimension and filters
+    /// name them, and its `conversion_rate` is the share of visitors who completed one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub goals: Vec<Goal>,
+    /// A/B experiments: `GET /v1/experiments` lists them and
+    /// `GET /v1/experiments/{id}/summary` compares their variants by their goal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    pub experiments: Vec<Experiment>,
 }
 
 /// A site's privacy settings.
@@ -258,6 +272,8 @@ mod tests {
             privacy: PrivacySpec::default(),
             bots: BotPolicy::default(),
             time_zone: None,
+            goals: Vec::new(),
+            experiments: Vec::new(),
         }
     }
 

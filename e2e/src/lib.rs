@@ -1078,6 +1078,8 @@ pub fn with_sites(
                     privacy: Default::default(),
                     bots: Default::default(),
                     time_zone: None,
+                    goals: Vec::new(),
+                    experiments: Vec::new(),
                 },
             )
         })

@@ -308,6 +308,19 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         invalid.contains("spec.siteId") && invalid.contains("spec.domains[0]"),
         "{invalid}"
     );
+    let invalid = cluster.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: tally.dev/v1alpha1\nkind: AnalyticsSite\nmetadata: {name: bad}\nspec: {pipelineRef: {name: e2e}, siteId: bad, goals: [{name: A, eventType: a, pagePath: /a}], experiments: [{id: x, variants: [{name: A}, {name: A}], control: C, goal: Nope}]}\n"),
+    )?;
+    for refusal in [
+        "a goal has exactly one of eventType and pagePath",
+        "control must name one of the variants",
+        // Names are the variants' list-map keys: the API server refuses a second one.
+        "spec.experiments[0].variants[1]: Duplicate value",
+        "each experiment's goal must name one of spec.goals",
+    ] {
+        assert!(invalid.contains(refusal), "{refusal}: {invalid}");
+    }
     let invalid =
         cluster.merge_patch_refused(&pipeline, r#"{"spec":{"processor":{"batchMaxRows":0}}}"#)?;
     assert!(invalid.contains("spec.processor.batchMaxRows"), "{invalid}");

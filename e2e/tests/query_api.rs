@@ -182,10 +182,33 @@ async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
 }
 
 /// An event with what the query sees of it.
+#[derive(Clone)]
 struct Seen<'a> {
     event: &'a Event,
     visitor_key: String,
     visit_id: String,
+    /// The goals it completes.
+    goals: Vec<&'static str>,
+    /// With `event:goal` a dimension: the one goal of this row.
+    goal: Option<&'static str>,
+}
+
+/// The sites' goals (declared on both), as YAML and as the reference sees them.
+const GOALS_YAML: &str = r#"goals: [{name: Signup, eventType: signup}, {name: Pricing, pagePath: /pricing}, {name: Blog post, pagePath: "/blog/*"}, {name: Pro click, eventType: click, properties: {plan: pro}}]"#;
+const GOALS: [&str; 4] = ["Signup", "Pricing", "Blog post", "Pro click"];
+
+fn goals_of(e: &Event) -> Vec<&'static str> {
+    let plan = e.properties.get("plan").map(text).unwrap_or_default();
+    [
+        e.event_type == "signup",
+        e.event_type == "page_view" && e.path == "/pricing",
+        e.event_type == "page_view" && e.path.starts_with("/blog/") && !e.path[6..].contains('/'),
+        e.event_type == "click" && plan == "pro",
+    ]
+    .into_iter()
+    .zip(GOALS)
+    .filter_map(|(completes, name)| completes.then_some(name))
+    .collect()
 }
 
 struct Visit {
@@ -266,6 +289,7 @@ fn value(name: &str, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> String
         "visit:exit_page" => visit.exit.into(),
         "time:day" => time("day"),
         "time:hour" => time("hour"),
+        "event:goal" => seen.goal.expect("a row of one goal").into(),
         other => panic!("no reference for {other}"),
     }
 }
@@ -285,21 +309,32 @@ fn passes(filter: &Value, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> b
             .any(|g| passes(g, seen, visit, all)),
         "not" => !passes(&f[1], seen, visit, all),
         op => {
-            let v = value(f[1].as_str().unwrap(), seen, visit, all);
             let values: Vec<String> = f[2].as_array().unwrap().iter().map(text).collect();
-            let is = values.contains(&v);
-            let contains = values.iter().any(|x| v.contains(x.as_str()));
-            let matches = values.iter().any(|x| regex_lite(x, &v));
-            match op {
-                "is" => is,
-                "is_not" => !is,
-                "contains" => contains,
-                "contains_not" => !contains,
-                "matches" => matches,
-                "matches_not" => !matches,
-                _ => unreachable!(),
+            if f[1] == "event:goal" && seen.goal.is_none() {
+                // Some goal of the event compares so.
+                return seen.goals.iter().any(|g| compare(op, g, &values));
             }
+            compare(
+                op,
+                &value(f[1].as_str().unwrap(), seen, visit, all),
+                &values,
+            )
         }
+    }
+}
+
+fn compare(op: &str, v: &str, values: &[String]) -> bool {
+    let is = values.iter().any(|x| x == v);
+    let contains = values.iter().any(|x| v.contains(x.as_str()));
+    let matches = values.iter().any(|x| regex_lite(x, v));
+    match op {
+        "is" => is,
+        "is_not" => !is,
+        "contains" => contains,
+        "contains_not" => !contains,
+        "matches" => matches,
+        "matches_not" => !matches,
+        _ => unreachable!(),
     }
 }
 
@@ -312,9 +347,17 @@ fn regex_lite(pattern: &str, text: &str) -> bool {
 }
 
 /// A visit's part of a group: its page views and events there, its visitors, the
-/// `time_on_page` of its `page_unload` events and the numeric `ms` properties.
+/// `time_on_page` of its `page_unload` events, the numeric `ms` properties and the visitors
+/// whose events there complete a goal.
 #[derive(Default)]
-struct InGroup(u64, u64, BTreeSet<String>, Vec<f64>, Vec<f64>);
+struct InGroup(
+    u64,
+    u64,
+    BTreeSet<String>,
+    Vec<f64>,
+    Vec<f64>,
+    BTreeSet<String>,
+);
 
 /// The answer computed here: rows of (dimension values, metric values).
 fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
@@ -337,6 +380,8 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
             event: e,
             visitor_key: visitor_key(e),
             visit_id: String::new(),
+            goals: goals_of(e),
+            goal: None,
         })
         .collect();
     seen.sort_by_key(|s| s.event.ts);
@@ -378,7 +423,41 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
     // group → visit → (page views, events, visitor keys)
     let mut everyone = BTreeSet::new();
     let mut groups: BTreeMap<Vec<String>, BTreeMap<String, InGroup>> = BTreeMap::new();
+    // With goals named: each group's visitors without the goal filters, by the other
+    // dimensions.
+    let is_goal = |f: &Value| f[1] == "event:goal";
+    let converting = dims.contains(&"event:goal") || filters.iter().any(is_goal);
+    let others: Vec<&str> = dims
+        .iter()
+        .copied()
+        .filter(|d| *d != "event:goal")
+        .collect();
+    let mut totals: BTreeMap<Vec<String>, BTreeSet<String>> = BTreeMap::new();
     for s in &seen {
+        let visit = &visits[&s.visit_id];
+        if s.visitor_key.is_empty()
+            || !filters
+                .iter()
+                .filter(|f| !is_goal(f))
+                .all(|f| passes(f, s, visit, &seen))
+        {
+            continue;
+        }
+        let key: Vec<String> = others.iter().map(|d| value(d, s, visit, &seen)).collect();
+        totals.entry(key).or_default().insert(s.visitor_key.clone());
+    }
+    let mut rows: Vec<Seen<'_>> = Vec::new();
+    for s in &seen {
+        if dims.contains(&"event:goal") {
+            rows.extend(s.goals.iter().map(|g| Seen {
+                goal: Some(g),
+                ..s.clone()
+            }));
+        } else {
+            rows.push(s.clone());
+        }
+    }
+    for s in &rows {
         let visit = &visits[&s.visit_id];
         if !filters.iter().all(|f| passes(f, s, visit, &seen)) {
             continue;
@@ -400,6 +479,9 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
             entry.3.push(ms);
         }
         entry.4.extend(number("ms"));
+        if !s.visitor_key.is_empty() && !s.goals.is_empty() {
+            entry.5.insert(s.visitor_key.clone());
+        }
     }
     if dims.is_empty() && groups.is_empty() {
         groups.insert(Vec::new(), BTreeMap::new());
@@ -443,6 +525,34 @@ fn expected(events: &[Event], query: &Value) -> Vec<(Vec<String>, Vec<f64>)> {
                             .sum::<f64>()
                             / count
                             / 1000.0
+                    }
+                    "conversion_rate" => {
+                        let visitors = in_group
+                            .values()
+                            .flat_map(|g| g.2.iter())
+                            .collect::<BTreeSet<_>>()
+                            .len() as f64;
+                        let (converted, of) = if converting {
+                            let at: Vec<String> = dims
+                                .iter()
+                                .zip(&key)
+                                .filter(|(d, _)| **d != "event:goal")
+                                .map(|(_, v)| v.clone())
+                                .collect();
+                            (visitors, totals.get(&at).map_or(0, BTreeSet::len) as f64)
+                        } else {
+                            let converted = in_group
+                                .values()
+                                .flat_map(|g| g.5.iter())
+                                .collect::<BTreeSet<_>>()
+                                .len() as f64;
+                            (converted, visitors)
+                        };
+                        if of == 0.0 {
+                            0.0
+                        } else {
+                            100.0 * converted / of
+                        }
                     }
                     "percentage" if everyone.is_empty() => 0.0,
                     "percentage" => {
@@ -528,6 +638,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         "visit_duration",
         "percentage",
         "time_on_page",
+        "conversion_rate",
         "avg:props.ms",
         "sum:props.ms",
         "min:props.ms",
@@ -549,6 +660,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         "visit:exit_page",
         "time:day",
         "time:hour",
+        "event:goal",
     ];
     let mut metrics = vec![*rng.pick(INTEGER_METRICS)];
     for _ in 0..rng.below(4) {
@@ -621,6 +733,15 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
             _ => comparison(rng),
         });
     }
+    if rng.chance(20) {
+        // Goals are filtered at the top level, by is, contains or matches.
+        let filter = match rng.below(3) {
+            0 => json!(["is", "event:goal", [*rng.pick(&GOALS), *rng.pick(&GOALS)]]),
+            1 => json!(["contains", "event:goal", [*rng.pick(&["o", "Pr", "click"])]]),
+            _ => json!(["matches", "event:goal", [*rng.pick(&["^Si", "^B", "^P"])]]),
+        };
+        filters.push(filter);
+    }
     let a = rng.below(days.len() as u64) as usize;
     let b = a + rng.below((days.len() - a) as u64) as usize;
     let order_by = if rng.chance(50) {
@@ -647,7 +768,113 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
     if !order_by.is_null() {
         query["order_by"] = order_by;
     }
+    if rng.chance(25) {
+        query["include"] = json!({"comparisons": "previous_period"});
+    }
     query
+}
+
+fn date(text: &str) -> time::Date {
+    time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .unwrap()
+}
+
+/// A row's dimension values with each time bucket numbered from the range's first day, as
+/// the rows of a period and of its comparison match.
+fn bucket_key(dims: &[&str], values: &[String], from: time::Date) -> Vec<String> {
+    dims.iter()
+        .zip(values)
+        .map(|(d, v)| match *d {
+            "time:day" => (date(v) - from).whole_days().to_string(),
+            "time:hour" => {
+                let hour: i64 = v[11..13].parse().unwrap();
+                ((date(&v[..10]) - from).whole_days() * 24 + hour).to_string()
+            }
+            _ => v.clone(),
+        })
+        .collect()
+}
+
+/// Checks an answer's `comparison` of each row against the previous period computed here;
+/// whether some row had figures then.
+fn check_comparison(events: &[Event], query: &Value, answer: &Value) -> bool {
+    let mut figures = false;
+    let range = names(&query["date_range"]);
+    let (from, to) = (date(range[0]), date(range[1]));
+    let days = (to - from).whole_days() + 1;
+    let (then_from, then_to) = (
+        from - time::Duration::days(days),
+        from - time::Duration::days(1),
+    );
+    assert_eq!(
+        answer["meta"]["comparison_date_range"],
+        json!([then_from.to_string(), then_to.to_string()]),
+        "{query}"
+    );
+    let dims = names(&query["dimensions"]);
+    let metrics = names(&query["metrics"]);
+    let then: HashMap<Vec<String>, Vec<f64>> = expected(
+        events,
+        &json!({
+            "site_id": query["site_id"], "metrics": query["metrics"], "dimensions": query["dimensions"],
+            "filters": query["filters"], "date_range": [then_from.to_string(), then_to.to_string()],
+            "order_by": answer["query"]["order_by"], "pagination": {"limit": 100_000, "offset": 0},
+        }),
+    )
+    .into_iter()
+    .map(|(key, values)| (bucket_key(&dims, &key, then_from), values))
+    .collect();
+    for row in answer["results"].as_array().unwrap() {
+        let key: Vec<String> = row["dimensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect();
+        let want = then.get(&bucket_key(&dims, &key, from));
+        let compared = &row["comparison"];
+        assert_eq!(
+            compared["dimensions"].is_null(),
+            want.is_none(),
+            "{query}\n{row}"
+        );
+        let got: Vec<f64> = compared["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
+        figures |= got.iter().any(|v| *v != 0.0);
+        let zeros = vec![0.0; metrics.len()];
+        let want = want.unwrap_or(&zeros);
+        assert!(
+            got.iter()
+                .zip(want)
+                .zip(&metrics)
+                .all(|((a, b), m)| close(*a, *b, m)),
+            "comparison of {row} in {query}: want {want:?}"
+        );
+        // Each change from the row's two figures.
+        for (i, m) in metrics.iter().enumerate() {
+            let (now, before) = (row["metrics"][i].as_f64().unwrap(), got[i]);
+            let change = if matches!(*m, "bounce_rate" | "conversion_rate" | "percentage") {
+                now - before
+            } else if before == 0.0 {
+                if now == 0.0 { 0.0 } else { 100.0 }
+            } else {
+                (now - before) / before * 100.0
+            };
+            let reported = compared["change"][i].as_f64().unwrap();
+            assert!(
+                (reported - change).abs() <= 0.051,
+                "change of {m} in {row}: {change}"
+            );
+        }
+    }
+    figures
 }
 
 fn close(a: f64, b: f64, metric: &str) -> bool {
@@ -665,7 +892,12 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
     let stack = Stack::start(Options {
         site_spec: TIME_ZONES
             .iter()
-            .map(|(site, zone, _)| (*site, format!("timeZone: {zone}")))
+            .flat_map(|(site, zone, _)| {
+                [
+                    (*site, format!("timeZone: {zone}")),
+                    (*site, GOALS_YAML.to_owned()),
+                ]
+            })
             .collect(),
         ..Options::default()
     })
@@ -681,7 +913,7 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
         .map(|d| (now.date() - time::Duration::days(d)).to_string())
         .collect();
     let client = &stack.http;
-    let (mut compared, mut with_data) = (0, 0);
+    let (mut compared, mut with_data, mut with_goals, mut with_comparisons) = (0, 0, 0, 0);
     for _ in 0..300 {
         let query = random_query(&mut rng, &days);
         let response = client
@@ -735,22 +967,40 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
                         .all(|((a, b), m)| close(*a, *b, m))
             });
         assert!(same, "query {query}\n got  {got:?}\n want {want:?}");
+        if query["include"]["comparisons"] == "previous_period" {
+            with_comparisons += usize::from(check_comparison(&events, &query, &answer));
+        }
         compared += 1;
         if want
             .iter()
             .any(|(_, values)| values.iter().any(|v| *v != 0.0))
         {
             with_data += 1;
+            let text = query.to_string();
+            if text.contains("event:goal") || text.contains("conversion_rate") {
+                with_goals += 1;
+            }
         }
     }
     assert_eq!(compared, 300);
-    // At least half the questions found something (181 on this seed): the comparison is of
+    // At least half the questions found something (189 on this seed): the comparison is of
     // figures, not of empty answers.
     assert!(
         with_data >= 150,
         "only {with_data} of 300 answers held data"
     );
-    eprintln!("{with_data} of 300 answers held data");
+    eprintln!(
+        "{with_data} of 300 answers held data, {with_goals} of them with goals; \
+         {with_comparisons} compared with figures of the previous period"
+    );
+    assert!(
+        with_goals >= 30,
+        "only {with_goals} answers with goals held data"
+    );
+    assert!(
+        with_comparisons >= 20,
+        "only {with_comparisons} comparisons held data"
+    );
     Ok(())
 }
 

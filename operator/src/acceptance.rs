@@ -174,6 +174,8 @@ mod tests {
                 privacy: Default::default(),
                 bots: Default::default(),
                 time_zone: None,
+                goals: Vec::new(),
+                experiments: Vec::new(),
             },
         );
         s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));

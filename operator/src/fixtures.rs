@@ -145,6 +145,8 @@ pub fn site(name: &str, site_id: &str, namespace: &str) -> AnalyticsSite {
             privacy: Default::default(),
             bots: Default::default(),
             time_zone: None,
+            goals: Vec::new(),
+            experiments: Vec::new(),
         },
     );
     s.metadata.namespace = Some(namespace.into());

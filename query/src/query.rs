@@ -3,6 +3,7 @@
 //! ClickHouse is asked), compiled to one parameterised statement over the raw events
 //! ([`sql`]), and run read-only within the store's time, memory and result limits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -26,6 +27,22 @@ pub mod sql;
 pub struct ResultRow {
     pub dimensions: Vec<Value>,
     pub metrics: Vec<Value>,
+    /// With `include.comparisons`: the same group in the compared period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Compared>,
+}
+
+/// A row's group in the compared period, and how each metric changed since.
+#[derive(Debug, Serialize)]
+pub struct Compared {
+    /// The group's dimension values then (its time buckets are the period's); null when
+    /// the group had no events then.
+    pub dimensions: Option<Vec<Value>>,
+    pub metrics: Vec<Value>,
+    /// Per metric: the change in percent of the earlier value (100 from 0 to more), or for
+    /// rates and shares (`bounce_rate`, `conversion_rate`, `percentage`) the difference in
+    /// points.
+    pub change: Vec<Value>,
 }
 
 /// The answer of `POST /v1/query`.
@@ -43,6 +60,9 @@ pub struct Meta {
     pub time_zone: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_rows: Option<u64>,
+    /// With `include.comparisons`: the period the rows are compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison_date_range: Option<Value>,
 }
 
 pub async fn post_query(
@@ -59,6 +79,7 @@ pub async fn post_query(
     let config = state.config.load();
     // The key first: a key of another site learns nothing of the query's problems.
     let mut time_zone = String::from("UTC");
+    let mut goals = Vec::new();
     if let Some(site_id) = body
         .get("site_id")
         .and_then(Value::as_str)
@@ -71,21 +92,44 @@ pub async fn post_query(
         if let Some(zone) = &site.time_zone {
             zone.clone_into(&mut time_zone);
         }
+        site.goals.clone_into(&mut goals);
     }
     drop(config);
     let today = state.store.today(&time_zone).await?;
-    let query =
-        request::parse(&body, OffsetDateTime::now_utc(), today).map_err(ApiError::InvalidBody)?;
-    let compiled = sql::compile(state.store.database(), &query, &time_zone);
-    let (rows, total_rows) = state.store.run_query(&compiled).await?;
-    let width = query.dimensions.len();
+    let query = request::parse(&body, OffsetDateTime::now_utc(), today, &goals)
+        .map_err(ApiError::InvalidBody)?;
+    let db = state.store.database();
+    let compiled = sql::compile(db, &query, &time_zone);
+    let compared = query.compared();
+    let (rows, total_rows, earlier) = match &compared {
+        None => {
+            let (rows, total) = state.store.run_query(&compiled).await?;
+            (rows, total, None)
+        }
+        Some(then) => {
+            let earlier = sql::compile(db, then, &time_zone);
+            let ((rows, total), (earlier, _)) = tokio::try_join!(
+                state.store.run_query(&compiled),
+                state.store.run_query(&earlier)
+            )?;
+            (rows, total, Some(earlier))
+        }
+    };
+    let shape = Shape::of(&query);
+    let earlier: Option<HashMap<Vec<Value>, Vec<Value>>> =
+        earlier.map(|rows| rows.into_iter().map(|row| (shape.key(&row), row)).collect());
     let results = rows
         .into_iter()
-        .map(|mut row| {
-            let metrics = row.split_off(width.min(row.len()));
+        .map(|row| {
+            let comparison = earlier.as_ref().map(|earlier| {
+                let then = earlier.get(&shape.key(&row));
+                shape.compare(&query.metrics, &row, then)
+            });
+            let (dimensions, metrics) = shape.split(row);
             ResultRow {
-                dimensions: row,
+                dimensions,
                 metrics,
+                comparison,
             }
         })
         .collect();
@@ -94,7 +138,91 @@ pub async fn post_query(
         meta: Meta {
             time_zone,
             total_rows,
+            comparison_date_range: compared.map(|q| q.range.echo()),
         },
         query: query.echo,
     }))
+}
+
+/// Where the parts of an answer row are: the dimensions, the metrics, then (with
+/// comparisons) each time dimension's bucket number.
+struct Shape {
+    dimensions: usize,
+    metrics: usize,
+    /// The indexes of the time dimensions.
+    times: Vec<usize>,
+}
+
+impl Shape {
+    fn of(query: &request::Query) -> Self {
+        Self {
+            dimensions: query.dimensions.len(),
+            metrics: query.metrics.len(),
+            times: (query.dimensions.iter().enumerate())
+                .filter(|(_, d)| matches!(d, request::Dimension::Time(_)))
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// What a row of one period and its group in the other have in common: the dimension
+    /// values, with each time bucket's number in place of its date.
+    fn key(&self, row: &[Value]) -> Vec<Value> {
+        let ordinals = self.dimensions + self.metrics;
+        let mut key = row[..self.dimensions.min(row.len())].to_vec();
+        for (k, &i) in self.times.iter().enumerate() {
+            if let (Some(slot), Some(n)) = (key.get_mut(i), row.get(ordinals + k)) {
+                *slot = n.clone();
+            }
+        }
+        key
+    }
+
+    fn split(&self, mut row: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
+        row.truncate(self.dimensions + self.metrics);
+        let metrics = row.split_off(self.dimensions.min(row.len()));
+        (row, metrics)
+    }
+
+    fn compare(
+        &self,
+        names: &[request::Metric],
+        now: &[Value],
+        then: Option<&Vec<Value>>,
+    ) -> Compared {
+        let (dimensions, metrics) = match then {
+            Some(then) => {
+                let (d, m) = self.split(then.clone());
+                (Some(d), m)
+            }
+            None => (None, vec![Value::from(0); self.metrics]),
+        };
+        let now = &now[self.dimensions..self.dimensions + self.metrics];
+        let change = names
+            .iter()
+            .zip(now.iter().zip(&metrics))
+            .map(|(metric, (now, then))| {
+                let (now, then) = (now.as_f64().unwrap_or(0.0), then.as_f64().unwrap_or(0.0));
+                let points = matches!(
+                    metric,
+                    request::Metric::BounceRate
+                        | request::Metric::ConversionRate
+                        | request::Metric::Percentage
+                );
+                let change = if points {
+                    ((now - then) * 100.0).round() / 100.0
+                } else if then == 0.0 {
+                    if now == 0.0 { 0.0 } else { 100.0 }
+                } else {
+                    ((now - then) / then * 1000.0).round() / 10.0
+                };
+                Value::from(change)
+            })
+            .collect();
+        Compared {
+            dimensions,
+            metrics,
+            change,
+        }
+    }
 }

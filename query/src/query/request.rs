@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use tally_crds::Goal;
 use time::macros::format_description;
 use time::{Date, Duration, OffsetDateTime};
 
@@ -39,6 +40,10 @@ pub enum Metric {
     TimeOnPage,
     /// `avg:props.<name>`, `p95:props.<name>`, …: over the events whose property is a number.
     Property(Aggregate, String),
+    /// The share of the group's visitors who completed the goals of the query's `event:goal`
+    /// filters and dimension (any of the site's goals when it has neither), in percent; the
+    /// group's visitors counted without the `event:goal` filters.
+    ConversionRate,
 }
 
 /// How a numeric property's values are summarised.
@@ -53,7 +58,7 @@ pub enum Aggregate {
 }
 
 impl Metric {
-    pub const NAMED: [(&'static str, Metric); 9] = [
+    pub const NAMED: [(&'static str, Metric); 10] = [
         ("visitors", Metric::Visitors),
         ("visits", Metric::Visits),
         ("pageviews", Metric::Pageviews),
@@ -63,6 +68,7 @@ impl Metric {
         ("visit_duration", Metric::VisitDuration),
         ("percentage", Metric::Percentage),
         ("time_on_page", Metric::TimeOnPage),
+        ("conversion_rate", Metric::ConversionRate),
     ];
 
     fn parse(name: &str) -> Option<Self> {
@@ -105,6 +111,8 @@ pub enum Dimension {
     Property(String),
     /// `visit:*`: an attribute of the event's visit (its first event, entry or exit page).
     Visit(&'static str),
+    /// `event:goal`: the site's goals the event completes (one row per goal).
+    Goal,
     Time(Bucket),
 }
 
@@ -132,6 +140,7 @@ impl Dimension {
         match name {
             "event:name" => return Ok(Self::Event("event_type")),
             "event:page" => return Ok(Self::Event("path")),
+            "event:goal" => return Ok(Self::Goal),
             _ => {}
         }
         if let Some(key) = name.strip_prefix("event:props:") {
@@ -156,7 +165,7 @@ impl Dimension {
             Some(_) if !time_allowed => Err(format!("{name:?} cannot be filtered by")),
             Some(bucket) => Ok(Self::Time(bucket)),
             None => Err(format!(
-                "unknown dimension {name:?}: use event:name, event:page, event:props:<name>, \
+                "unknown dimension {name:?}: use event:name, event:page, event:goal, event:props:<name>, \
                  visit:entry_page, visit:exit_page, visit:source, visit:referrer, visit:channel, \
                  visit:utm_*, visit:browser, visit:browser_version, visit:os, visit:os_version, \
                  visit:device, time, time:minute, time:hour, time:day, time:week or time:month"
@@ -202,8 +211,34 @@ pub struct Query {
     pub limit: u64,
     pub offset: u64,
     pub total_rows: bool,
+    /// `include.comparisons`: the period each row is compared with.
+    pub comparison: Option<Comparison>,
+    /// The site's goals (`spec.goals`), which `event:goal` and `conversion_rate` read.
+    pub goals: Vec<Goal>,
     /// The request with its defaults filled in, as the answer echoes it.
     pub echo: Value,
+}
+
+impl Query {
+    /// Whether the query reads the goals each event completes.
+    pub fn uses_goals(&self) -> bool {
+        self.dimensions.contains(&Dimension::Goal)
+            || self.metrics.contains(&Metric::ConversionRate)
+            || self.filters.iter().any(Filter::is_goal)
+    }
+}
+
+impl Filter {
+    /// Whether this is a comparison of `event:goal` (they stand at the top level only).
+    pub fn is_goal(&self) -> bool {
+        matches!(
+            self,
+            Filter::Compare {
+                dimension: Dimension::Goal,
+                ..
+            }
+        )
+    }
 }
 
 /// The events a query reads, by time.
@@ -217,7 +252,7 @@ pub enum Range {
 
 impl Range {
     /// As the answer's `query.date_range` shows it.
-    fn echo(&self) -> Value {
+    pub fn echo(&self) -> Value {
         match self {
             Self::Days { from, to } => json!([from.to_string(), to.to_string()]),
             Self::Instants { from_ms, to_ms } => json!([ms_text(*from_ms), ms_text(*to_ms)]),
@@ -225,15 +260,95 @@ impl Range {
     }
 }
 
+/// The period a query's rows are compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// As long as the range, just before it.
+    PreviousPeriod,
+    /// The range a year before.
+    YearOverYear,
+}
+
+impl Comparison {
+    fn name(self) -> &'static str {
+        match self {
+            Self::PreviousPeriod => "previous_period",
+            Self::YearOverYear => "year_over_year",
+        }
+    }
+
+    /// The range `range` is compared with.
+    pub fn range(self, range: Range) -> Range {
+        let year_before = |d: Date| {
+            d.replace_year(d.year() - 1)
+                .or_else(|_| (d - Duration::days(1)).replace_year(d.year() - 1))
+                .unwrap_or(d)
+        };
+        match (self, range) {
+            (Self::PreviousPeriod, Range::Days { from, to }) => {
+                let days = (to - from).whole_days() + 1;
+                Range::Days {
+                    from: from - Duration::days(days),
+                    to: from - Duration::days(1),
+                }
+            }
+            (Self::PreviousPeriod, Range::Instants { from_ms, to_ms }) => Range::Instants {
+                from_ms: from_ms - (to_ms - from_ms),
+                to_ms: from_ms,
+            },
+            (Self::YearOverYear, Range::Days { from, to }) => Range::Days {
+                from: year_before(from),
+                to: year_before(to),
+            },
+            (Self::YearOverYear, Range::Instants { from_ms, to_ms }) => {
+                let back = |ms: i64| {
+                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                        .ok()
+                        .and_then(|t| t.replace_date(year_before(t.date())).into())
+                        .map_or(ms, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                };
+                Range::Instants {
+                    from_ms: back(from_ms),
+                    to_ms: back(to_ms),
+                }
+            }
+        }
+    }
+}
+
+impl Query {
+    /// The query of the period its rows are compared with, every group of it.
+    pub fn compared(&self) -> Option<Query> {
+        let comparison = self.comparison?;
+        Some(Query {
+            range: comparison.range(self.range),
+            limit: MAX_COMPARED_ROWS,
+            offset: 0,
+            total_rows: false,
+            // Kept, so that its rows carry the same bucket numbers.
+            comparison: Some(comparison),
+            ..self.clone()
+        })
+    }
+}
+
+/// Most groups of the compared period matched with an answer's rows.
+pub const MAX_COMPARED_ROWS: u64 = 100_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderKey {
     Metric(usize),
     Dimension(usize),
 }
 
-/// Reads a query. `now` is the time `realtime` ends at, `today` the site's date then (in
-/// its time zone), where `day`, `7d`, `month` and the rest end.
-pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Vec<Problem>> {
+/// Reads a query of a site with `goals`. `now` is the time `realtime` ends at, `today` the
+/// site's date then (in its time zone), where `day`, `7d`, `month` and the rest end.
+pub fn parse(
+    body: &Value,
+    now: OffsetDateTime,
+    today: Date,
+    goals: &[Goal],
+) -> Result<Query, Vec<Problem>> {
     let mut p = Problems::default();
     let Some(object) = body.as_object() else {
         p.add("", "the query must be a JSON object");
@@ -348,7 +463,12 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
         None => {}
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                if let Some(f) = parse_filter(item, &format!("/filters/{i}"), &mut p, &mut count) {
+                let at = Place {
+                    pointer: &format!("/filters/{i}"),
+                    top: true,
+                    goals,
+                };
+                if let Some(f) = parse_filter(item, &at, &mut p, &mut count) {
                     filters.push(f);
                 }
             }
@@ -457,6 +577,7 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
     }
 
     let mut total_rows = false;
+    let mut comparison = None;
     match object.get("include") {
         None => {}
         Some(Value::Object(include)) => {
@@ -464,9 +585,20 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
                 match (key.as_str(), value) {
                     ("total_rows", Value::Bool(b)) => total_rows = *b,
                     ("total_rows", _) => p.add("/include/total_rows", "must be true or false"),
+                    ("comparisons", Value::String(name)) if name == "previous_period" => {
+                        comparison = Some(Comparison::PreviousPeriod);
+                    }
+                    ("comparisons", Value::String(name)) if name == "year_over_year" => {
+                        comparison = Some(Comparison::YearOverYear);
+                    }
+                    ("comparisons", Value::Null) => {}
+                    ("comparisons", _) => p.add(
+                        "/include/comparisons",
+                        "must be \"previous_period\" or \"year_over_year\"",
+                    ),
                     _ => p.add(
                         &format!("/include/{}", escape(key)),
-                        format!("unknown field {key:?} (this version answers total_rows)"),
+                        format!("unknown field {key:?} (use total_rows or comparisons)"),
                     ),
                 }
             }
@@ -474,6 +606,20 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
         Some(_) => p.add("/include", "must be an object"),
     }
 
+    if goals.is_empty() {
+        if let Some(i) = dimensions.iter().position(|d| *d == Dimension::Goal) {
+            p.add(
+                &format!("/dimensions/{i}"),
+                "the site has no goals: declare them in spec.goals",
+            );
+        }
+        if let Some(i) = metrics.iter().position(|m| *m == Metric::ConversionRate) {
+            p.add(
+                &format!("/metrics/{i}"),
+                "the site has no goals: declare them in spec.goals",
+            );
+        }
+    }
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -485,7 +631,7 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
         "date_range": range.echo(),
         "order_by": order_echo,
         "pagination": {"limit": limit, "offset": offset},
-        "include": {"total_rows": total_rows},
+        "include": {"total_rows": total_rows, "comparisons": comparison.map(Comparison::name)},
     });
     Ok(Query {
         site_id,
@@ -497,6 +643,8 @@ pub fn parse(body: &Value, now: OffsetDateTime, today: Date) -> Result<Query, Ve
         limit,
         offset,
         total_rows,
+        comparison,
+        goals: goals.to_vec(),
         echo,
     })
 }
@@ -518,12 +666,31 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
+/// Where a filter stands: its pointer, whether at the top level of `filters`, and the
+/// goals an `event:goal` comparison may name.
+struct Place<'a> {
+    pointer: &'a str,
+    top: bool,
+    goals: &'a [Goal],
+}
+
+impl Place<'_> {
+    fn inner<'b>(&'b self, pointer: &'b str) -> Place<'b> {
+        Place {
+            pointer,
+            top: false,
+            goals: self.goals,
+        }
+    }
+}
+
 fn parse_filter(
     value: &Value,
-    pointer: &str,
+    at: &Place<'_>,
     p: &mut Problems,
     count: &mut usize,
 ) -> Option<Filter> {
+    let pointer = at.pointer;
     *count += 1;
     let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
         p.add(pointer, "a filter is [operator, dimension, [values]], [\"and\"|\"or\", [filters]] or [\"not\", filter]");
@@ -539,7 +706,7 @@ fn parse_filter(
                 let parsed: Vec<Option<Filter>> = list
                     .iter()
                     .enumerate()
-                    .map(|(i, f)| parse_filter(f, &format!("{pointer}/1/{i}"), p, count))
+                    .map(|(i, f)| parse_filter(f, &at.inner(&format!("{pointer}/1/{i}")), p, count))
                     .collect();
                 parsed.into_iter().collect()
             }
@@ -557,7 +724,7 @@ fn parse_filter(
         "or" => return combined(p, count).map(Filter::Or),
         "not" => {
             return if items.len() == 2 {
-                parse_filter(&items[1], &format!("{pointer}/1"), p, count)
+                parse_filter(&items[1], &at.inner(&format!("{pointer}/1")), p, count)
                     .map(|f| Filter::Not(Box::new(f)))
             } else {
                 p.add(pointer, "\"not\" takes one filter");
@@ -635,11 +802,51 @@ fn parse_filter(
             None
         }
     };
+    if dimension == Some(Dimension::Goal) {
+        if !at.top {
+            p.add(
+                &format!("{pointer}/1"),
+                "event:goal is filtered at the top level of filters only (not inside and, or \
+                 or not): a group's conversion rate counts its visitors without these filters",
+            );
+        }
+        if !matches!(
+            operator,
+            Operator::Is | Operator::Contains | Operator::Matches
+        ) {
+            p.add(
+                &format!("{pointer}/0"),
+                "event:goal takes is, contains or matches",
+            );
+        }
+        if operator == Operator::Is {
+            for (i, name) in values.iter().flatten().enumerate() {
+                if !at.goals.iter().any(|g| g.name == *name) {
+                    p.add(
+                        &format!("{pointer}/2/{i}"),
+                        format!(
+                            "{name:?} is not a goal of the site ({})",
+                            goal_names(at.goals)
+                        ),
+                    );
+                }
+            }
+        }
+    }
     Some(Filter::Compare {
         operator,
         dimension: dimension?,
         values: values?,
     })
+}
+
+/// The goals' names, as a problem lists them.
+fn goal_names(goals: &[Goal]) -> String {
+    if goals.is_empty() {
+        return "it has none: declare them in spec.goals".into();
+    }
+    let names: Vec<String> = goals.iter().map(|g| format!("{:?}", g.name)).collect();
+    format!("its goals are {}", names.join(", "))
 }
 
 /// The range of `date_range`: `day` (today), `7d`, `28d`, `30d` (ending today, inclusive),
@@ -719,4 +926,43 @@ fn ms_text(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pointers(body: Value, goals: &[Goal]) -> Vec<String> {
+        let now = time::macros::datetime!(2026-01-31 12:00 UTC);
+        parse(&body, now, now.date(), goals)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.pointer)
+            .collect()
+    }
+
+    #[test]
+    fn goal_filters_stand_at_the_top_and_name_declared_goals() {
+        let signup: Goal =
+            serde_json::from_value(json!({"name": "Signup", "eventType": "signup"})).unwrap();
+        let got = pointers(
+            json!({
+                "site_id": "shop", "metrics": ["conversion_rate"],
+                "filters": [["not", ["is", "event:goal", ["Signup"]]],
+                            ["is", "event:goal", ["Signup", "Nope"]],
+                            ["is_not", "event:goal", ["Signup"]]],
+            }),
+            &[signup],
+        );
+        assert_eq!(got, ["/filters/0/1/1", "/filters/1/2/1", "/filters/2/0"]);
+        // A site without goals has no event:goal nor conversion_rate.
+        let got = pointers(
+            json!({"site_id": "docs", "metrics": ["visitors", "conversion_rate"],
+                   "dimensions": ["event:goal"]}),
+            &[],
+        );
+        assert_eq!(got, ["/dimensions/0", "/metrics/1"]);
+    }
 }

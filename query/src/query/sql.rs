@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 
 use tally_contracts::schema::{EVENTS, PAGE_VIEW, SESSION_ATTRIBUTES, VISITOR_KEY};
 
+use tally_crds::Goal;
+
 use super::request::{
     Aggregate, Bucket, Dimension, Filter, Metric, Operator, OrderKey, Query, Range,
 };
@@ -48,6 +50,9 @@ struct Builder {
     params: Vec<(String, Param)>,
     /// The placeholder of the site's time zone.
     tz: String,
+    /// Whether `event:goal` is a dimension: then each row holds one of the event's goals in
+    /// `goal`, else all of them in `goals`.
+    goal_rows: bool,
 }
 
 impl Builder {
@@ -69,6 +74,7 @@ impl Builder {
                 )
             }
             Dimension::Visit(column) => format!("v_{column}"),
+            Dimension::Goal => "goal".into(),
             Dimension::Time(bucket) => {
                 let tz = &self.tz;
                 match bucket {
@@ -92,20 +98,42 @@ impl Builder {
                 dimension,
                 values,
             } => {
-                let expr = self.dimension(dimension);
                 let values = self.bind("f", "Array(String)", Param::Texts(values.clone()));
-                match operator {
-                    Operator::Is => format!("{expr} IN {values}"),
-                    Operator::IsNot => format!("{expr} NOT IN {values}"),
-                    Operator::Contains => format!("multiSearchAny({expr}, {values})"),
-                    Operator::ContainsNot => format!("NOT multiSearchAny({expr}, {values})"),
-                    Operator::Matches => format!("arrayExists(r -> match({expr}, r), {values})"),
-                    Operator::MatchesNot => {
-                        format!("NOT arrayExists(r -> match({expr}, r), {values})")
-                    }
+                if *dimension == Dimension::Goal && !self.goal_rows {
+                    // Some goal the event completes compares so.
+                    let one = compare(*operator, "g", &values);
+                    return format!("arrayExists(g -> {one}, goals)");
                 }
+                compare(*operator, &self.dimension(dimension), &values)
             }
         }
+    }
+
+    /// The expression of the goals an event completes: their names, in the order declared.
+    fn goals(&mut self, goals: &[Goal]) -> String {
+        if goals.is_empty() {
+            return "CAST([], 'Array(String)')".into();
+        }
+        let mut each = Vec::new();
+        for goal in goals {
+            let mut conditions = Vec::new();
+            if let Some(event_type) = &goal.event_type {
+                let t = self.bind("g", "String", Param::Text(event_type.clone()));
+                conditions.push(format!("event_type = {t}"));
+            }
+            if let Some(pattern) = &goal.page_path {
+                let re = self.bind("g", "String", Param::Text(Goal::path_regex(pattern)));
+                conditions.push(format!("event_type = '{PAGE_VIEW}' AND match(path, {re})"));
+            }
+            for (key, value) in &goal.properties {
+                let expr = self.dimension(&Dimension::Property(key.clone()));
+                let value = self.bind("g", "String", Param::Text(value.clone()));
+                conditions.push(format!("{expr} = {value}"));
+            }
+            let name = self.bind("g", "String", Param::Text(goal.name.clone()));
+            each.push(format!("if({}, {name}, '')", conditions.join(" AND ")));
+        }
+        format!("arrayFilter(g -> g != '', [{}])", each.join(", "))
     }
 
     fn combine(&mut self, filters: &[Filter], with: &str) -> String {
@@ -117,12 +145,44 @@ impl Builder {
     }
 }
 
+/// `expr` compared with the bound array `values`.
+fn compare(operator: Operator, expr: &str, values: &str) -> String {
+    match operator {
+        Operator::Is => format!("{expr} IN {values}"),
+        Operator::IsNot => format!("{expr} NOT IN {values}"),
+        Operator::Contains => format!("multiSearchAny({expr}, {values})"),
+        Operator::ContainsNot => format!("NOT multiSearchAny({expr}, {values})"),
+        Operator::Matches => format!("arrayExists(r -> match({expr}, r), {values})"),
+        Operator::MatchesNot => format!("NOT arrayExists(r -> match({expr}, r), {values})"),
+    }
+}
+
 /// A metric's expression over the rows of one group (one row per visit in the group), and
 /// the columns it needs from each visit's events (`vals{i}`: the i-th metric's values).
-fn metric(b: &mut Builder, i: usize, metric: &Metric, inner: &mut Vec<String>) -> String {
+/// `converting` says whether the query names goals (an `event:goal` filter or dimension):
+/// then `c_total` holds the group's visitors without the goal filters.
+fn metric(
+    b: &mut Builder,
+    i: usize,
+    metric: &Metric,
+    inner: &mut Vec<String>,
+    converting: bool,
+) -> String {
     let numeric =
         |key: &str| format!("JSONType(properties, {key}) IN ('Int64', 'UInt64', 'Double')");
     match metric {
+        Metric::ConversionRate if converting => {
+            "if(any(c_total) = 0, 0, round(100 * uniqExactArray(keys) / any(c_total), 2))".into()
+        }
+        Metric::ConversionRate => {
+            inner.push(format!(
+                "groupUniqArrayIf(visitor_key, visitor_key != '' AND notEmpty(goals)) AS ckeys{i}"
+            ));
+            format!(
+                "if(uniqExactArray(keys) = 0, 0, \
+                 round(100 * uniqExactArray(ckeys{i}) / uniqExactArray(keys), 2))"
+            )
+        }
         Metric::Visitors => "uniqExactArray(keys)".into(),
         Metric::Visits => "count()".into(),
         Metric::Pageviews => "sum(pv)".into(),
@@ -169,9 +229,11 @@ fn metric(b: &mut Builder, i: usize, metric: &Metric, inner: &mut Vec<String>) -
 
 /// The statement of `query` over database `db`, for a site in `time_zone`.
 pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
+    let goal_rows = query.dimensions.contains(&Dimension::Goal);
     let mut b = Builder {
         params: Vec::new(),
         tz: String::new(),
+        goal_rows,
     };
     b.tz = b.bind("p", "String", Param::Text(time_zone.to_owned()));
     let site = b.bind("p", "String", Param::Text(query.site_id.clone()));
@@ -206,6 +268,11 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
         .iter()
         .map(|f| format!("({})", b.filter(f)))
         .collect();
+    let goals = if query.uses_goals() {
+        format!(", {} AS goals", b.goals(&query.goals))
+    } else {
+        String::new()
+    };
     let attributes = SESSION_ATTRIBUTES.join(", ");
     let firsts: String = SESSION_ATTRIBUTES.iter().fold(String::new(), |mut out, c| {
         let _ = write!(out, ", argMin({c}, timestamp) AS v_{c}");
@@ -215,7 +282,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     let mut sql = format!(
         "WITH e0 AS (\
            SELECT event_type, path, timestamp, properties, session_id, {attributes}, \
-                  {VISITOR_KEY} AS visitor_key \
+                  {VISITOR_KEY} AS visitor_key{goals} \
            FROM `{db}`.{EVENTS} \
            WHERE site_id = {site} AND timestamp >= {from} AND timestamp < {to} AND NOT is_bot), \
          e1 AS (\
@@ -243,15 +310,64 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     } else {
         format!(" WHERE {}", filters.join(" AND "))
     };
+    // The events the groups are made of: with `event:goal` a dimension, one row per goal
+    // an event completes (an event that completes none is in no group).
+    let rows = if goal_rows {
+        sql.push_str(", eg AS (SELECT *, goal FROM e ARRAY JOIN goals AS goal)");
+        "eg"
+    } else {
+        "e"
+    };
+    let dim_aliases: Vec<String> = (0..dims.len()).map(|i| format!("d{i}")).collect();
+    // Conversion rates over goals the query names: each group's visitors without the
+    // goal filters, by the dimensions other than `event:goal`.
+    let converting = query.metrics.contains(&Metric::ConversionRate)
+        && (goal_rows || query.filters.iter().any(Filter::is_goal));
+    let mut join_totals = String::new();
+    if converting {
+        let (mut select, mut keys) = (Vec::new(), Vec::new());
+        for (i, d) in query.dimensions.iter().enumerate() {
+            if *d != Dimension::Goal {
+                select.push(format!("{} AS d{i}", b.dimension(d)));
+                keys.push(format!("d{i}"));
+            }
+        }
+        let others: Vec<String> = query
+            .filters
+            .iter()
+            .filter(|f| !f.is_goal())
+            .map(|f| format!("({})", b.filter(f)))
+            .collect();
+        select.push("uniqExactIf(visitor_key, visitor_key != '') AS c_total".into());
+        let _ = write!(
+            sql,
+            ", c AS (SELECT {} FROM e INNER JOIN v USING visit_id{}{})",
+            select.join(", "),
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", others.join(" AND "))
+            },
+            if keys.is_empty() {
+                String::new()
+            } else {
+                format!(" GROUP BY {}", keys.join(", "))
+            },
+        );
+        join_totals = if keys.is_empty() {
+            " CROSS JOIN c".into()
+        } else {
+            format!(" LEFT JOIN c USING ({})", keys.join(", "))
+        };
+    }
     if query.metrics.contains(&Metric::Percentage) {
         // All the query's visitors, for each group's share of them.
         let _ = write!(
             sql,
             ", t AS (SELECT uniqExactIf(visitor_key, visitor_key != '') AS total \
-             FROM e INNER JOIN v USING visit_id{where_clause})"
+             FROM {rows} INNER JOIN v USING visit_id{where_clause})"
         );
     }
-    let dim_aliases: Vec<String> = (0..dims.len()).map(|i| format!("d{i}")).collect();
     let metric_aliases: Vec<String> = (0..query.metrics.len()).map(|i| format!("m{i}")).collect();
     let mut inner: Vec<String> = dims
         .iter()
@@ -271,15 +387,34 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     );
     let mut outer: Vec<String> = dim_aliases.clone();
     for (i, (m, alias)) in query.metrics.iter().zip(&metric_aliases).enumerate() {
-        let expr = metric(&mut b, i, m, &mut inner);
+        let expr = metric(&mut b, i, m, &mut inner, converting);
         outer.push(format!("{expr} AS {alias}"));
+    }
+    if query.comparison.is_some() {
+        // After the metrics, each time dimension's bucket counted from the range's first:
+        // the rows of a period and of its comparison match by these, not by date.
+        let tz = b.tz.clone();
+        for (i, d) in query.dimensions.iter().enumerate() {
+            let Dimension::Time(bucket) = d else { continue };
+            let (unit, start) = match bucket {
+                Bucket::Minute => ("minute", "toStartOfMinute"),
+                Bucket::Hour => ("hour", "toStartOfHour"),
+                Bucket::Day => ("day", "toDate"),
+                Bucket::Week => ("week", "toMonday"),
+                Bucket::Month => ("month", "toStartOfMonth"),
+            };
+            inner.push(format!(
+                "any(dateDiff('{unit}', {start}({from}, {tz}), {start}(timestamp, {tz}))) AS o{i}"
+            ));
+            outer.push(format!("any(o{i}) AS o{i}"));
+        }
     }
     let _ = write!(sql, " SELECT {}", outer.join(", "));
     let mut inner_group = dim_aliases.clone();
     inner_group.push("visit_id".into());
     let _ = write!(
         sql,
-        " FROM (SELECT {} FROM e INNER JOIN v USING visit_id{where_clause} GROUP BY {})",
+        " FROM (SELECT {} FROM {rows} INNER JOIN v USING visit_id{where_clause} GROUP BY {}) AS r{join_totals}",
         inner.join(", "),
         inner_group.join(", ")
     );
@@ -336,7 +471,7 @@ mod tests {
         let now = time::macros::datetime!(2026-01-31 12:00 UTC);
         compile(
             "tally_web",
-            &parse(&body, now, now.date()).unwrap(),
+            &parse(&body, now, now.date(), &[]).unwrap(),
             "Europe/Berlin",
         )
     }
