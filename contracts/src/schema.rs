@@ -25,6 +25,10 @@ pub const DEVICE_DAILY: &str = "device_daily";
 /// Per site per `session_id`: start, end, entry and exit page, counts, and where the
 /// session came from (the attributes of its first event).
 pub const SESSIONS: &str = "sessions";
+/// Per site, experiment, variant, UTC hour and visitor: the first exposure then and the
+/// events, of the events that carry `properties.experiment_id` (or `experimentId`) and
+/// `properties.variant`. The experiment summaries read it.
+pub const EXPERIMENT_EXPOSURES: &str = "experiment_exposures";
 /// Which migrations have been applied.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
 
@@ -174,8 +178,39 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                           channel, UTM parameters); source, browser, OS, device and session rollups",
             statements: enrichment_migration(db, &rollup, &view),
         },
+        Migration {
+            version: 4,
+            description: "experiment exposures by site, experiment, variant, hour and visitor",
+            statements: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS `{db}`.{EXPERIMENT_EXPOSURES} (\
+                       site_id LowCardinality(String), experiment_id String, variant String, \
+                       hour DateTime('UTC'), visitor String, \
+                       first_seen SimpleAggregateFunction(min, DateTime64(3, 'UTC')), \
+                       events SimpleAggregateFunction(sum, UInt64)\
+                     ) ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(hour) \
+                     ORDER BY (site_id, experiment_id, hour, variant, visitor)"
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.{EXPERIMENT_EXPOSURES}_mv \
+                     TO `{db}`.{EXPERIMENT_EXPOSURES} AS \
+                     SELECT site_id, {EXPERIMENT_ID} AS experiment_id, {VARIANT} AS variant, \
+                     toStartOfHour(timestamp) AS hour, {VISITOR_KEY} AS visitor, \
+                     min(timestamp) AS first_seen, count() AS events \
+                     FROM `{db}`.{EVENTS} WHERE NOT is_bot AND experiment_id != '' AND variant != '' \
+                     GROUP BY site_id, experiment_id, variant, hour, visitor"
+                ),
+            ],
+        },
     ]
 }
+
+/// The experiment an event takes part in: `properties.experiment_id`, else
+/// `properties.experimentId` (seed 003's spelling); strings only.
+pub const EXPERIMENT_ID: &str = "if(JSONExtractString(properties, 'experiment_id') != '', \
+     JSONExtractString(properties, 'experiment_id'), JSONExtractString(properties, 'experimentId'))";
+/// The variant it saw: `properties.variant`.
+pub const VARIANT: &str = "JSONExtractString(properties, 'variant')";
 
 /// Migration 3. New columns take their defaults on the rows stored before it; the new
 /// rollups count the events stored from then on (older rows carry no enrichment to count).

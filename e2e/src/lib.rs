@@ -1246,6 +1246,21 @@ spec:
     yaml
 }
 
+/// A UTC millisecond as ClickHouse reads a `DateTime64(3, 'UTC')` (`2026-01-31 12:00:00.000`),
+/// for rows a test inserts itself.
+pub fn clickhouse_time(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .expect("a time of this era");
+    format!(
+        "{} {:02}:{:02}:{:02}.{:03}",
+        t.date(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Today's UTC date as `YYYY-MM-DD`.
 pub fn today() -> String {
     time::OffsetDateTime::now_utc().date().to_string()

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_e2e::{ADMIN_KEY, DATABASE, Options, Stack};
+use tally_e2e::{ADMIN_KEY, DATABASE, Options, Stack, clickhouse_time};
 use time::OffsetDateTime;
 
 /// SplitMix64: the same history and queries on every run.
@@ -142,19 +142,6 @@ fn history(rng: &mut Rng, today_ms: i64) -> Vec<Event> {
     events
 }
 
-/// A UTC millisecond as ClickHouse reads a `DateTime64(3, 'UTC')`.
-fn clock(ms: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
-    format!(
-        "{} {:02}:{:02}:{:02}.{:03}",
-        t.date(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
     let rows: Vec<String> = events
         .iter()
@@ -162,7 +149,7 @@ async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
             json!({
                 "event_id": uuid::Uuid::new_v4().to_string(),
                 "site_id": e.site, "event_type": e.event_type,
-                "timestamp": clock(e.ts), "received_at": clock(e.ts),
+                "timestamp": clickhouse_time(e.ts), "received_at": clickhouse_time(e.ts),
                 "path": e.path, "url": format!("https://{}.example.com{}", e.site, e.path),
                 "user_id": e.user_id, "visitor_id": e.visitor_id, "session_id": e.session_id,
                 "properties": serde_json::to_string(&e.properties).unwrap(),

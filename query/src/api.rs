@@ -23,6 +23,8 @@ pub enum ApiError {
     InvalidBody(Vec<Problem>),
     #[error("site_id {0:?} is not configured in this pipeline")]
     UnknownSite(String),
+    #[error("the site declares no experiment {0:?} (spec.experiments)")]
+    UnknownExperiment(String),
     /// The request's key may not read what it asks (401 or 403).
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -39,6 +41,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_query")
             }
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
+            Self::UnknownExperiment(_) => (StatusCode::NOT_FOUND, "unknown_experiment"),
             Self::Denied(denied) => denied.status_and_code(),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

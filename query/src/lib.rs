@@ -16,6 +16,7 @@ use tally_contracts::RuntimeConfig;
 use tally_runtime::{ServerLimits, shutdown_signal};
 
 mod api;
+mod experiments;
 mod health;
 mod metrics;
 mod query;

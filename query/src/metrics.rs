@@ -21,6 +21,8 @@ pub enum ReadQuery {
     Query,
     /// `GET /v1/events/recent`.
     Recent,
+    /// `GET /v1/experiments/{id}/summary`.
+    Experiment,
 }
 
 /// Whether ClickHouse answered it.

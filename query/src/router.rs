@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{query, recent, stats};
+use crate::{experiments, query, recent, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
@@ -15,6 +15,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats::get_stats))
         .route("/v1/query", post(query::post_query))
         .route("/v1/events/recent", get(recent::get_recent))
+        .route("/v1/experiments", get(experiments::get_experiments))
+        .route(
+            "/v1/experiments/{id}/summary",
+            get(experiments::get_summary),
+        )
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header
         // (never a cookie), so a page of another origin cannot read with a visitor's

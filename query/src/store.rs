@@ -201,7 +201,7 @@ impl Store {
         &self,
         compiled: &Compiled,
     ) -> Result<(Vec<Vec<serde_json::Value>>, Option<u64>), ApiError> {
-        let rows = self.timed(ReadQuery::Query, self.rows(&compiled.sql, &compiled.params));
+        let rows = self.rows_of(ReadQuery::Query, compiled);
         let total = async {
             match &compiled.total_sql {
                 Some(sql) => {
@@ -215,7 +215,18 @@ impl Store {
             }
         };
         let (rows, total) = tokio::join!(rows, total);
-        Ok((rows.map_err(query_error)?, total.map_err(query_error)?))
+        Ok((rows?, total.map_err(query_error)?))
+    }
+
+    /// Runs `compiled.sql` as [`Store::run_query`] does, timed as `kind`.
+    pub async fn rows_of(
+        &self,
+        kind: ReadQuery,
+        compiled: &Compiled,
+    ) -> Result<Vec<Vec<serde_json::Value>>, ApiError> {
+        self.timed(kind, self.rows(&compiled.sql, &compiled.params))
+            .await
+            .map_err(query_error)
     }
 
     async fn rows(

@@ -46,7 +46,8 @@ pub struct Compiled {
 /// The gap after which a visitor's events without a `session_id` start a new visit.
 pub const VISIT_GAP_MS: i64 = 30 * 60 * 1000;
 
-struct Builder {
+/// A statement's parameters as it is written, and what its expressions need to know.
+pub(crate) struct Builder {
     params: Vec<(String, Param)>,
     /// The placeholder of the site's time zone.
     tz: String,
@@ -56,7 +57,24 @@ struct Builder {
 }
 
 impl Builder {
-    fn bind(&mut self, prefix: &str, ty: &str, value: Param) -> String {
+    /// A statement for a site in `time_zone` (bound first, as `{p0:String}`).
+    pub(crate) fn new(time_zone: &str, goal_rows: bool) -> Self {
+        let mut b = Self {
+            params: Vec::new(),
+            tz: String::new(),
+            goal_rows,
+        };
+        b.tz = b.bind("p", "String", Param::Text(time_zone.to_owned()));
+        b
+    }
+
+    /// The parameters bound so far.
+    pub(crate) fn into_params(self) -> Vec<(String, Param)> {
+        self.params
+    }
+
+    /// Binds `value` to a new placeholder of type `ty`, and returns the placeholder.
+    pub(crate) fn bind(&mut self, prefix: &str, ty: &str, value: Param) -> String {
         let name = format!("{prefix}{}", self.params.len());
         self.params.push((name.clone(), value));
         format!("{{{name}:{ty}}}")
@@ -116,24 +134,30 @@ impl Builder {
         }
         let mut each = Vec::new();
         for goal in goals {
-            let mut conditions = Vec::new();
-            if let Some(event_type) = &goal.event_type {
-                let t = self.bind("g", "String", Param::Text(event_type.clone()));
-                conditions.push(format!("event_type = {t}"));
-            }
-            if let Some(pattern) = &goal.page_path {
-                let re = self.bind("g", "String", Param::Text(Goal::path_regex(pattern)));
-                conditions.push(format!("event_type = '{PAGE_VIEW}' AND match(path, {re})"));
-            }
-            for (key, value) in &goal.properties {
-                let expr = self.dimension(&Dimension::Property(key.clone()));
-                let value = self.bind("g", "String", Param::Text(value.clone()));
-                conditions.push(format!("{expr} = {value}"));
-            }
+            let completes = self.completes(goal);
             let name = self.bind("g", "String", Param::Text(goal.name.clone()));
-            each.push(format!("if({}, {name}, '')", conditions.join(" AND ")));
+            each.push(format!("if({completes}, {name}, '')"));
         }
         format!("arrayFilter(g -> g != '', [{}])", each.join(", "))
+    }
+
+    /// Whether an event (its `event_type`, `path` and `properties`) completes `goal`.
+    pub(crate) fn completes(&mut self, goal: &Goal) -> String {
+        let mut conditions = Vec::new();
+        if let Some(event_type) = &goal.event_type {
+            let t = self.bind("g", "String", Param::Text(event_type.clone()));
+            conditions.push(format!("event_type = {t}"));
+        }
+        if let Some(pattern) = &goal.page_path {
+            let re = self.bind("g", "String", Param::Text(Goal::path_regex(pattern)));
+            conditions.push(format!("event_type = '{PAGE_VIEW}' AND match(path, {re})"));
+        }
+        for (key, value) in &goal.properties {
+            let expr = self.dimension(&Dimension::Property(key.clone()));
+            let value = self.bind("g", "String", Param::Text(value.clone()));
+            conditions.push(format!("{expr} = {value}"));
+        }
+        format!("({})", conditions.join(" AND "))
     }
 
     fn combine(&mut self, filters: &[Filter], with: &str) -> String {
@@ -230,12 +254,7 @@ fn metric(
 /// The statement of `query` over database `db`, for a site in `time_zone`.
 pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     let goal_rows = query.dimensions.contains(&Dimension::Goal);
-    let mut b = Builder {
-        params: Vec::new(),
-        tz: String::new(),
-        goal_rows,
-    };
-    b.tz = b.bind("p", "String", Param::Text(time_zone.to_owned()));
+    let mut b = Builder::new(time_zone, goal_rows);
     let site = b.bind("p", "String", Param::Text(query.site_id.clone()));
     let (from, to) = match query.range {
         // The zone's midnights: the first day's, and the one after the last day.
@@ -456,7 +475,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     Compiled {
         sql,
         total_sql,
-        params: b.params,
+        params: b.into_params(),
     }
 }
 
