@@ -202,8 +202,28 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                 ),
             ],
         },
+        Migration {
+            version: 5,
+            description: "an n-gram index over each event's searchable text (path, title, \
+                          properties) for the session browser's search",
+            statements: vec![
+                format!(
+                    "ALTER TABLE `{db}`.{EVENTS} ADD INDEX IF NOT EXISTS {SEARCH_INDEX} \
+                     {SEARCH_TEXT} TYPE ngrambf_v1(3, 65536, 2, 0) GRANULARITY 1"
+                ),
+                // The parts stored before: in the background (a mutation).
+                format!("ALTER TABLE `{db}`.{EVENTS} MATERIALIZE INDEX {SEARCH_INDEX}"),
+            ],
+        },
     ]
 }
+
+/// The n-gram bloom filter index of `events` over [`SEARCH_TEXT`].
+pub const SEARCH_INDEX: &str = "search_ngrams";
+/// What the session browser searches in an event: its path, title and properties' JSON
+/// text, in lower case. A search must use this very expression (with `LIKE '%…%'`) for
+/// ClickHouse to skip the granules the index rules out.
+pub const SEARCH_TEXT: &str = "lowerUTF8(concat(path, ' ', title, ' ', properties))";
 
 /// The experiment an event takes part in: `properties.experiment_id`, else
 /// `properties.experimentId` (seed 003's spelling); strings only.

@@ -990,6 +990,25 @@ impl Stack {
         }
     }
 
+    /// Stores `rows` (JSON objects of `events` columns) straight into the test database,
+    /// `batch` rows per insert as the processor's batches arrive; ClickHouse's materialized
+    /// views fill the rollups from each insert.
+    pub async fn insert_events(
+        &self,
+        rows: &[serde_json::Value],
+        batch: usize,
+    ) -> anyhow::Result<()> {
+        for chunk in rows.chunks(batch.max(1)) {
+            let lines: Vec<String> = chunk.iter().map(serde_json::Value::to_string).collect();
+            self.sql(&format!(
+                "INSERT INTO {DATABASE}.events FORMAT JSONEachRow\n{}",
+                lines.join("\n")
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Runs SQL on ClickHouse and returns the TabSeparated answer, trimmed.
     pub async fn sql(&self, query: &str) -> anyhow::Result<String> {
         let url = self.clickhouse_url() + "/";

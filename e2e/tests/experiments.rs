@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use tally_e2e::{ADMIN_KEY, DATABASE, Options, Stack, clickhouse_time};
+use tally_e2e::{ADMIN_KEY, Options, Stack, clickhouse_time};
 use time::OffsetDateTime;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -152,7 +152,7 @@ async fn experiment_summaries_equal_the_history_computed_independently() -> anyh
             bot: true,
         });
     }
-    let lines: Vec<String> = rows
+    let lines: Vec<Value> = rows
         .iter()
         .map(|r| {
             json!({
@@ -161,18 +161,10 @@ async fn experiment_summaries_equal_the_history_computed_independently() -> anyh
                 "path": "/checkout", "user_id": r.user, "properties": r.properties.to_string(),
                 "is_bot": r.bot,
             })
-            .to_string()
         })
         .collect();
     // In several inserts, as the processor's batches arrive.
-    for chunk in lines.chunks(300) {
-        stack
-            .sql(&format!(
-                "INSERT INTO {DATABASE}.events FORMAT JSONEachRow\n{}",
-                chunk.join("\n")
-            ))
-            .await?;
-    }
+    stack.insert_events(&lines, 300).await?;
 
     // The reference: per user the variants seen in the window and the first exposure.
     let mut seen: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_e2e::{ADMIN_KEY, DATABASE, Options, Stack, clickhouse_time};
+use tally_e2e::{ADMIN_KEY, Options, Stack, clickhouse_time};
 use time::OffsetDateTime;
 
 /// SplitMix64: the same history and queries on every run.
@@ -143,7 +143,7 @@ fn history(rng: &mut Rng, today_ms: i64) -> Vec<Event> {
 }
 
 async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
-    let rows: Vec<String> = events
+    let rows: Vec<Value> = events
         .iter()
         .map(|e| {
             json!({
@@ -156,16 +156,9 @@ async fn store(stack: &Stack, events: &[Event]) -> anyhow::Result<()> {
                 "is_bot": e.bot, "source": e.source, "channel": e.channel,
                 "utm_campaign": e.utm_campaign, "browser": e.browser, "device": e.device,
             })
-            .to_string()
         })
         .collect();
-    stack
-        .sql(&format!(
-            "INSERT INTO {DATABASE}.events FORMAT JSONEachRow\n{}",
-            rows.join("\n")
-        ))
-        .await?;
-    Ok(())
+    stack.insert_events(&rows, rows.len()).await
 }
 
 /// An event with what the query sees of it.

@@ -25,6 +25,8 @@ pub enum ApiError {
     UnknownSite(String),
     #[error("the site declares no experiment {0:?} (spec.experiments)")]
     UnknownExperiment(String),
+    #[error("the site has no session {0:?}")]
+    UnknownSession(String),
     /// The request's key may not read what it asks (401 or 403).
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -42,6 +44,7 @@ impl ApiError {
             }
             Self::UnknownSite(_) => (StatusCode::NOT_FOUND, "unknown_site"),
             Self::UnknownExperiment(_) => (StatusCode::NOT_FOUND, "unknown_experiment"),
+            Self::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown_session"),
             Self::Denied(denied) => denied.status_and_code(),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

@@ -19,8 +19,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_contracts::schema::{EVENTS, EXPERIMENT_EXPOSURES, VISITOR_KEY};
-use tally_crds::{AnalyticsSiteSpec, Experiment};
-use tally_runtime::access::authorize_read;
+use tally_crds::Experiment;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -49,7 +48,7 @@ pub async fn get_experiments(
     headers: HeaderMap,
     Query(query): Query<SiteQuery>,
 ) -> Result<Json<Experiments>, ApiError> {
-    let (site_id, site) = readable_site(&state, &headers, query.site_id)?;
+    let (site_id, site) = state.readable_site(&headers, query.site_id)?;
     Ok(Json(Experiments {
         site_id,
         experiments: site.experiments,
@@ -121,7 +120,7 @@ pub async fn get_summary(
     Path(id): Path<String>,
     Query(query): Query<SummaryQuery>,
 ) -> Result<Json<Summary>, ApiError> {
-    let (site_id, site) = readable_site(&state, &headers, query.site_id)?;
+    let (site_id, site) = state.readable_site(&headers, query.site_id)?;
     let Some(experiment) = site.experiments.iter().find(|x| x.id == id) else {
         return Err(ApiError::UnknownExperiment(id));
     };
@@ -289,22 +288,4 @@ fn bound(b: &mut Builder, tz: &str, name: &str, text: &str, end: bool) -> Result
              (2026-01-31T12:00:00Z)"
         ))),
     }
-}
-
-/// The site `site_id` names, when the request's key may read it.
-fn readable_site(
-    state: &StatsState,
-    headers: &HeaderMap,
-    site_id: Option<String>,
-) -> Result<(String, AnalyticsSiteSpec), ApiError> {
-    let Some(site_id) = site_id.filter(|id| !id.is_empty()) else {
-        return Err(ApiError::InvalidQuery("site_id is required".into()));
-    };
-    let config = state.config.load();
-    authorize_read(config.keys(), headers, &site_id)?;
-    let site = config
-        .site(&site_id)
-        .cloned()
-        .ok_or_else(|| ApiError::UnknownSite(site_id.clone()))?;
-    Ok((site_id, site))
 }

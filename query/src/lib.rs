@@ -22,6 +22,7 @@ mod metrics;
 mod query;
 mod recent;
 mod router;
+mod sessions;
 mod state;
 mod stats;
 mod store;

@@ -23,6 +23,8 @@ pub enum ReadQuery {
     Recent,
     /// `GET /v1/experiments/{id}/summary`.
     Experiment,
+    /// `GET /v1/sessions` and `/v1/sessions/{id}`.
+    Sessions,
 }
 
 /// Whether ClickHouse answered it.

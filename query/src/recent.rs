@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use tally_runtime::access::authorize_read;
 
 use crate::api::{ApiError, parse_limit};
 use crate::stats::StatsState;
@@ -35,15 +34,7 @@ pub async fn get_recent(
     headers: HeaderMap,
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<Recent>, ApiError> {
-    let config = state.config.load();
-    let Some(site_id) = query.site_id.filter(|id| !id.is_empty()) else {
-        return Err(ApiError::InvalidQuery("site_id is required".into()));
-    };
-    authorize_read(config.keys(), &headers, &site_id)?;
-    if config.site(&site_id).is_none() {
-        return Err(ApiError::UnknownSite(site_id));
-    }
-    drop(config);
+    let (site_id, _) = state.readable_site(&headers, query.site_id)?;
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let events = state.store.recent(&site_id, limit).await.map_err(|e| {
         tracing::warn!(error = %e, "recent events query failed");

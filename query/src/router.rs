@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{experiments, query, recent, stats};
+use crate::{experiments, query, recent, sessions, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
@@ -20,6 +20,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/experiments/{id}/summary",
             get(experiments::get_summary),
         )
+        .route("/v1/sessions", get(sessions::get_sessions))
+        .route("/v1/sessions/{id}", get(sessions::get_session))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header
         // (never a cookie), so a page of another origin cannot read with a visitor's

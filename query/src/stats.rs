@@ -10,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
+use tally_crds::AnalyticsSiteSpec;
 use tally_runtime::access::authorize_read;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
@@ -23,6 +24,27 @@ use crate::store::Store;
 pub struct StatsState {
     pub config: ArcSwap<RuntimeConfig>,
     pub store: Arc<Store>,
+}
+
+impl StatsState {
+    /// The site a `site_id` parameter names, when the request's key may read it: the key
+    /// is checked before the site's existence, so a key of another site learns nothing.
+    pub fn readable_site(
+        &self,
+        headers: &HeaderMap,
+        site_id: Option<String>,
+    ) -> Result<(String, AnalyticsSiteSpec), ApiError> {
+        let Some(site_id) = site_id.filter(|id| !id.is_empty()) else {
+            return Err(ApiError::InvalidQuery("site_id is required".into()));
+        };
+        let config = self.config.load();
+        authorize_read(config.keys(), headers, &site_id)?;
+        let site = config
+            .site(&site_id)
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownSite(site_id.clone()))?;
+        Ok((site_id, site))
+    }
 }
 
 const DEFAULT_LIMIT: u32 = 10;

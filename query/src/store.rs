@@ -9,7 +9,9 @@ use std::time::Instant;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
-use tally_contracts::schema::{EVENTS, PATH_DAILY, SITE_DAILY, top_paths_sql, totals_sql};
+use tally_contracts::schema::{
+    EVENTS, PATH_DAILY, SEARCH_TEXT, SESSIONS, SITE_DAILY, top_paths_sql, totals_sql,
+};
 
 use crate::api::ApiError;
 use crate::metrics::{Metrics, ReadQuery};
@@ -45,6 +47,40 @@ pub struct RecentEvent {
     pub source: String,
     pub channel: String,
 }
+
+/// One session of `/v1/sessions`.
+#[derive(Debug, Serialize, Deserialize, Row)]
+pub struct SessionSummary {
+    pub session_id: String,
+    /// Its first and last event, RFC 3339, UTC, milliseconds.
+    pub started_at: String,
+    pub ended_at: String,
+    /// From the first event to the last, in seconds.
+    pub duration: f64,
+    pub events: u64,
+    pub page_views: u64,
+    pub entry_page: String,
+    pub exit_page: String,
+    /// The visitor identity of its first event (`u:<user_id>`, `v:<visitor_id>`, …).
+    pub visitor: String,
+    pub source: String,
+    pub channel: String,
+    pub browser: String,
+    pub device: String,
+}
+
+/// A row of the sessions list: the number of sessions of all pages, then the session.
+#[derive(Debug, Deserialize, Row)]
+struct SessionRow {
+    total: u64,
+    session: SessionSummary,
+}
+
+/// The columns of [`RecentEvent`], from `events` selected with `timestamp AS at` (so that
+/// the text `timestamp` shadows no column where the statement compares times).
+const EVENT_COLUMNS: &str = "event_id, replaceOne(toString(at), ' ', 'T') || 'Z' AS timestamp, \
+     event_type, path, url, referrer, title, user_id, visitor_id, session_id, properties, \
+     browser, os, device, source, channel";
 
 /// A site's totals on a day.
 #[derive(Debug, Deserialize, Row)]
@@ -147,9 +183,7 @@ impl Store {
         let query = self
             .client
             .query(&format!(
-                "SELECT event_id, replaceOne(toString(at), ' ', 'T') || 'Z' AS timestamp, \
-                 event_type, path, url, referrer, title, user_id, visitor_id, session_id, properties, \
-                 browser, os, device, source, channel \
+                "SELECT {EVENT_COLUMNS} \
                  FROM (SELECT *, timestamp AS at FROM `{}`.{EVENTS} WHERE site_id = {{site:String}} \
                        ORDER BY timestamp DESC LIMIT {{limit:UInt32}}) \
                  ORDER BY at DESC",
@@ -159,6 +193,104 @@ impl Store {
             .param("limit", limit)
             .fetch_all::<RecentEvent>();
         self.timed(ReadQuery::Recent, query).await
+    }
+
+    /// The sessions of `site` that started in `range` (the site's days in `time_zone`), with
+    /// an event whose searchable text contains `search` when given, newest first: how many
+    /// there are, and the page at `offset`.
+    pub async fn sessions(
+        &self,
+        site: &str,
+        time_zone: &str,
+        range: crate::query::request::Range,
+        search: Option<&str>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(u64, Vec<SessionSummary>), ApiError> {
+        let (from, to, bounds) = crate::sessions::range_bounds(range);
+        let db = &self.db;
+        let matching = if search.is_some() {
+            format!(
+                " AND session_id IN (SELECT session_id FROM `{db}`.{EVENTS} \
+                 WHERE site_id = {{site:String}} AND timestamp >= {from} AND timestamp < {to} \
+                 AND session_id != '' AND {SEARCH_TEXT} LIKE {{search:String}})"
+            )
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT count() OVER () AS total, session_id, \
+               replaceOne(toString(started), ' ', 'T') || 'Z' AS started_at, \
+               replaceOne(toString(ended), ' ', 'T') || 'Z' AS ended_at, \
+               dateDiff('millisecond', started, ended) / 1000 AS duration, \
+               s_events AS events, s_page_views AS page_views, s_entry AS entry_page, \
+               s_exit AS exit_page, s_visitor AS visitor, s_source AS source, \
+               s_channel AS channel, s_browser AS browser, s_device AS device \
+             FROM (SELECT session_id, min(started_at) AS started, max(ended_at) AS ended, \
+                     sum(events) AS s_events, sum(page_views) AS s_page_views, \
+                     argMinMerge(entry_page) AS s_entry, argMaxMerge(exit_page) AS s_exit, \
+                     argMinMerge(visitor) AS s_visitor, argMinMerge(source) AS s_source, \
+                     argMinMerge(channel) AS s_channel, argMinMerge(browser) AS s_browser, \
+                     argMinMerge(device) AS s_device \
+                   FROM `{db}`.{SESSIONS} WHERE site_id = {{site:String}}{matching} \
+                   GROUP BY session_id HAVING started >= {from} AND started < {to}) \
+             ORDER BY started DESC, session_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"
+        );
+        // The row's schema is checked against SessionRow's two fields, one a struct; its
+        // columns are those of both in order, as RowBinary reads them.
+        let mut query = (self.client.clone().with_validation(false))
+            .query(&sql)
+            .with_setting("readonly", "2")
+            .param("site", site)
+            .param("tz", time_zone)
+            .param("limit", limit)
+            .param("offset", offset);
+        if let Some(search) = search {
+            query = query.param("search", crate::sessions::contains_pattern(search));
+        }
+        for (name, value) in &bounds {
+            query = match value {
+                Param::Text(text) => query.param(name, text),
+                Param::Int(n) => query.param(name, n),
+                Param::Texts(texts) => query.param(name, texts),
+            };
+        }
+        let rows = self
+            .timed(ReadQuery::Sessions, query.fetch_all::<SessionRow>())
+            .await
+            .map_err(query_error)?;
+        let total = rows.first().map_or(0, |r| r.total);
+        Ok((total, rows.into_iter().map(|r| r.session).collect()))
+    }
+
+    /// Every event of `site`'s session `session_id`, oldest first; read from the part of
+    /// the site's events between the session's first and last (the `sessions` rollup knows
+    /// them), so ClickHouse reads those granules only.
+    pub async fn session_events(
+        &self,
+        site: &str,
+        session_id: &str,
+    ) -> Result<Vec<RecentEvent>, ApiError> {
+        let db = &self.db;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM (SELECT *, timestamp AS at FROM `{db}`.{EVENTS} \
+               WHERE site_id = {{site:String}} AND session_id = {{session:String}} \
+                 AND timestamp >= (SELECT min(started_at) FROM `{db}`.{SESSIONS} \
+                                   WHERE site_id = {{site:String}} AND session_id = {{session:String}}) \
+                 AND timestamp <= (SELECT max(ended_at) FROM `{db}`.{SESSIONS} \
+                                   WHERE site_id = {{site:String}} AND session_id = {{session:String}})) \
+             ORDER BY at, event_id LIMIT 100000"
+        );
+        let query = self
+            .client
+            .query(&sql)
+            .with_setting("readonly", "2")
+            .param("site", site)
+            .param("session", session_id)
+            .fetch_all::<RecentEvent>();
+        self.timed(ReadQuery::Sessions, query)
+            .await
+            .map_err(query_error)
     }
 
     /// Today's date in `time_zone`, as ClickHouse's time zone database has it; a zone it
