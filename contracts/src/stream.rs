@@ -63,6 +63,102 @@ pub async fn ensure_dead_letter_stream(
     Ok(())
 }
 
+/// The pipeline's queue as JetStream sees it: what the processors have yet to take, what
+/// they hold, what failed, and how far behind they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events in the stream the processors have not been given yet (the consumer's pending).
+    pub waiting: u64,
+    /// Events given to a processor and not yet acknowledged (being written).
+    pub in_flight: u64,
+    /// Deliveries beyond the first, of the events in flight.
+    pub redelivered: u64,
+    /// Messages in the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Messages the events stream holds (until `spec.nats.stream.maxAge`), stored or not.
+    pub in_stream: u64,
+    /// When the oldest waiting event reached the stream (Unix ms); `None` when none waits.
+    pub oldest_waiting_ms: Option<i64>,
+    /// When the oldest event not yet acknowledged reached the stream (Unix ms): how far the
+    /// processors are behind. `None` when they have acknowledged everything.
+    pub oldest_unacknowledged_ms: Option<i64>,
+}
+
+impl Backlog {
+    /// The events not yet stored: waiting and in flight.
+    pub fn unstored(&self) -> u64 {
+        self.waiting + self.in_flight
+    }
+}
+
+/// Whether JetStream answered that the stream does not exist.
+pub fn is_missing_stream(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Whether JetStream answered that the stream holds no such message.
+pub fn is_missing_message(e: &jetstream::stream::RawMessageError) -> bool {
+    e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound
+}
+
+/// The [`Backlog`] of `config`'s pipeline. A stream no processor has consumed yet is all
+/// waiting; a missing dead-letter stream holds none.
+pub async fn backlog(
+    js: &jetstream::Context,
+    config: &RuntimeConfig,
+) -> Result<Backlog, async_nats::Error> {
+    let stream = js.get_stream(config.stream_name()).await?;
+    let state = stream.get_info().await?.state;
+    let mut backlog = Backlog {
+        in_stream: state.messages,
+        ..Backlog::default()
+    };
+    let (delivered, acknowledged) = match stream.consumer_info(naming::CONSUMER_NAME).await {
+        Ok(info) => {
+            backlog.waiting = info.num_pending;
+            backlog.in_flight = info.num_ack_pending as u64;
+            backlog.redelivered = info.num_redelivered as u64;
+            (
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence,
+            )
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            backlog.waiting = state.messages;
+            (0, 0)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The first message after a sequence, when it is still in the stream.
+    let arrived_after = |sequence: u64| {
+        let stream = &stream;
+        async move {
+            let sequence = (sequence + 1).max(state.first_sequence);
+            if sequence > state.last_sequence {
+                return None;
+            }
+            let message = stream.get_raw_message(sequence).await.ok()?;
+            Some((message.time.unix_timestamp_nanos() / 1_000_000) as i64)
+        }
+    };
+    if backlog.waiting > 0 {
+        backlog.oldest_waiting_ms = arrived_after(delivered).await;
+    }
+    if backlog.unstored() > 0 {
+        backlog.oldest_unacknowledged_ms = arrived_after(acknowledged).await;
+    }
+    backlog.dead_lettered = match js
+        .get_stream(naming::dead_letter_stream_name(config.name()))
+        .await
+    {
+        Ok(dlq) => dlq.get_info().await?.state.messages,
+        Err(e) if is_missing_stream(&e) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(backlog)
+}
+
 /// The headers of a dead letter. Its payload is the original message's payload, unchanged.
 pub mod dead_letter {
     /// Why the message could not be stored, in words (one line, at most 1024 bytes).

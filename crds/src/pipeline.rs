@@ -29,6 +29,12 @@ use crate::duration::DURATION_PATTERN;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Sites", type_ = "integer", json_path = ".status.sites"),
+    printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog"),
+    printcolumn(
+        name = "Dead letters",
+        type_ = "integer",
+        json_path = ".status.deadLetters"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -483,6 +489,14 @@ pub struct AnalyticsPipelineStatus {
     /// URL of the collector inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Events in the stream not yet stored: waiting for a processor or being written (as
+    /// of the last reconcile, at most a minute ago while the pipeline is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
+    /// Messages the processors gave up on, in the dead-letter stream
+    /// (`GET /v1/pipeline/dead-letters` lists them and replays them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
 }
 
 fn default_collector_replicas() -> i32 {

@@ -102,6 +102,11 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
         "https://collect.example.com/v1/events",
         WAIT,
     )?;
+    // The stream's backlog and dead letters, in the status and its printer columns.
+    cluster.wait_jsonpath(&pipeline, "{.status.backlog}", "0", WAIT)?;
+    cluster.wait_jsonpath(&pipeline, "{.status.deadLetters}", "0", WAIT)?;
+    let columns = cluster.kubectl(&["get", &pipeline])?;
+    assert!(columns.contains("BACKLOG") && columns.contains("DEAD LETTERS"), "{columns}");
     // A public URL that is not http(s) is refused by the API server, naming the field.
     let refused = cluster.merge_patch_refused(
         &pipeline,

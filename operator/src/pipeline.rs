@@ -67,9 +67,22 @@ async fn apply(pipeline: &AnalyticsPipeline, ctx: &Context) -> Result<Action, Er
     let storage = check_storage(&config).await;
     let observed = observe(pipeline, &children, &stream, &storage);
     let ready = observed.ready;
-    report(pipeline, observed, accepted.len(), stream.err(), ctx).await?;
+    let (stream, backlog) = match stream {
+        Ok((name, backlog)) => (Ok(name), backlog),
+        Err(e) => (Err(e), None),
+    };
+    report(
+        pipeline,
+        observed,
+        accepted.len(),
+        backlog,
+        stream.err(),
+        ctx,
+    )
+    .await?;
+    // Again within a minute while ready, so that the status's backlog stays current.
     Ok(Action::requeue(if ready {
-        Duration::from_secs(300)
+        Duration::from_secs(60)
     } else {
         Duration::from_secs(10)
     }))
@@ -166,11 +179,12 @@ where
 }
 
 /// Creates or updates the stream; returns its name.
+/// Makes the stream match the spec; its name, and its backlog when JetStream told it.
 async fn ensure_stream(
     pipeline: &AnalyticsPipeline,
     config: &RuntimeConfig,
     ctx: &Context,
-) -> Result<String, Error> {
+) -> Result<(String, Option<stream::Backlog>), Error> {
     let js = ctx
         .nats
         .jetstream(&pipeline.spec.nats.url, &config.credentials.nats)
@@ -181,7 +195,14 @@ async fn ensure_stream(
             config.stream_name()
         ))
     })?;
-    Ok(config.stream_name())
+    let backlog = match stream::backlog(&js, config).await {
+        Ok(backlog) => Some(backlog),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pipeline's backlog");
+            None
+        }
+    };
+    Ok((config.stream_name(), backlog))
 }
 
 /// What the reconcile found, as conditions.
@@ -211,13 +232,13 @@ const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);
 fn observe(
     pipeline: &AnalyticsPipeline,
     children: &Children,
-    stream: &Result<String, Error>,
+    stream: &Result<(String, Option<stream::Backlog>), Error>,
     storage: &Result<String, String>,
 ) -> Observed {
     let generation = pipeline.metadata.generation;
     let mut conditions = vec![
         match stream {
-            Ok(stream) => condition(
+            Ok((stream, _)) => condition(
                 "StreamReady",
                 true,
                 "StreamReady",
@@ -312,6 +333,7 @@ async fn report(
     pipeline: &AnalyticsPipeline,
     observed: Observed,
     sites: usize,
+    backlog: Option<stream::Backlog>,
     stream_error: Option<Error>,
     ctx: &Context,
 ) -> Result<(), Error> {
@@ -336,6 +358,8 @@ async fn report(
         conditions: carry_transition_times(old, observed.conditions),
         sites: Some(i32::try_from(sites).unwrap_or(i32::MAX)),
         endpoint: Some(render::service_endpoint(pipeline)),
+        backlog: backlog.map(|b| b.unstored()),
+        dead_letters: backlog.map(|b| b.dead_lettered),
     };
     apply_status(ctx, pipeline, status).await
 }

@@ -357,7 +357,8 @@ pub fn query_deployment(
             resources: spec.resources.as_ref(),
             port: QUERY_PORT,
             port_name: "http",
-            secrets: secret_names(pipeline.spec.clickhouse_credential_refs()),
+            // ClickHouse's for the reads, NATS's for the pipeline's health and dead letters.
+            secrets: secret_names(pipeline.spec.credential_refs()),
         },
     )
 }
@@ -508,7 +509,7 @@ mod tests {
         let (_, secrets, _) = mounted(processor_deployment(&p, &images(), "c"));
         assert_eq!(secrets, ["ch-login", "nats-login", "nats-tls"]);
         let (_, secrets, _) = mounted(query_deployment(&p, &images(), "c"));
-        assert_eq!(secrets, ["ch-login"]);
+        assert_eq!(secrets, ["ch-login", "nats-login", "nats-tls"]);
         // Without credentials: the configuration only.
         let (mounts, secrets, dir) = mounted(collector_deployment(&pipeline(), &images(), "c"));
         assert!(secrets.is_empty() && !dir && mounts == ["/etc/tally"]);

@@ -25,6 +25,8 @@ pub enum ReadQuery {
     Experiment,
     /// `GET /v1/sessions` and `/v1/sessions/{id}`.
     Sessions,
+    /// `GET /v1/pipeline/health`.
+    Health,
 }
 
 /// Whether ClickHouse answered it.

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{experiments, query, recent, sessions, stats};
+use crate::{experiments, pipeline, query, recent, sessions, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
@@ -21,6 +21,12 @@ pub fn router(state: AppState) -> Router {
             get(experiments::get_summary),
         )
         .route("/v1/sessions", get(sessions::get_sessions))
+        .route("/v1/pipeline/health", get(pipeline::get_health))
+        .route("/v1/pipeline/dead-letters", get(pipeline::get_dead_letters))
+        .route(
+            "/v1/pipeline/dead-letters/replay",
+            post(pipeline::post_replay),
+        )
         .route("/v1/sessions/{id}", get(sessions::get_session))
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header

@@ -35,6 +35,7 @@ impl AppState {
             stats: Arc::new(StatsState {
                 config: ArcSwap::from_pointee(config),
                 store,
+                nats: Default::default(),
             }),
             health: Arc::new(QueryHealth {
                 readiness: readiness.clone(),

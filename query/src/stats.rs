@@ -24,6 +24,8 @@ use crate::store::Store;
 pub struct StatsState {
     pub config: ArcSwap<RuntimeConfig>,
     pub store: Arc<Store>,
+    /// The pipeline's JetStream, for its health and dead letters.
+    pub nats: crate::pipeline::Nats,
 }
 
 impl StatsState {

@@ -293,6 +293,17 @@ impl Store {
             .map_err(query_error)
     }
 
+    /// The rows of the `events` table.
+    pub async fn event_count(&self) -> Result<u64, ApiError> {
+        let query = self
+            .client
+            .query(&format!("SELECT count() FROM `{}`.{EVENTS}", self.db))
+            .fetch_one::<u64>();
+        self.timed(ReadQuery::Health, query)
+            .await
+            .map_err(query_error)
+    }
+
     /// Today's date in `time_zone`, as ClickHouse's time zone database has it; a zone it
     /// does not know is a 400 that names it.
     pub async fn today(&self, time_zone: &str) -> Result<time::Date, ApiError> {

@@ -20,6 +20,8 @@ pub enum Denied {
     },
     #[error("this API key lacks the {0:?} scope")]
     MissingScope(&'static str),
+    #[error("this needs an admin key of the pipeline; a site's key describes one site only")]
+    NotAdmin,
 }
 
 impl Denied {
@@ -29,7 +31,7 @@ impl Denied {
             Self::MissingKey(_) => (StatusCode::UNAUTHORIZED, "missing_api_key"),
             Self::InvalidKey(_) => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
             Self::OtherSite { .. } => (StatusCode::FORBIDDEN, "forbidden_site"),
-            Self::MissingScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Self::MissingScope(_) | Self::NotAdmin => (StatusCode::FORBIDDEN, "insufficient_scope"),
         }
     }
 
@@ -120,6 +122,20 @@ pub fn authorize_read(keys: &KeyRing, headers: &HeaderMap, site_id: &str) -> Res
             action: "read",
             site_id: site_id.to_owned(),
         })
+    }
+}
+
+/// The rule of what describes or changes the whole pipeline: an admin key.
+pub fn authorize_admin(keys: &KeyRing, headers: &HeaderMap) -> Result<(), Denied> {
+    let grant = grant_of(keys, headers)?.ok_or_else(|| {
+        Denied::MissingKey(
+            "this needs an admin key of the pipeline, as Authorization: Bearer <key> or X-API-Key: <key>"
+                .into(),
+        )
+    })?;
+    match grant.holder {
+        tally_contracts::access::Holder::Admin => Ok(()),
+        tally_contracts::access::Holder::Site { .. } => Err(Denied::NotAdmin),
     }
 }
 
