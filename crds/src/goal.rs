@@ -72,6 +72,7 @@ impl Goal {
 /// An A/B experiment: visitors see one of its variants, and the variants are compared by how
 /// many of their users complete a goal.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.variants.exists(v, v.name == self.control)").message("control must name one of the variants"))]
 pub struct Experiment {
@@ -110,6 +111,7 @@ pub struct Experiment {
 
 /// One variant of an experiment.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Variant {
     /// The name events carry in `properties.variant` (`A`, `B`, `control`).
@@ -130,6 +132,7 @@ fn one() -> u32 {
 #[derive(
     Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum ExperimentStatus {
     Draft,

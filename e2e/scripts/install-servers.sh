@@ -9,6 +9,7 @@
 #   export TALLY_JAEGER=<abs path of the jaeger binary>
 #   export TALLY_SEGMENT_PYTHONPATH=<abs path of Segment's Python library, for PYTHONPATH>
 #   export TALLY_PLAYWRIGHT_NODE_PATH=<abs path of playwright-core's node_modules, for NODE_PATH>
+#   export TALLY_SCHEMATHESIS_PYTHONPATH=<abs path of schemathesis and its dependencies>
 #   export TALLY_CHROMIUM=/usr/bin/chromium
 #
 # Sources (package registries only, versions pinned in lib.sh):
@@ -18,6 +19,8 @@
 #                (built from source by install-jaeger.sh: needs Go; minutes when cold)
 #   Segment SDK  PyPI segment-analytics-python (with backoff and PyJWT)
 #                -> $TALLY_CACHE/segment-analytics-python-<versions>/ (a test's client)
+#   schemathesis PyPI schemathesis and its dependencies (schemathesis-requirements.txt)
+#                -> $TALLY_CACHE/schemathesis-<version>-<list checksum>/ (the contract test)
 #   playwright   npm playwright-core   -> $TALLY_CACHE/playwright-core-<version>/node_modules/
 #                (the driver of e2e/browser/; needs node and npm; it never downloads a browser)
 #   Chromium     Debian's chromium     -> /usr/bin/chromium (apt-get, only when missing;
@@ -161,6 +164,22 @@ install_segment() {
   publish "$tmp" "$TALLY_SEGMENT_PYTHON_DIR"
 }
 
+# schemathesis, the OpenAPI contract test's client (e2e/tests/contract.rs).
+install_schemathesis() {
+  [[ -d "$TALLY_SCHEMATHESIS_DIR/schemathesis" ]] && return 0
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $TALLY_SCHEMATHESIS_DIR"
+  local tmp version
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.schemathesis.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.pip.log")
+  local -a pinned
+  mapfile -t pinned < <(grep -v '^#' "$TALLY_SCRIPTS/schemathesis-requirements.txt" | grep -v "^schemathesis==")
+  pip_install "$tmp" "schemathesis==$SCHEMATHESIS_VERSION" "${pinned[@]}"
+  version="$(cd "$tmp" && PYTHONPATH="$tmp" python3 -m schemathesis.cli --version 2>&1)" ||
+    die "schemathesis $SCHEMATHESIS_VERSION does not run: $version"
+  [[ "$version" == *"$SCHEMATHESIS_VERSION"* ]] || die "expected schemathesis $SCHEMATHESIS_VERSION, got: $version"
+  publish "$tmp" "$TALLY_SCHEMATHESIS_DIR"
+}
+
 # npm_install DEST SPEC — `npm install SPEC` with DEST as its prefix, quiet, with the log
 # shown on failure; in the background and without the lock's descriptor, as pip_install.
 npm_install() {
@@ -230,6 +249,7 @@ install_chromium() {
 install_nats
 install_chdb
 install_segment
+install_schemathesis
 install_playwright
 install_chromium
 # Without the install lock's descriptor: install-jaeger.sh takes a lock of its own.
@@ -245,8 +265,9 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_JAEGER=%q\n' "$jaeger"
   printf 'export TALLY_SEGMENT_PYTHONPATH=%q\n' "$TALLY_SEGMENT_PYTHON_DIR"
   printf 'export TALLY_PLAYWRIGHT_NODE_PATH=%q\n' "$TALLY_PLAYWRIGHT_DIR/node_modules"
+  printf 'export TALLY_SCHEMATHESIS_PYTHONPATH=%q\n' "$TALLY_SCHEMATHESIS_DIR"
   [[ ! -x "$TALLY_CHROMIUM_BIN" ]] || printf 'export TALLY_CHROMIUM=%q\n' "$TALLY_CHROMIUM_BIN"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, schemathesis $SCHEMATHESIS_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"

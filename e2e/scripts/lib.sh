@@ -28,6 +28,9 @@ export SEGMENT_PYTHON_VERSION=2.4.0
 export SEGMENT_BACKOFF_VERSION=2.2.1
 export SEGMENT_PYJWT_VERSION=2.12.1
 export JAEGER_VERSION=v1.75.0
+# PyPI: schemathesis, the contract test's client; it and its dependencies are pinned in
+# schemathesis-requirements.txt.
+export SCHEMATHESIS_VERSION=4.32.5
 # npm: the browser driver of the tracker's tests (e2e/browser/), run against Debian's chromium.
 export PLAYWRIGHT_CORE_VERSION=1.65.1
 
@@ -37,6 +40,8 @@ TALLY_CHDB_DIR_DEFAULT="$TALLY_CACHE/chdb-core-$CHDB_VERSION"
 TALLY_SEGMENT_PYTHON_DIR="$TALLY_CACHE/segment-analytics-python-$SEGMENT_PYTHON_VERSION-backoff-$SEGMENT_BACKOFF_VERSION-pyjwt-$SEGMENT_PYJWT_VERSION"
 TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
 TALLY_PLAYWRIGHT_DIR="$TALLY_CACHE/playwright-core-$PLAYWRIGHT_CORE_VERSION"
+# Keyed by the pinned list too: a changed dependency is a new directory.
+TALLY_SCHEMATHESIS_DIR="$TALLY_CACHE/schemathesis-$SCHEMATHESIS_VERSION-$(cksum <"$TALLY_SCRIPTS/schemathesis-requirements.txt" | cut -d' ' -f1)"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"
 
 # rustup installs put cargo in ~/.cargo/bin without touching non-login shells.

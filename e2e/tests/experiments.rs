@@ -251,8 +251,8 @@ async fn experiment_summaries_equal_the_history_computed_independently() -> anyh
     let (n_a, x_a) = want["A"];
     for (i, name) in ["B", "C"].iter().enumerate() {
         let (n, x) = want[name];
-        let c = &answer["comparisons"][i];
-        assert_eq!(c["variant"], *name);
+        assert_eq!(answer["comparisons"][i]["variant"], *name);
+        let c = &answer["comparisons"][i]["uplift"];
         let (p_a, p) = (x_a as f64 / n_a as f64, x as f64 / n as f64);
         let pooled = (x_a + x) as f64 / (n_a + n) as f64;
         let z = (p - p_a) / (pooled * (1.0 - pooled) * (1.0 / n_a as f64 + 1.0 / n as f64)).sqrt();

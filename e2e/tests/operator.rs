@@ -106,7 +106,10 @@ async fn the_operator_runs_pipelines_and_sites_on_a_real_api_server() -> anyhow:
     cluster.wait_jsonpath(&pipeline, "{.status.backlog}", "0", WAIT)?;
     cluster.wait_jsonpath(&pipeline, "{.status.deadLetters}", "0", WAIT)?;
     let columns = cluster.kubectl(&["get", &pipeline])?;
-    assert!(columns.contains("BACKLOG") && columns.contains("DEAD LETTERS"), "{columns}");
+    assert!(
+        columns.contains("BACKLOG") && columns.contains("DEAD LETTERS"),
+        "{columns}"
+    );
     // A public URL that is not http(s) is refused by the API server, naming the field.
     let refused = cluster.merge_patch_refused(
         &pipeline,

@@ -69,12 +69,38 @@ pub fn parse_limit(text: Option<&str>, default: u32, max: u32) -> Result<u32, Ap
 }
 
 /// The JSON body of an error answer.
-#[derive(Debug, Serialize)]
-struct ErrorBody {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `invalid_query`, `missing_api_key`, `invalid_api_key`,
+    /// `forbidden_site`, `insufficient_scope`, `unknown_site`, `unknown_experiment`,
+    /// `unknown_session` or `unavailable`.
     error: &'static str,
+    /// What went wrong, for people.
     message: String,
+    /// With `invalid_query` from `POST /v1/query`: each problem and where it is.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     problems: Vec<Problem>,
+}
+
+/// The error answers every endpoint may give (the OpenAPI document lists them).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorAnswers {
+    /// A parameter or the body is malformed; the message (and `problems`) names it.
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No key, or a key that is not one of the pipeline's.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The key may not read this site, or this needs an admin key.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such site, experiment or session.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// ClickHouse or NATS did not answer; retry after the `Retry-After` seconds.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 impl IntoResponse for ApiError {

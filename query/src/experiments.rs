@@ -30,19 +30,25 @@ use crate::stats::StatsState;
 
 pub mod stats;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SiteQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
 }
 
 /// The answer of `/v1/experiments`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Experiments {
     pub site_id: String,
     /// As declared in `spec.experiments`, `status` included.
     pub experiments: Vec<Experiment>,
 }
 
+/// A site's experiments, as declared, with their status.
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", params(SiteQuery),
+    responses((status = 200, description = "The experiments", body = Experiments), crate::api::ErrorAnswers))]
 pub async fn get_experiments(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,
@@ -55,17 +61,23 @@ pub async fn get_experiments(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SummaryQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
+    /// From: a date of the site's zone or an RFC 3339 date-time (default the
+    /// experiment's `start`).
     #[serde(rename = "startDate")]
     start_date: Option<String>,
+    /// To: a date (counted whole) or a date-time (default the experiment's `end`, else now).
     #[serde(rename = "endDate")]
     end_date: Option<String>,
 }
 
 /// One variant's figures.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantFigures {
     /// The events that carry the experiment and this variant.
@@ -79,17 +91,16 @@ pub struct VariantFigures {
 }
 
 /// A variant against the control.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantComparison {
     pub variant: String,
     /// Null while the variant or the control has no users.
-    #[serde(flatten)]
     pub uplift: Option<stats::Uplift>,
 }
 
 /// The answer of `/v1/experiments/{id}/summary`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub experiment_id: String,
@@ -114,6 +125,10 @@ pub struct Summary {
     pub undeclared_variants: BTreeMap<String, u64>,
 }
 
+/// An experiment's variants compared by its goal.
+#[utoipa::path(get, path = "/v1/experiments/{id}/summary", tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id"), SummaryQuery),
+    responses((status = 200, description = "The summary", body = Summary), crate::api::ErrorAnswers))]
 pub async fn get_summary(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,

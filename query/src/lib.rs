@@ -19,6 +19,7 @@ mod api;
 mod experiments;
 mod health;
 mod metrics;
+mod openapi;
 mod pipeline;
 mod query;
 mod recent;

@@ -73,7 +73,7 @@ fn unavailable(why: &str) -> ApiError {
 }
 
 /// The answer of `/v1/pipeline/health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub pipeline: String,
     /// Events in the stream not yet given to a processor.
@@ -97,6 +97,9 @@ pub struct Health {
     pub checked_at: String,
 }
 
+/// The pipeline's backlog, dead letters and lag (admin key).
+#[utoipa::path(get, path = "/v1/pipeline/health", tag = "pipeline",
+    responses((status = 200, description = "The pipeline's health", body = Health), crate::api::ErrorAnswers))]
 pub async fn get_health(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,
@@ -123,15 +126,19 @@ pub async fn get_health(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLettersQuery {
+    /// One site's dead letters only (then its read key may list them).
     site_id: Option<String>,
+    /// The `next_after` of the previous page.
     after: Option<String>,
+    /// 1–500 (default 50).
     limit: Option<String>,
 }
 
 /// One dead letter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// Its sequence in the dead-letter stream: what a replay names.
     pub sequence: u64,
@@ -151,7 +158,7 @@ pub struct DeadLetter {
 }
 
 /// The answer of `/v1/pipeline/dead-letters`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetters {
     pub dead_letters: Vec<DeadLetter>,
     /// The `after` of the next page; null on the last.
@@ -161,6 +168,9 @@ pub struct DeadLetters {
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
+/// The dead letters, oldest first (admin key, or a site's read key with `site_id`).
+#[utoipa::path(get, path = "/v1/pipeline/dead-letters", tag = "pipeline", params(DeadLettersQuery),
+    responses((status = 200, description = "A page of dead letters", body = DeadLetters), crate::api::ErrorAnswers))]
 pub async fn get_dead_letters(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,
@@ -257,15 +267,16 @@ fn header(headers: &NatsHeaders, name: &str) -> Option<String> {
 }
 
 /// The body of a replay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// The dead letters' sequences, 1 to 1000 of them.
+    #[schema(min_items = 1, max_items = 1000)]
     pub sequences: Vec<u64>,
 }
 
 /// What became of one dead letter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     pub sequence: u64,
     /// `replayed` (published again, and removed from the dead letters), `not_found` (no
@@ -278,7 +289,7 @@ pub struct Replayed {
 }
 
 /// The answer of a replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replay {
     pub replayed: usize,
     pub results: Vec<Replayed>,
@@ -287,6 +298,9 @@ pub struct Replay {
 /// Most dead letters one replay sends.
 const MAX_REPLAY: usize = 1000;
 
+/// Sends chosen dead letters back through the pipeline (admin key).
+#[utoipa::path(post, path = "/v1/pipeline/dead-letters/replay", tag = "pipeline", request_body = ReplayRequest,
+    responses((status = 200, description = "What became of each", body = Replay), crate::api::ErrorAnswers))]
 pub async fn post_replay(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,
@@ -305,16 +319,27 @@ pub async fn post_replay(
         )));
     }
     let js = state.nats.js(&config).await?;
-    let dlq = js
+    let dlq = match js
         .get_stream(naming::dead_letter_stream_name(config.name()))
         .await
-        .map_err(|e| unavailable(&e.to_string()))?;
+    {
+        Ok(dlq) => Some(dlq),
+        // No dead letter yet: none of them is found.
+        Err(e) if stream::is_missing_stream(&e) => None,
+        Err(e) => return Err(unavailable(&e.to_string())),
+    };
     let events = naming::event_subjects(config.name());
     let events_prefix = events.trim_end_matches('>');
     let mut results = Vec::with_capacity(request.sequences.len());
     for sequence in request.sequences {
-        let message = match dlq.get_raw_message(sequence).await {
-            Ok(message) => message,
+        let found = match &dlq {
+            Some(dlq) => dlq.get_raw_message(sequence).await.map(|m| (dlq, m)),
+            None => Err(jetstream::stream::RawMessageError::new(
+                jetstream::stream::RawMessageErrorKind::NoMessageFound,
+            )),
+        };
+        let (dlq, message) = match found {
+            Ok(found) => found,
             Err(e) if stream::is_missing_message(&e) => {
                 results.push(Replayed {
                     sequence,

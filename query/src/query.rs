@@ -23,7 +23,7 @@ pub mod sql;
 
 /// One row of an answer: the dimension values and the metric values, each in the order the
 /// query lists them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultRow {
     pub dimensions: Vec<Value>,
     pub metrics: Vec<Value>,
@@ -33,7 +33,7 @@ pub struct ResultRow {
 }
 
 /// A row's group in the compared period, and how each metric changed since.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Compared {
     /// The group's dimension values then (its time buckets are the period's); null when
     /// the group had no events then.
@@ -46,7 +46,7 @@ pub struct Compared {
 }
 
 /// The answer of `POST /v1/query`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub results: Vec<ResultRow>,
     pub meta: Meta,
@@ -54,7 +54,7 @@ pub struct Answer {
     pub query: Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Meta {
     /// Days and hours are this zone's (the site's `timeZone`).
     pub time_zone: String,
@@ -65,6 +65,9 @@ pub struct Meta {
     pub comparison_date_range: Option<Value>,
 }
 
+/// Any question about one site: metrics by dimensions, filtered, over a date range.
+#[utoipa::path(post, path = "/v1/query", tag = "query", request_body = request::QueryRequest,
+    responses((status = 200, description = "The rows", body = Answer), crate::api::ErrorAnswers))]
 pub async fn post_query(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,

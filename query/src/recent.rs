@@ -16,19 +16,26 @@ pub use crate::store::RecentEvent;
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecentQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
+    /// How many events, 1–1000 (default 20).
     limit: Option<String>,
 }
 
 /// The answer of `/v1/events/recent`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recent {
     pub site_id: String,
     pub events: Vec<RecentEvent>,
 }
 
+/// A site's latest events, newest first.
+#[utoipa::path(get, path = "/v1/events/recent", tag = "events", params(RecentQuery),
+    responses((status = 200, description = "The latest events", body = Recent), crate::api::ErrorAnswers))]
 pub async fn get_recent(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,

@@ -28,6 +28,10 @@ pub fn router(state: AppState) -> Router {
             post(pipeline::post_replay),
         )
         .route("/v1/sessions/{id}", get(sessions::get_session))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/v1/docs")
+                .url("/v1/openapi.json", crate::openapi::document()),
+        )
         .merge(tally_runtime::health::routes(state.health.clone()))
         // Dashboards may read from any origin: every read needs a key, sent in a header
         // (never a cookie), so a page of another origin cannot read with a visitor's

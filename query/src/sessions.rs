@@ -28,17 +28,27 @@ const MAX_LIMIT: u32 = 1000;
 /// The longest search text.
 pub const MAX_SEARCH: usize = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
+    /// When the sessions started: `7d` (the default), `day`, `30d`, `month`, … or
+    /// `from,to` (two dates or two date-times).
     date_range: Option<String>,
+    /// Text the session's paths, titles or properties hold (any case), at most 200
+    /// characters.
+    #[param(max_length = 200)]
     search: Option<String>,
+    /// 1–1000 (default 50).
     limit: Option<String>,
+    /// Sessions to skip.
     offset: Option<String>,
 }
 
 /// The answer of `/v1/sessions`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sessions {
     pub site_id: String,
     /// The range the sessions started in, as `[from, to]`.
@@ -48,6 +58,9 @@ pub struct Sessions {
     pub sessions: Vec<SessionSummary>,
 }
 
+/// A site's sessions, newest first, optionally those whose events hold a text.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionsQuery),
+    responses((status = 200, description = "A page of sessions", body = Sessions), crate::api::ErrorAnswers))]
 pub async fn get_sessions(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,
@@ -92,13 +105,16 @@ pub async fn get_sessions(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
 }
 
 /// The answer of `/v1/sessions/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub site_id: String,
     pub session_id: String,
@@ -106,6 +122,10 @@ pub struct Session {
     pub events: Vec<RecentEvent>,
 }
 
+/// Every event of one session, oldest first.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id"), SessionQuery),
+    responses((status = 200, description = "The session's events", body = Session), crate::api::ErrorAnswers))]
 pub async fn get_session(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,

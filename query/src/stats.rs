@@ -53,15 +53,20 @@ const DEFAULT_LIMIT: u32 = 10;
 const MAX_LIMIT: u32 = 1000;
 
 /// Query string of `/v1/stats`; every value is checked here so errors name the parameter.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
+    /// The site asked about.
+    #[param(example = "shop")]
     site_id: Option<String>,
+    /// The UTC day, `YYYY-MM-DD` (default today).
     date: Option<String>,
+    /// How many top paths, 1–1000 (default 10).
     limit: Option<String>,
 }
 
 /// The answer of `/v1/stats`.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Stats {
     pub site_id: String,
     pub date: String,
@@ -108,6 +113,9 @@ impl StatsRequest {
 }
 
 /// `GET /v1/stats`: a read key of the site (or an admin key) first, then the parameters.
+/// One site's figures for one UTC day, from the rollups.
+#[utoipa::path(get, path = "/v1/stats", tag = "stats", params(StatsQuery),
+    responses((status = 200, description = "The day's figures", body = Stats), crate::api::ErrorAnswers))]
 pub async fn get_stats(
     State(state): State<Arc<StatsState>>,
     headers: HeaderMap,

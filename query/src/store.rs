@@ -18,14 +18,14 @@ use crate::metrics::{Metrics, ReadQuery};
 use crate::query::sql::{Compiled, Param};
 
 /// One path's page views on a day.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Row)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Row, utoipa::ToSchema)]
 pub struct PathViews {
     pub path: String,
     pub views: u64,
 }
 
 /// One event of `/v1/events/recent`.
-#[derive(Debug, Serialize, Deserialize, Row)]
+#[derive(Debug, Serialize, Deserialize, Row, utoipa::ToSchema)]
 pub struct RecentEvent {
     #[serde(with = "clickhouse::serde::uuid")]
     pub event_id: uuid::Uuid,
@@ -49,7 +49,7 @@ pub struct RecentEvent {
 }
 
 /// One session of `/v1/sessions`.
-#[derive(Debug, Serialize, Deserialize, Row)]
+#[derive(Debug, Serialize, Deserialize, Row, utoipa::ToSchema)]
 pub struct SessionSummary {
     pub session_id: String,
     /// Its first and last event, RFC 3339, UTC, milliseconds.

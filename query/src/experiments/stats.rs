@@ -15,7 +15,7 @@ pub const SIGNIFICANCE: f64 = 0.05;
 pub const SAMPLE_RATIO_LEVEL: f64 = 0.001;
 
 /// A variant against the control, rates in percent and differences in percentage points.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Uplift {
     /// The variant's rate minus the control's, in points.
@@ -64,7 +64,7 @@ pub fn uplift(control: (u64, u64), variant: (u64, u64)) -> Option<Uplift> {
 }
 
 /// The users seen in each variant against the planned split.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SampleRatio {
     pub chi_square: f64,

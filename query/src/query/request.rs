@@ -16,8 +16,68 @@ pub const MAX_DIMENSIONS: usize = 6;
 /// Most filters, counting those inside `and`, `or` and `not`.
 pub const MAX_FILTERS: usize = 50;
 
+/// The body of `POST /v1/query`, as the OpenAPI document describes it. The handler reads
+/// the JSON itself ([`parse`]), so that every problem is answered at once with its place;
+/// a test holds this type to the bodies [`parse`] accepts.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// The site asked about.
+    #[schema(example = "shop")]
+    pub site_id: String,
+    /// `visitors`, `visits`, `pageviews`, `events`, `views_per_visit`, `bounce_rate`,
+    /// `visit_duration`, `percentage`, `time_on_page`, `conversion_rate`, or
+    /// `avg|sum|min|max|p1…p99:props.<name>` of a numeric property.
+    #[schema(example = json!(["visitors", "pageviews"]))]
+    pub metrics: Vec<String>,
+    /// `event:name`, `event:page`, `event:goal`, `event:props:<name>`, `visit:*`, `time`,
+    /// `time:minute|hour|day|week|month`; at most 6.
+    #[serde(default)]
+    #[schema(example = json!(["time:day"]))]
+    pub dimensions: Vec<String>,
+    /// `[operator, dimension, [values]]` (`is`, `is_not`, `contains`, `contains_not`,
+    /// `matches`, `matches_not`), `["and" | "or", [filters]]` or `["not", filter]`.
+    #[serde(default)]
+    #[schema(example = json!([["is", "event:page", ["/pricing"]]]))]
+    pub filters: Vec<Value>,
+    /// `day`, `7d` (the default), `28d`, `30d`, `month`, `year`, `12mo`, `all`,
+    /// `realtime`, or `[from, to]` as two dates or two RFC 3339 date-times.
+    #[serde(default)]
+    #[schema(example = "7d")]
+    pub date_range: Option<Value>,
+    /// `[[name, "asc" | "desc"], …]`: metrics and dimensions of the query.
+    #[serde(default)]
+    pub order_by: Option<Vec<(String, String)>>,
+    #[serde(default)]
+    pub pagination: Option<Pagination>,
+    #[serde(default)]
+    pub include: Option<Include>,
+}
+
+/// Which rows of the answer.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    /// 1 to 10,000 (the default).
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+/// What else the answer holds.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct Include {
+    /// `meta.total_rows`: the groups without pagination.
+    pub total_rows: Option<bool>,
+    /// `previous_period` or `year_over_year`: each row with its group then.
+    pub comparisons: Option<String>,
+}
+
 /// One thing wrong with a query, and where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A JSON pointer (RFC 6901) into the request body.
     pub pointer: String,

@@ -316,3 +316,57 @@ async fn cross_origin_reads_are_allowed_and_events_are_not_taken() {
         .unwrap();
     assert_eq!(send(&app, post).await.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_openapi_document_and_its_page_are_served_without_a_key() {
+    let (_, app) = app();
+    let response = get_with(&app, "/v1/openapi.json", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_text(response).await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/stats",
+        "/v1/query",
+        "/v1/events/recent",
+        "/v1/experiments",
+        "/v1/experiments/{id}/summary",
+        "/v1/sessions",
+        "/v1/sessions/{id}",
+        "/v1/pipeline/health",
+        "/v1/pipeline/dead-letters",
+        "/v1/pipeline/dead-letters/replay",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is not in the document"
+        );
+    }
+    if let Ok(out) = std::env::var("TALLY_OPENAPI_OUT") {
+        std::fs::write(out, &body).unwrap();
+    }
+    let page = get_with(&app, "/v1/docs/", &[]).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = body_text(page).await;
+    assert!(page.contains("swagger-ui"), "{page}");
+    let script = get_with(&app, "/v1/docs/swagger-ui-bundle.js", &[]).await;
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(
+        body_text(script).await.len() > 100_000,
+        "the bundle is served from the binary"
+    );
+}
+
+#[test]
+fn the_documented_query_body_is_what_the_parser_reads() {
+    let body = serde_json::json!({
+        "site_id": "shop", "metrics": ["visitors", "pageviews", "bounce_rate"],
+        "date_range": "7d", "dimensions": ["time:day", "visit:source"],
+        "filters": [["is", "event:page", ["/pricing"]], ["contains", "visit:utm_campaign", ["spring"]]],
+        "order_by": [["visitors", "desc"]], "pagination": {"limit": 100, "offset": 0},
+        "include": {"comparisons": "previous_period", "total_rows": true},
+    });
+    serde_json::from_value::<crate::query::request::QueryRequest>(body.clone()).unwrap();
+    let now = time::macros::datetime!(2026-01-31 12:00 UTC);
+    crate::query::request::parse(&body, now, now.date(), &[]).unwrap();
+}
