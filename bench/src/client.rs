@@ -38,6 +38,21 @@ impl Request {
         Self::get_with(host, path_and_query, "")
     }
 
+    /// A JSON POST that carries `api_key`: a `POST /v1/query` of the query service.
+    pub fn read_post(host: &str, path: &str, body: &[u8], api_key: &str) -> Self {
+        let mut bytes = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             X-API-Key: {api_key}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        Self {
+            bytes: bytes.into(),
+            events: 0,
+        }
+    }
+
     /// A GET that carries `api_key`: a read of the query service.
     pub fn read(host: &str, path_and_query: &str, api_key: &str) -> Self {
         Self::get_with(host, path_and_query, &format!("X-API-Key: {api_key}\r\n"))

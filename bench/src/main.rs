@@ -40,6 +40,7 @@ use serde::Serialize;
 
 mod baseline;
 mod client;
+mod dashboard;
 mod e2e;
 mod enrichment;
 mod generate;
@@ -99,11 +100,11 @@ pub struct Cli {
     #[arg(long, default_value = "")]
     label: String,
     /// Comma-separated phases:
-    /// baseline,single,batch,overload,enrichment,e2e,reads,isolation,tenancy.
+    /// baseline,single,batch,overload,enrichment,e2e,reads,queries,isolation,tenancy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,isolation,tenancy"
+        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,queries,isolation,tenancy"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -213,6 +214,7 @@ pub struct Report {
     pub e2e_lag: Option<e2e::Lag>,
     pub read_load: Option<reads::Load>,
     pub reads: Vec<reads::Query>,
+    pub dashboard: Option<dashboard::Dashboard>,
     pub isolation: Option<isolation::Isolation>,
     pub tenancy: Option<tenancy::Tenancy>,
     pub memory: Vec<report::Memory>,
@@ -648,7 +650,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         report.e2e_lag = Some(lag);
         target.check_alive()?;
     }
-    if cli.has("reads") {
+    if cli.has("reads") || cli.has("queries") {
         if local || cli.load_read_data {
             eprintln!(
                 "reads: loading {} events over {} days and {} sites",
@@ -668,9 +670,16 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             );
             reads::check(target, &load_sites[0]).await?;
         }
-        eprintln!("reads: timing queries");
-        report.reads =
-            reads::queries(target, &load_sites, cli.read_days, cli.read_queries()).await?;
+        if cli.has("reads") {
+            eprintln!("reads: timing queries");
+            report.reads =
+                reads::queries(target, &load_sites, cli.read_days, cli.read_queries()).await?;
+        }
+        if cli.has("queries") {
+            eprintln!("queries: a dashboard's requests over the same history");
+            let n = (cli.read_queries() / 3).max(20);
+            report.dashboard = Some(dashboard::run(target, &load_sites, n).await?);
+        }
     }
     if cli.has("isolation") {
         eprintln!(

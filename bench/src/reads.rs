@@ -39,7 +39,8 @@ pub struct Query {
 /// The `INSERT … SELECT` of rows `[from, from + count)` of `total` spread evenly over the
 /// `days` before `end_ms`. Distribution: `sites` round-robin; 70 % page views; paths skewed
 /// over 500; a user id on two thirds of events from 100,000 users; visitors from 300,000;
-/// sessions of 20 consecutive events.
+/// sessions of 20 consecutive events of a site; a source and a device from the visitor; a quarter of
+/// the events in the experiment every bench site declares, in the variant of their visitor.
 pub fn insert_sql(
     db: &str,
     sites: &[String],
@@ -57,9 +58,10 @@ pub fn insert_sql(
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()
         .join(", ");
+    let experiment = crate::dashboard::EXPERIMENT;
     format!(
         "INSERT INTO `{db}`.events (event_id, site_id, event_type, timestamp, received_at, path, url, \
-           referrer, title, user_id, visitor_id, session_id, properties) \
+           referrer, title, user_id, visitor_id, session_id, properties, source, device) \
          SELECT generateUUIDv4(number) AS event_id, \
            [{sites}][number % {n} + 1] AS site_id, \
            if(number % 10 < 7, 'page_view', ['click', 'signup', 'scroll'][number % 3 + 1]) AS event_type, \
@@ -70,8 +72,11 @@ pub fn insert_sql(
            '' AS referrer, '' AS title, \
            if(number % 3 = 0, '', concat('u', toString(cityHash64(number, 2) % 100000))) AS user_id, \
            concat('v', toString(cityHash64(number, 3) % 300000)) AS visitor_id, \
-           concat('s', toString(intDiv(number, 20))) AS session_id, \
-           '{{}}' AS properties \
+           concat('s', toString(intDiv(number, 20 * {n}))) AS session_id, \
+           if(number % 4 = 0, concat('{{\"experiment_id\":\"{experiment}\",\"variant\":\"', \
+              if(cityHash64(number, 3) % 300000 % 2 = 0, 'A', 'B'), '\"}}'), '{{}}') AS properties, \
+           ['', 'Google', 'Facebook', 'newsletter'][cityHash64(number, 3) % 4 + 1] AS source, \
+           ['desktop', 'mobile', 'tablet'][cityHash64(number, 3) % 3 + 1] AS device \
          FROM numbers({from}, {count})"
     )
 }
@@ -140,8 +145,9 @@ fn day(days_ago: u64) -> String {
     date.to_string()
 }
 
-/// Times `queries` sequential requests built by `make(site, day)`.
-async fn time_queries(
+/// Times `queries` sequential requests built by `make(site, day)`, for random sites and
+/// days of the last `days`.
+pub async fn time_queries(
     name: &str,
     addr: std::net::SocketAddr,
     queries: usize,
@@ -181,7 +187,7 @@ async fn time_queries(
     })
 }
 
-fn clickhouse_addr(target: &Target) -> anyhow::Result<(std::net::SocketAddr, String)> {
+pub fn clickhouse_addr(target: &Target) -> anyhow::Result<(std::net::SocketAddr, String)> {
     let host = target
         .clickhouse_url
         .strip_prefix("http://")

@@ -101,6 +101,25 @@ pub async fn wait_drained(target: &Target, timeout: Duration) -> anyhow::Result<
     }
 }
 
+/// Timed queries, one line each: count, p50, p95, p99 and max.
+fn query_table<'a>(what: &str, queries: impl Iterator<Item = &'a crate::reads::Query>) {
+    println!(
+        "  {:<30} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        what, "count", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for q in queries {
+        println!(
+            "  {:<30} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            q.name,
+            q.queries,
+            f(q.p50_ms, 2),
+            f(q.p95_ms, 2),
+            f(q.p99_ms, 2),
+            f(q.max_ms, 1)
+        );
+    }
+}
+
 fn n(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
@@ -350,21 +369,36 @@ pub fn print(r: &Report) {
             ),
             None => println!("\nReads (existing data)"),
         }
+        query_table("query", r.reads.iter());
+    }
+
+    if let Some(d) = &r.dashboard {
         println!(
-            "  {:<30} {:>7} {:>8} {:>8} {:>8} {:>8}",
-            "query", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"
+            "\nA dashboard's requests over the same history (one at a time, a random site each)"
         );
-        for q in &r.reads {
+        query_table(
+            "request",
+            d.queries
+                .iter()
+                .chain([&d.search_with_index, &d.search_without_index]),
+        );
+        let totals = d.queries.iter().find(|q| q.name == "totals 7d");
+        let rollup = r.reads.iter().find(|q| q.name == "SQL totals (site_daily)");
+        if let (Some(t), Some(b)) = (totals, rollup) {
             println!(
-                "  {:<30} {:>7} {:>8} {:>8} {:>8} {:>8}",
-                q.name,
-                q.queries,
-                f(q.p50_ms, 2),
-                f(q.p95_ms, 2),
-                f(q.p99_ms, 2),
-                f(q.max_ms, 1)
+                "  totals from raw events ÷ one day's totals from the rollup (p50): {:.1}×",
+                t.p50_ms / b.p50_ms
             );
         }
+        println!(
+            "  session search without the index ÷ with it (p50): {:.1}×; the index is {:.1} MiB of {:.1} MiB ({:.1} %)",
+            d.search_without_index.p50_ms / d.search_with_index.p50_ms,
+            d.index_bytes as f64 / 1_048_576.0,
+            d.table_bytes as f64 / 1_048_576.0,
+            100.0 * d.index_bytes as f64 / d.table_bytes.max(1) as f64
+        );
+        let slowest = d.queries.iter().map(|q| q.p95_ms).fold(0.0, f64::max);
+        println!("  slowest p95 {:.1} ms (target < 100 ms)", slowest);
     }
 
     if let Some(iso) = &r.isolation {

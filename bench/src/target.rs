@@ -57,9 +57,31 @@ pub fn resources(settings: &PipelineSettings, examples: &Path) -> anyhow::Result
         .cloned()
         .chain([PROBE_SITE.to_owned(), tenancy::FLOODED_SITE.to_owned()]);
     let config = tally_e2e::with_sites(pipeline, sites).context("the bench pipeline")?;
-    // The tenancy phase's site: the one with a rate limit.
+    // The tenancy phase's site: the one with a rate limit. Every site counts signups as a
+    // goal and declares the experiment the generated history takes part in.
     let mut sites = config.sites;
     for site in &mut sites {
+        site.spec.goals = vec![tally_crds::Goal {
+            name: crate::dashboard::GOAL.to_owned(),
+            event_type: Some("signup".to_owned()),
+            page_path: None,
+            properties: Default::default(),
+        }];
+        site.spec.experiments = vec![tally_crds::Experiment {
+            id: crate::dashboard::EXPERIMENT.to_owned(),
+            description: None,
+            variants: ["A", "B"]
+                .map(|name| tally_crds::Variant {
+                    name: name.to_owned(),
+                    weight: 1,
+                })
+                .to_vec(),
+            control: "A".to_owned(),
+            goal: crate::dashboard::GOAL.to_owned(),
+            start: None,
+            end: None,
+            status: Default::default(),
+        }];
         if site.spec.site_id == tenancy::FLOODED_SITE {
             site.spec.rate_limit = Some(tally_crds::RateLimit {
                 events_per_second: tenancy::FLOODED_LIMIT,

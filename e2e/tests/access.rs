@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tally_contracts::RuntimeConfig;
 use tally_e2e::{ADMIN_KEY, DATABASE, Options, PIPELINE, Stack, local_resources, pipeline_yaml};
 
@@ -345,5 +345,111 @@ async fn a_site_flooded_past_its_limit_does_not_slow_another() -> anyhow::Result
         after <= before * 2 + Duration::from_millis(5),
         "p99 {after:?} beside the flood, {before:?} alone"
     );
+    Ok(())
+}
+
+/// A request of the read side with `key` (if any): its status.
+async fn ask(
+    stack: &Stack,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> anyhow::Result<u16> {
+    let url = stack.query_url(path);
+    let mut request = match method {
+        "POST" => stack.http.post(url),
+        _ => stack.http.get(url),
+    };
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    Ok(request.send().await?.status().as_u16())
+}
+
+#[tokio::test]
+async fn every_read_endpoint_keeps_sites_apart() -> anyhow::Result<()> {
+    let stack = Stack::start(Options {
+        resources: Some(resources(&["alpha"])?),
+        ..Options::default()
+    })
+    .await?;
+    let site_reads = |site: &str| -> Vec<(&'static str, String, Option<Value>)> {
+        vec![
+            ("GET", format!("/v1/stats?site_id={site}"), None),
+            (
+                "POST",
+                "/v1/query".into(),
+                Some(json!({"site_id": site, "metrics": ["visitors"]})),
+            ),
+            ("GET", format!("/v1/events/recent?site_id={site}"), None),
+            ("GET", format!("/v1/experiments?site_id={site}"), None),
+            (
+                "GET",
+                format!("/v1/experiments/x/summary?site_id={site}"),
+                None,
+            ),
+            ("GET", format!("/v1/sessions?site_id={site}"), None),
+            ("GET", format!("/v1/sessions/x?site_id={site}"), None),
+            (
+                "GET",
+                format!("/v1/pipeline/dead-letters?site_id={site}"),
+                None,
+            ),
+        ]
+    };
+    // A key reads its own site (200, or 404 for an experiment or session that does not
+    // exist: past the key), never another's; without a valid key, nothing.
+    for (method, path, body) in site_reads("alpha") {
+        let status = |key| ask(&stack, method, &path, body.clone(), key);
+        let own = status(Some(ALPHA_KEY)).await?;
+        assert!(
+            own == 200 || own == 404,
+            "{method} {path} with alpha's key: {own}"
+        );
+        assert_eq!(
+            status(Some(ADMIN_KEY)).await?,
+            own,
+            "{method} {path} with the admin key"
+        );
+        assert_eq!(
+            status(Some(BETA_KEY)).await?,
+            403,
+            "{method} {path} with beta's key"
+        );
+        assert_eq!(status(None).await?, 401, "{method} {path} without a key");
+        assert_eq!(
+            status(Some("not-a-key-of-this-pipeline")).await?,
+            401,
+            "{method} {path}"
+        );
+    }
+    // What describes or changes the whole pipeline: the admin key only.
+    for (method, path, body) in [
+        ("GET", "/v1/pipeline/health", None),
+        ("GET", "/v1/pipeline/dead-letters", None),
+        (
+            "POST",
+            "/v1/pipeline/dead-letters/replay",
+            Some(json!({"sequences": [1]})),
+        ),
+    ] {
+        let status = |key| ask(&stack, method, path, body.clone(), key);
+        assert_eq!(
+            status(Some(ADMIN_KEY)).await?,
+            200,
+            "{method} {path} with the admin key"
+        );
+        assert_eq!(
+            status(Some(ALPHA_KEY)).await?,
+            403,
+            "{method} {path} with alpha's key"
+        );
+        assert_eq!(status(None).await?, 401, "{method} {path} without a key");
+    }
+    assert_no_key_in_logs(&stack)?;
     Ok(())
 }

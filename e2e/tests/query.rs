@@ -103,6 +103,51 @@ async fn stats_are_exact_figures_of_the_rollups() -> anyhow::Result<()> {
             ],
         })
     );
+    // The same figures through the query API: the day's page views and visitors, its
+    // unique users (the visitors with a user id), its top paths.
+    let ask = |body: serde_json::Value| {
+        let request = stack
+            .http
+            .post(stack.query_url("/v1/query"))
+            .header("x-api-key", tally_e2e::ADMIN_KEY)
+            .json(&body);
+        async move { anyhow::Ok(request.send().await?.json::<serde_json::Value>().await?) }
+    };
+    let totals = ask(
+        json!({"site_id": "shop", "metrics": ["pageviews", "visitors"],
+                            "date_range": [DAY, DAY]}),
+    )
+    .await?;
+    assert_eq!(
+        totals["results"],
+        json!([{"dimensions": [], "metrics": [7, 6]}]),
+        "{totals}"
+    );
+    let users = ask(
+        json!({"site_id": "shop", "metrics": ["visitors"], "date_range": [DAY, DAY],
+                           "filters": [["is_not", "event:user_id", [""]]]}),
+    )
+    .await?;
+    assert_eq!(users["results"][0]["metrics"], json!([4]), "{users}");
+    let top = ask(
+        json!({"site_id": "shop", "metrics": ["pageviews"], "dimensions": ["event:page"],
+                         "filters": [["is", "event:name", ["page_view"]]], "date_range": [DAY, DAY],
+                         "order_by": [["pageviews", "desc"]], "pagination": {"limit": 10}}),
+    )
+    .await?;
+    let rows: Vec<(String, u64)> = top["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dimensions"][0].as_str().unwrap().to_owned(),
+                r["metrics"][0].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [("/a", 2), ("/b", 2), ("/e", 2), ("/c", 1)].map(|(p, v)| (p.to_owned(), v));
+    assert_eq!(rows, want, "{top}");
     let (status, limited) = stack.stats(&format!("{query}&limit=2")).await?;
     assert_eq!(status, 200);
     assert_eq!(

@@ -257,6 +257,7 @@ fn value(name: &str, seen: &Seen<'_>, visit: &Visit, all: &[Seen<'_>]) -> String
     };
     match name {
         "event:name" => e.event_type.into(),
+        "event:user_id" => e.user_id.clone(),
         "event:page" => e.path.into(),
         "event:props:plan" => e.properties.get("plan").map(text).unwrap_or_default(),
         "event:props:n" => e.properties.get("n").map(text).unwrap_or_default(),
@@ -641,6 +642,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         "time:day",
         "time:hour",
         "event:goal",
+        "event:user_id",
     ];
     let mut metrics = vec![*rng.pick(INTEGER_METRICS)];
     for _ in 0..rng.below(4) {
@@ -659,6 +661,10 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         if !dimensions.contains(&d) {
             dimensions.push(d);
         }
+    }
+    if dimensions.is_empty() {
+        // Refused: a share needs groups.
+        metrics.retain(|m| *m != "percentage");
     }
     let comparison = |rng: &mut Rng| -> Value {
         let (dimension, values): (&str, &[&str]) = *rng.pick(&[

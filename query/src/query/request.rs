@@ -31,7 +31,8 @@ pub struct QueryRequest {
     /// `avg|sum|min|max|p1…p99:props.<name>` of a numeric property.
     #[schema(example = json!(["visitors", "pageviews"]))]
     pub metrics: Vec<String>,
-    /// `event:name`, `event:page`, `event:goal`, `event:props:<name>`, `visit:*`, `time`,
+    /// `event:name`, `event:page`, `event:goal`, `event:user_id`, `event:props:<name>`,
+    /// `visit:*`, `time`,
     /// `time:minute|hour|day|week|month`; at most 6.
     #[serde(default)]
     #[schema(example = json!(["time:day"]))]
@@ -200,6 +201,7 @@ impl Dimension {
         match name {
             "event:name" => return Ok(Self::Event("event_type")),
             "event:page" => return Ok(Self::Event("path")),
+            "event:user_id" => return Ok(Self::Event("user_id")),
             "event:goal" => return Ok(Self::Goal),
             _ => {}
         }
@@ -225,7 +227,7 @@ impl Dimension {
             Some(_) if !time_allowed => Err(format!("{name:?} cannot be filtered by")),
             Some(bucket) => Ok(Self::Time(bucket)),
             None => Err(format!(
-                "unknown dimension {name:?}: use event:name, event:page, event:goal, event:props:<name>, \
+                "unknown dimension {name:?}: use event:name, event:page, event:goal, event:user_id, event:props:<name>, \
                  visit:entry_page, visit:exit_page, visit:source, visit:referrer, visit:channel, \
                  visit:utm_*, visit:browser, visit:browser_version, visit:os, visit:os_version, \
                  visit:device, time, time:minute, time:hour, time:day, time:week or time:month"
@@ -666,6 +668,18 @@ pub fn parse(
         Some(_) => p.add("/include", "must be an object"),
     }
 
+    // A metric that means nothing without a group.
+    if dimensions.is_empty()
+        && let Some(i) = metrics.iter().position(|m| *m == Metric::Percentage)
+        && object
+            .get("dimensions")
+            .is_none_or(|d| d.as_array().is_some_and(Vec::is_empty))
+    {
+        p.add(
+            &format!("/metrics/{i}"),
+            "percentage is each group's share of the query's visitors: it needs a dimension",
+        );
+    }
     if goals.is_empty() {
         if let Some(i) = dimensions.iter().position(|d| *d == Dimension::Goal) {
             p.add(
@@ -1024,5 +1038,11 @@ mod tests {
             &[],
         );
         assert_eq!(got, ["/dimensions/0", "/metrics/1"]);
+        // A share without groups is refused.
+        let got = pointers(
+            json!({"site_id": "docs", "metrics": ["visitors", "percentage"]}),
+            &[],
+        );
+        assert_eq!(got, ["/metrics/1"]);
     }
 }

@@ -251,6 +251,28 @@ fn metric(
     }
 }
 
+/// Whether `query` needs each event's visit: a visit metric, or a `visit:*` dimension or
+/// filter.
+fn needs_visits(query: &Query) -> bool {
+    fn in_filter(filter: &Filter) -> bool {
+        match filter {
+            Filter::Compare { dimension, .. } => matches!(dimension, Dimension::Visit(_)),
+            Filter::And(all) | Filter::Or(all) => all.iter().any(in_filter),
+            Filter::Not(one) => in_filter(one),
+        }
+    }
+    query.metrics.iter().any(|m| {
+        matches!(
+            m,
+            Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
+        )
+    }) || query
+        .dimensions
+        .iter()
+        .any(|d| matches!(d, Dimension::Visit(_)))
+        || query.filters.iter().any(in_filter)
+}
+
 /// The statement of `query` over database `db`, for a site in `time_zone`.
 pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     let goal_rows = query.dimensions.contains(&Dimension::Goal);
@@ -298,9 +320,21 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
         out
     });
 
-    let mut sql = format!(
-        "WITH e0 AS (\
-           SELECT event_type, path, timestamp, properties, session_id, {attributes}, \
+    let mut sql = if !needs_visits(query) {
+        // No metric, dimension or filter of this query looks at visits: every event of a
+        // group is one row, without the window functions that cut visits.
+        format!(
+            "WITH e AS (\
+               SELECT event_type, path, timestamp, properties, session_id, user_id, \
+                      {VISITOR_KEY} AS visitor_key, '' AS visit_id{goals} \
+               FROM `{db}`.{EVENTS} \
+               WHERE site_id = {site} AND timestamp >= {from} AND timestamp < {to} AND NOT is_bot), \
+             v AS (SELECT '' AS visit_id, toUInt64(0) AS v_pageviews, toInt64(0) AS v_duration)"
+        )
+    } else {
+        format!(
+            "WITH e0 AS (\
+           SELECT event_type, path, timestamp, properties, session_id, user_id, {attributes}, \
                   {VISITOR_KEY} AS visitor_key{goals} \
            FROM `{db}`.{EVENTS} \
            WHERE site_id = {site} AND timestamp >= {from} AND timestamp < {to} AND NOT is_bot), \
@@ -323,7 +357,8 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
                   argMinIf(path, timestamp, event_type = '{PAGE_VIEW}') AS v_entry_page, \
                   argMaxIf(path, timestamp, event_type = '{PAGE_VIEW}') AS v_exit_page{firsts} \
            FROM e GROUP BY visit_id)"
-    );
+        )
+    };
     let where_clause = if filters.is_empty() {
         String::new()
     } else {
