@@ -24,6 +24,9 @@
 //! 6. `reads` — 10 million generated events over 30 days and 50 sites are inserted straight
 //!    into `events` (the views fill the rollups), then `/v1/stats` and the documented SQL
 //!    are timed;
+//!    `queries` — over the same history, a dashboard's requests of the read API
+//!    (`/v1/query` panels, an experiment summary, the session browser with a search), with
+//!    the rollup SQL and the search without its index as baselines (`dashboard.rs`);
 //! 7. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
 //!    run against the query service (paced, then as fast as they go), then alone again: the
 //!    collector's p99 with reads against its p99 alone; once on shared cores, once with the
