@@ -29,6 +29,18 @@ pub const SESSIONS: &str = "sessions";
 /// events, of the events that carry `properties.experiment_id` (or `experimentId`) and
 /// `properties.variant`. The experiment summaries read it.
 pub const EXPERIMENT_EXPOSURES: &str = "experiment_exposures";
+/// Per site, UTC hour and event type, bots left out: events and unique visitors. The query
+/// API answers from it what needs no visit and no page (totals and time series of
+/// visitors, page views and events; events by type).
+pub const EVENTS_HOURLY: &str = "events_hourly";
+/// Per site, UTC hour, event type and path, bots left out: events and unique visitors. The
+/// query API answers from it what needs no visit but a page (top pages, a page's figures).
+pub const PAGES_HOURLY: &str = "pages_hourly";
+/// Per rollup, the time from which it holds every event: the epoch when it was created
+/// before the first event was stored, else a day and an hour after its creation (the
+/// events stored before were not counted, and an event may be up to a day ahead of the
+/// clock). A rollup answers only for ranges that start there or later.
+pub const ROLLUP_COVERAGE: &str = "rollup_coverage";
 /// Which migrations have been applied.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
 
@@ -69,7 +81,11 @@ pub fn migrations(db: &str) -> Vec<Migration> {
              ENGINE = AggregatingMergeTree \
              PARTITION BY toYYYYMM({partition}) \
              ORDER BY ({order})",
-            partition = if name == SITE_HOURLY { "hour" } else { "day" },
+            partition = if keys.contains(" hour DateTime") {
+                "hour"
+            } else {
+                "day"
+            },
             order = keys
                 .split(',')
                 .map(|k| k.split_whitespace().next().unwrap_or_default())
@@ -215,6 +231,12 @@ pub fn migrations(db: &str) -> Vec<Migration> {
                 format!("ALTER TABLE `{db}`.{EVENTS} MATERIALIZE INDEX {SEARCH_INDEX}"),
             ],
         },
+        Migration {
+            version: 6,
+            description: "hourly rollups of events and of pages without bots, for the query \
+                          API, and the time from which each holds every event",
+            statements: query_rollups_migration(db, &rollup),
+        },
     ]
 }
 
@@ -340,6 +362,50 @@ fn enrichment_migration(
         ),
     ]);
     statements
+}
+
+/// Migration 6. Instead of copying the events stored before (which would count twice
+/// those a processor stores meanwhile, or a second replica applying the same migration),
+/// the rollups record from when they are complete ([`ROLLUP_COVERAGE`]).
+fn query_rollups_migration(db: &str, rollup: &dyn Fn(&str, &str, &str) -> String) -> Vec<String> {
+    const MEASURES: &str = "events SimpleAggregateFunction(sum, UInt64), \
+         visitors AggregateFunction(uniqExact, String)";
+    let bots_left_out = |name: &str, keys: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.{name}_mv TO `{db}`.{name} AS \
+             SELECT site_id, toStartOfHour(timestamp) AS hour, {keys}, count() AS events, \
+                    uniqExactStateIf({VISITOR_KEY}, {VISITOR_KEY} != '') AS visitors \
+             FROM `{db}`.{EVENTS} WHERE NOT is_bot GROUP BY site_id, hour, {keys}"
+        )
+    };
+    vec![
+        rollup(
+            EVENTS_HOURLY,
+            "site_id LowCardinality(String), hour DateTime('UTC'), \
+             event_type LowCardinality(String)",
+            MEASURES,
+        ),
+        rollup(
+            PAGES_HOURLY,
+            "site_id LowCardinality(String), hour DateTime('UTC'), \
+             event_type LowCardinality(String), path String",
+            MEASURES,
+        ),
+        bots_left_out(EVENTS_HOURLY, "event_type"),
+        bots_left_out(PAGES_HOURLY, "event_type, path"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.{ROLLUP_COVERAGE} \
+             (rollup_table LowCardinality(String), since DateTime64(3, 'UTC')) \
+             ENGINE = MergeTree ORDER BY rollup_table"
+        ),
+        // After the views exist: an event stored from then on is counted.
+        format!(
+            "INSERT INTO `{db}`.{ROLLUP_COVERAGE} \
+             SELECT arrayJoin(['{EVENTS_HOURLY}', '{PAGES_HOURLY}']), \
+                    if((SELECT count() FROM `{db}`.{EVENTS}) = 0, toDateTime64(0, 3, 'UTC'), \
+                       toDateTime64(toStartOfHour(now() + INTERVAL 25 HOUR), 3, 'UTC'))"
+        ),
+    ]
 }
 
 /// The columns migration 3 adds to `events`, in order (the processor fills them).

@@ -290,7 +290,7 @@ pub struct Options {
     /// (`"requestTimeout: 2s"`).
     pub collector_spec: Vec<String>,
     /// More `spec` settings of the test pipeline's sites: (site id, a YAML line such as
-    /// `"timeZone: Europe/Berlin"`).
+    /// `"timeZone: Europe/Berlin"`). A site id other than [`SITES`]' is one more site.
     pub site_spec: Vec<(&'static str, String)>,
     /// Resources to run instead of the test pipeline (`make dev` runs `examples/`, the bench
     /// its `bench` pipeline); the stack points their NATS and ClickHouse URLs at its own
@@ -1245,7 +1245,13 @@ spec:
     );
     yaml.push_str("---\n");
     yaml.push_str(&servers_secret_yaml());
-    for site in SITES {
+    let mut sites = SITES.to_vec();
+    for (id, _) in &options.site_spec {
+        if !sites.contains(id) {
+            sites.push(id);
+        }
+    }
+    for site in sites {
         yaml.push_str(&format!(
             "---
 apiVersion: tally.dev/v1alpha1

@@ -65,7 +65,7 @@ const SOURCES: &[(&str, &str)] = &[
 /// Visitors, their visits and events over the three days before `today_ms`.
 fn history(rng: &mut Rng, today_ms: i64) -> Vec<Event> {
     let mut events = Vec::new();
-    for site in ["shop", "docs"] {
+    for (site, _, _) in TIME_ZONES {
         for v in 0..40 {
             let with_sessions = rng.chance(50);
             let user = if rng.chance(20) {
@@ -228,10 +228,12 @@ fn text(v: &Value) -> String {
 }
 
 /// The sites' time zones in the test (fixed offsets, so that the reference can apply them):
-/// `Etc/GMT-3` is three hours ahead of UTC, `Etc/GMT+5` five behind.
-const TIME_ZONES: [(&str, &str, i64); 2] = [
+/// `Etc/GMT-3` is three hours ahead of UTC, `Etc/GMT+5` five behind, `Asia/Kolkata` five
+/// and a half ahead (since 1945): its hours are not UTC hours, so no rollup answers for it.
+const TIME_ZONES: [(&str, &str, i64); 3] = [
     ("shop", "Etc/GMT-3", 3 * 3_600_000),
     ("docs", "Etc/GMT+5", -5 * 3_600_000),
+    ("blog", "Asia/Kolkata", 11 * 1_800_000),
 ];
 
 fn offset_ms(site: &str) -> i64 {
@@ -644,12 +646,26 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         "event:goal",
         "event:user_id",
     ];
-    let mut metrics = vec![*rng.pick(INTEGER_METRICS)];
+    // A quarter of the questions are the ones an hourly rollup answers (for the sites whose
+    // hours are UTC hours): counts without visits, by and filtered by event type, page and
+    // time.
+    let rollup_shaped = rng.chance(25);
+    let (integer_metrics, other_metrics, dimensions_pool): (&[&str], &[&str], &[&str]) =
+        if rollup_shaped {
+            (
+                &["visitors", "pageviews", "events"],
+                &["percentage"],
+                &["event:name", "event:page", "time:day", "time:hour"],
+            )
+        } else {
+            (INTEGER_METRICS, OTHER_METRICS, DIMENSIONS)
+        };
+    let mut metrics = vec![*rng.pick(integer_metrics)];
     for _ in 0..rng.below(4) {
         let m = if rng.chance(50) {
-            *rng.pick(INTEGER_METRICS)
+            *rng.pick(integer_metrics)
         } else {
-            *rng.pick(OTHER_METRICS)
+            *rng.pick(other_metrics)
         };
         if !metrics.contains(&m) {
             metrics.push(m);
@@ -657,7 +673,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
     }
     let mut dimensions = Vec::new();
     for _ in 0..rng.below(3) {
-        let d = *rng.pick(DIMENSIONS);
+        let d = *rng.pick(dimensions_pool);
         if !dimensions.contains(&d) {
             dimensions.push(d);
         }
@@ -667,21 +683,24 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         metrics.retain(|m| *m != "percentage");
     }
     let comparison = |rng: &mut Rng| -> Value {
-        let (dimension, values): (&str, &[&str]) = *rng.pick(&[
-            ("event:page", PATHS),
-            (
-                "event:name",
-                &["page_view", "signup", "click", "page_unload"][..],
-            ),
-            (
-                "visit:source",
-                &["", "Google", "Facebook", "newsletter"][..],
-            ),
-            ("visit:device", &["desktop", "mobile", "tablet"][..]),
-            ("event:props:plan", &["pro", "free", ""][..]),
-            ("visit:utm_campaign", &["spring", "summer-sale", ""][..]),
-            ("visit:entry_page", PATHS),
-        ]);
+        let filterable = if rollup_shaped { 2 } else { 7 };
+        let (dimension, values): (&str, &[&str]) = *rng.pick(
+            &[
+                ("event:page", PATHS),
+                (
+                    "event:name",
+                    &["page_view", "signup", "click", "page_unload"][..],
+                ),
+                (
+                    "visit:source",
+                    &["", "Google", "Facebook", "newsletter"][..],
+                ),
+                ("visit:device", &["desktop", "mobile", "tablet"][..]),
+                ("event:props:plan", &["pro", "free", ""][..]),
+                ("visit:utm_campaign", &["spring", "summer-sale", ""][..]),
+                ("visit:entry_page", PATHS),
+            ][..filterable],
+        );
         let op = *rng.pick(&[
             "is",
             "is_not",
@@ -719,7 +738,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
             _ => comparison(rng),
         });
     }
-    if rng.chance(20) {
+    if !rollup_shaped && rng.chance(20) {
         // Goals are filtered at the top level, by is, contains or matches.
         let filter = match rng.below(3) {
             0 => json!(["is", "event:goal", [*rng.pick(&GOALS), *rng.pick(&GOALS)]]),
@@ -744,7 +763,7 @@ fn random_query(rng: &mut Rng, days: &[String]) -> Value {
         Value::Null
     };
     let mut query = json!({
-        "site_id": *rng.pick(&["shop", "docs"]),
+        "site_id": rng.pick(&TIME_ZONES).0,
         "metrics": metrics,
         "dimensions": dimensions,
         "filters": filters,
@@ -900,6 +919,8 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
         .collect();
     let client = &stack.http;
     let (mut compared, mut with_data, mut with_goals, mut with_comparisons) = (0, 0, 0, 0);
+    // Answers read from a rollup, and those of them that held data.
+    let (mut from_rollups, mut from_rollups_with_data) = (0, 0);
     for _ in 0..300 {
         let query = random_query(&mut rng, &days);
         let response = client
@@ -953,6 +974,14 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
                         .all(|((a, b), m)| close(*a, *b, m))
             });
         assert!(same, "query {query}\n got  {got:?}\n want {want:?}");
+        let rollup = answer["meta"]["rollup"].as_str();
+        if let Some(table) = rollup {
+            assert_ne!(
+                query["site_id"], "blog",
+                "{table} answered for a half-hour zone"
+            );
+            from_rollups += 1;
+        }
         if query["include"]["comparisons"] == "previous_period" {
             with_comparisons += usize::from(check_comparison(&events, &query, &answer));
         }
@@ -962,6 +991,7 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
             .any(|(_, values)| values.iter().any(|v| *v != 0.0))
         {
             with_data += 1;
+            from_rollups_with_data += usize::from(rollup.is_some());
             let text = query.to_string();
             if text.contains("event:goal") || text.contains("conversion_rate") {
                 with_goals += 1;
@@ -977,7 +1007,12 @@ async fn query_answers_equal_the_history_computed_independently() -> anyhow::Res
     );
     eprintln!(
         "{with_data} of 300 answers held data, {with_goals} of them with goals; \
-         {with_comparisons} compared with figures of the previous period"
+         {with_comparisons} compared with figures of the previous period; \
+         {from_rollups} read from a rollup, {from_rollups_with_data} of them with data"
+    );
+    assert!(
+        from_rollups_with_data >= 25,
+        "only {from_rollups_with_data} answers with data came from a rollup"
     );
     assert!(
         with_goals >= 30,

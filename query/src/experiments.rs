@@ -172,30 +172,39 @@ pub async fn get_summary(
     let id_param = b.bind("p", "String", Param::Text(id.clone()));
     let completes = b.completes(goal);
     let db = state.store.database();
-    // Exposures are kept by the hour: the window's edges are taken to the hour.
+    // Exposures are kept by the hour: the window's edges are taken to the hour. Each
+    // visitor is one row with the variants they saw (read once: a WITH table is read again
+    // wherever it is named), joined with their last goal, then one row per variant they
+    // saw. Grouped by variant, and once over all (`whole`): the experiment's users.
     let sql = format!(
-        "WITH x AS (\
-           SELECT visitor, variant, min(first_seen) AS exposed, sum(events) AS n \
-           FROM `{db}`.{EXPERIMENT_EXPOSURES} \
-           WHERE site_id = {site_param} AND experiment_id = {id_param} \
-             AND hour >= toStartOfHour({from}) AND hour < {to} \
-           GROUP BY visitor, variant), \
-         u AS (SELECT visitor, count() AS variants FROM x WHERE visitor != '' GROUP BY visitor), \
+        "WITH per_visitor AS (\
+           SELECT visitor, groupArray(variant) AS variants, groupArray(exposed) AS exposures, \
+                  groupArray(n) AS ns \
+           FROM (SELECT visitor, variant, min(first_seen) AS exposed, sum(events) AS n \
+                 FROM `{db}`.{EXPERIMENT_EXPOSURES} \
+                 WHERE site_id = {site_param} AND experiment_id = {id_param} \
+                   AND hour >= toStartOfHour({from}) AND hour < {to} \
+                 GROUP BY visitor, variant) \
+           GROUP BY visitor), \
          g AS (\
            SELECT {VISITOR_KEY} AS visitor, max(timestamp) AS last_goal FROM `{db}`.{EVENTS} \
            WHERE site_id = {site_param} AND timestamp >= {from} AND timestamp < {to} \
              AND NOT is_bot AND {completes} \
            GROUP BY visitor) \
-         SELECT variant, sum(n), countIf(variants = 1), \
-                countIf(variants = 1 AND last_goal >= exposed), \
-                (SELECT count() FROM u), (SELECT countIf(variants > 1) FROM u) \
-         FROM x LEFT JOIN u USING visitor LEFT JOIN g USING visitor \
-         GROUP BY variant ORDER BY variant"
+         SELECT grouping(variant) AS whole, variant, sum(n), \
+                countIf(alone AND visitor != ''), \
+                countIf(alone AND visitor != '' AND last_goal >= exposed), \
+                uniqExactIf(visitor, visitor != ''), uniqExactIf(visitor, NOT alone AND visitor != '') \
+         FROM (SELECT visitor, length(variants) = 1 AS alone, variant, exposed, n, last_goal \
+               FROM per_visitor LEFT JOIN g USING visitor \
+               ARRAY JOIN variants AS variant, exposures AS exposed, ns AS n) \
+         GROUP BY GROUPING SETS ((variant), ()) ORDER BY whole, variant"
     );
     let compiled = Compiled {
         sql,
         total_sql: None,
         params: b.into_params(),
+        rollup: None,
     };
     let rows = state
         .store
@@ -204,8 +213,8 @@ pub async fn get_summary(
     Ok(Json(summarize(&site_id, experiment, start, end, &rows)))
 }
 
-/// The summary of `rows`: per variant its name, events, users, conversions, then the
-/// experiment's users and those seen in several variants.
+/// The summary of `rows`: per variant `[0, name, events, users, conversions]`, then
+/// `[1, _, events, users, users seen in several variants]` of the whole experiment.
 fn summarize(
     site_id: &str,
     experiment: &Experiment,
@@ -222,15 +231,18 @@ fn summarize(
     let mut undeclared = BTreeMap::new();
     let (mut total_events, mut unique_users, mut several) = (0, 0, 0);
     for row in rows {
-        let name = row.first().and_then(Value::as_str).unwrap_or_default();
-        total_events += number(row, 1);
-        unique_users = number(row, 4);
-        several = number(row, 5);
+        if number(row, 0) == 1 {
+            total_events = number(row, 2);
+            unique_users = number(row, 5);
+            several = number(row, 6);
+            continue;
+        }
+        let name = row.get(1).and_then(Value::as_str).unwrap_or_default();
         match variants.get_mut(name) {
             Some(figures) => {
-                figures.events = number(row, 1);
-                figures.users = number(row, 2);
-                figures.conversions = number(row, 3);
+                figures.events = number(row, 2);
+                figures.users = number(row, 3);
+                figures.conversions = number(row, 4);
                 if figures.users > 0 {
                     figures.conversion_rate =
                         (10_000.0 * figures.conversions as f64 / figures.users as f64).round()
@@ -238,7 +250,7 @@ fn summarize(
                 }
             }
             None => {
-                undeclared.insert(name.to_owned(), number(row, 1));
+                undeclared.insert(name.to_owned(), number(row, 2));
             }
         }
     }

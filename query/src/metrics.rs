@@ -17,8 +17,10 @@ use tally_runtime::server::ConnectionMetrics;
 pub enum ReadQuery {
     Totals,
     TopPaths,
-    /// A `POST /v1/query` statement.
+    /// A `POST /v1/query` statement over the raw events.
     Query,
+    /// A `POST /v1/query` statement over a rollup.
+    QueryRollup,
     /// `GET /v1/events/recent`.
     Recent,
     /// `GET /v1/experiments/{id}/summary`.

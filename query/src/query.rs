@@ -1,7 +1,8 @@
 //! `POST /v1/query`: the query API, in the spirit of Plausible's Stats API v2. The body is
 //! checked whole ([`request`]: every problem with a JSON pointer, answered 400 before
-//! ClickHouse is asked), compiled to one parameterised statement over the raw events
-//! ([`sql`]), and run read-only within the store's time, memory and result limits.
+//! ClickHouse is asked), compiled to one parameterised statement over an hourly rollup
+//! when one answers it exactly ([`rollup`]), else over the raw events ([`sql`]), and run
+//! read-only within the store's time, memory and result limits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::api::ApiError;
 use crate::stats::StatsState;
 
 pub mod request;
+pub mod rollup;
 pub mod sql;
 
 /// One row of an answer: the dimension values and the metric values, each in the order the
@@ -63,6 +65,10 @@ pub struct Meta {
     /// With `include.comparisons`: the period the rows are compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comparison_date_range: Option<Value>,
+    /// The rollup the rows were read from (`events_hourly`, `pages_hourly`); absent when
+    /// they were counted from the raw events. The figures are the same either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<&'static str>,
 }
 
 /// Any question about one site: metrics by dimensions, filtered, over a date range.
@@ -102,7 +108,12 @@ pub async fn post_query(
     let query = request::parse(&body, OffsetDateTime::now_utc(), today, &goals)
         .map_err(ApiError::InvalidBody)?;
     let db = state.store.database();
-    let compiled = sql::compile(db, &query, &time_zone);
+    let coverage = state.store.coverage(&time_zone).await;
+    let plan = |query: &request::Query| match rollup::route(query, &coverage) {
+        Some(rollup) => rollup::compile(db, query, &time_zone, rollup),
+        None => sql::compile(db, query, &time_zone),
+    };
+    let compiled = plan(&query);
     let compared = query.compared();
     let (rows, total_rows, earlier) = match &compared {
         None => {
@@ -110,7 +121,7 @@ pub async fn post_query(
             (rows, total, None)
         }
         Some(then) => {
-            let earlier = sql::compile(db, then, &time_zone);
+            let earlier = plan(then);
             let ((rows, total), (earlier, _)) = tokio::try_join!(
                 state.store.run_query(&compiled),
                 state.store.run_query(&earlier)
@@ -142,6 +153,7 @@ pub async fn post_query(
             time_zone,
             total_rows,
             comparison_date_range: compared.map(|q| q.range.echo()),
+            rollup: compiled.rollup,
         },
         query: query.echo,
     }))

@@ -2,19 +2,22 @@
 //! behind the stats API (their SQL is `tally_contracts::schema`'s, documented in the README),
 //! and the check that readiness runs. Every query is timed into the metrics by name and outcome.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tally_contracts::RuntimeConfig;
 use tally_contracts::schema::{
-    EVENTS, PATH_DAILY, SEARCH_TEXT, SESSIONS, SITE_DAILY, top_paths_sql, totals_sql,
+    EVENTS, EVENTS_HOURLY, PAGES_HOURLY, PATH_DAILY, ROLLUP_COVERAGE, SEARCH_TEXT, SESSIONS,
+    SITE_DAILY, top_paths_sql, totals_sql,
 };
 
 use crate::api::ApiError;
 use crate::metrics::{Metrics, ReadQuery};
+use crate::query::rollup::Coverage;
 use crate::query::sql::{Compiled, Param};
 
 /// One path's page views on a day.
@@ -127,6 +130,11 @@ pub struct Store {
     client: clickhouse::Client,
     db: String,
     metrics: Arc<Metrics>,
+    /// From when `events_hourly` and `pages_hourly` hold every event (Unix ms), once both
+    /// are recorded: it never changes after.
+    coverage: tokio::sync::OnceCell<(i64, i64)>,
+    /// Per time zone: whether it is a whole number of hours from UTC at every time.
+    whole_hour_zones: Mutex<HashMap<String, bool>>,
 }
 
 impl Store {
@@ -140,6 +148,75 @@ impl Store {
                 .with_setting("max_execution_time", MAX_READ_SECONDS.to_string()),
             db: config.database(),
             metrics,
+            coverage: tokio::sync::OnceCell::new(),
+            whole_hour_zones: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What decides whether a rollup answers a query of a site in `time_zone`. A rollup
+    /// not yet created or recorded (a processor of an older version) answers nothing.
+    pub async fn coverage(&self, time_zone: &str) -> Coverage {
+        let since = self
+            .coverage
+            .get_or_try_init(|| async {
+                let rows: Vec<(String, i64)> = self
+                    .client
+                    .query(&format!(
+                        "SELECT toString(rollup_table), toUnixTimestamp64Milli(max(since)) \
+                         FROM `{}`.{ROLLUP_COVERAGE} GROUP BY rollup_table",
+                        self.db
+                    ))
+                    .fetch_all()
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "could not read the rollups' coverage");
+                        e.to_string()
+                    })?;
+                let of = |table: &str| rows.iter().find(|(t, _)| t == table).map(|(_, ms)| *ms);
+                match (of(EVENTS_HOURLY), of(PAGES_HOURLY)) {
+                    (Some(events), Some(pages)) => Ok((events, pages)),
+                    _ => Err("not recorded yet".to_owned()),
+                }
+            })
+            .await
+            .ok()
+            .copied();
+        Coverage {
+            events_since_ms: since.map(|s| s.0),
+            pages_since_ms: since.map(|s| s.1),
+            whole_hour_zone: self.whole_hour_zone(time_zone).await,
+        }
+    }
+
+    /// Whether `time_zone`'s offset from UTC is a whole number of hours at every hour from
+    /// 2000 to 2040, as ClickHouse's time zone database has it (asked once per zone).
+    async fn whole_hour_zone(&self, time_zone: &str) -> bool {
+        if let Some(known) = self.whole_hour_zones.lock().unwrap().get(time_zone) {
+            return *known;
+        }
+        let answer = self
+            .client
+            .query(
+                "SELECT toBool(countIf(timeZoneOffset(toTimeZone(t, {tz:String})) % 3600 != 0) = 0) \
+                 FROM (SELECT toDateTime('2000-01-01 00:00:00', 'UTC') + toIntervalHour(number) AS t \
+                       FROM numbers(24 * 14610))",
+            )
+            .param("tz", time_zone)
+            .fetch_one::<bool>()
+            .await;
+        match answer {
+            Ok(whole) => {
+                self.whole_hour_zones
+                    .lock()
+                    .unwrap()
+                    .insert(time_zone.to_owned(), whole);
+                whole
+            }
+            // Asked again next time; meanwhile the raw events answer.
+            Err(e) => {
+                tracing::warn!(error = %e, time_zone, "could not read the time zone's offsets");
+                false
+            }
         }
     }
 
@@ -344,7 +421,12 @@ impl Store {
         &self,
         compiled: &Compiled,
     ) -> Result<(Vec<Vec<serde_json::Value>>, Option<u64>), ApiError> {
-        let rows = self.rows_of(ReadQuery::Query, compiled);
+        let kind = if compiled.rollup.is_some() {
+            ReadQuery::QueryRollup
+        } else {
+            ReadQuery::Query
+        };
+        let rows = self.rows_of(kind, compiled);
         let total = async {
             match &compiled.total_sql {
                 Some(sql) => {

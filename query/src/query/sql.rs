@@ -9,7 +9,8 @@
 //! entry and exit pages its first and last page view's paths. The statement:
 //!
 //! 1. `e`: the site's events in the range (bots left out), each with its visitor key and
-//!    visit id (window functions over each visitor's events);
+//!    visit id (its session's; for events without one, window functions over each
+//!    visitor's events without a session, which only those need);
 //! 2. `v`: per visit its page views, duration and attributes;
 //! 3. the events joined with their visit, filtered, grouped by the dimensions and the visit
 //!    (page views and events of the visit in the group, its visitors);
@@ -41,6 +42,8 @@ pub struct Compiled {
     /// The number of rows without pagination (with `include.total_rows`).
     pub total_sql: Option<String>,
     pub params: Vec<(String, Param)>,
+    /// The rollup it reads, when not the raw events.
+    pub rollup: Option<&'static str>,
 }
 
 /// The gap after which a visitor's events without a `session_id` start a new visit.
@@ -54,6 +57,8 @@ pub(crate) struct Builder {
     /// Whether `event:goal` is a dimension: then each row holds one of the event's goals in
     /// `goal`, else all of them in `goals`.
     goal_rows: bool,
+    /// The column time dimensions bucket: `timestamp`, or a rollup's `hour`.
+    time_column: &'static str,
 }
 
 impl Builder {
@@ -63,9 +68,16 @@ impl Builder {
             params: Vec::new(),
             tz: String::new(),
             goal_rows,
+            time_column: "timestamp",
         };
         b.tz = b.bind("p", "String", Param::Text(time_zone.to_owned()));
         b
+    }
+
+    /// A statement whose time dimensions bucket `column` instead of `timestamp`.
+    pub(crate) fn bucketing(mut self, column: &'static str) -> Self {
+        self.time_column = column;
+        self
     }
 
     /// The parameters bound so far.
@@ -80,7 +92,7 @@ impl Builder {
         format!("{{{name}:{ty}}}")
     }
 
-    fn dimension(&mut self, dimension: &Dimension) -> String {
+    pub(crate) fn dimension(&mut self, dimension: &Dimension) -> String {
         match dimension {
             Dimension::Event(column) => (*column).to_owned(),
             Dimension::Property(key) => {
@@ -94,19 +106,19 @@ impl Builder {
             Dimension::Visit(column) => format!("v_{column}"),
             Dimension::Goal => "goal".into(),
             Dimension::Time(bucket) => {
-                let tz = &self.tz;
+                let (tz, t) = (&self.tz, self.time_column);
                 match bucket {
-                    Bucket::Minute => format!("toString(toStartOfMinute(timestamp, {tz}), {tz})"),
-                    Bucket::Hour => format!("toString(toStartOfHour(timestamp, {tz}), {tz})"),
-                    Bucket::Day => format!("toString(toDate(timestamp, {tz}))"),
-                    Bucket::Week => format!("toString(toMonday(timestamp, {tz}))"),
-                    Bucket::Month => format!("toString(toStartOfMonth(timestamp, {tz}))"),
+                    Bucket::Minute => format!("toString(toStartOfMinute({t}, {tz}), {tz})"),
+                    Bucket::Hour => format!("toString(toStartOfHour({t}, {tz}), {tz})"),
+                    Bucket::Day => format!("toString(toDate({t}, {tz}))"),
+                    Bucket::Week => format!("toString(toMonday({t}, {tz}))"),
+                    Bucket::Month => format!("toString(toStartOfMonth({t}, {tz}))"),
                 }
             }
         }
     }
 
-    fn filter(&mut self, filter: &Filter) -> String {
+    pub(crate) fn filter(&mut self, filter: &Filter) -> String {
         match filter {
             Filter::And(all) => self.combine(all, " AND "),
             Filter::Or(any) => self.combine(any, " OR "),
@@ -273,12 +285,9 @@ fn needs_visits(query: &Query) -> bool {
         || query.filters.iter().any(in_filter)
 }
 
-/// The statement of `query` over database `db`, for a site in `time_zone`.
-pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
-    let goal_rows = query.dimensions.contains(&Dimension::Goal);
-    let mut b = Builder::new(time_zone, goal_rows);
-    let site = b.bind("p", "String", Param::Text(query.site_id.clone()));
-    let (from, to) = match query.range {
+/// The instants `[from, to)` of `range`, as expressions.
+pub(crate) fn bounds(b: &mut Builder, range: Range) -> (String, String) {
+    match range {
         // The zone's midnights: the first day's, and the one after the last day.
         Range::Days { from, to } => {
             let (from, to) = (
@@ -301,7 +310,95 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
                 b.bind("p", "Int64", Param::Int(to_ms))
             ),
         ),
-    };
+    }
+}
+
+/// With `include.comparisons`, for each time dimension of `query`: `(i, expr)`, the
+/// number of the bucket of `column` counted from the range's first (starting at `from`).
+/// The rows of a period and of its comparison match by these, not by date.
+pub(crate) fn bucket_ordinals(
+    b: &Builder,
+    query: &Query,
+    from: &str,
+    column: &str,
+) -> Vec<(usize, String)> {
+    if query.comparison.is_none() {
+        return Vec::new();
+    }
+    let tz = &b.tz;
+    (query.dimensions.iter().enumerate())
+        .filter_map(|(i, d)| {
+            let Dimension::Time(bucket) = d else {
+                return None;
+            };
+            let (unit, start) = match bucket {
+                Bucket::Minute => ("minute", "toStartOfMinute"),
+                Bucket::Hour => ("hour", "toStartOfHour"),
+                Bucket::Day => ("day", "toDate"),
+                Bucket::Week => ("week", "toMonday"),
+                Bucket::Month => ("month", "toStartOfMonth"),
+            };
+            Some((
+                i,
+                format!("dateDiff('{unit}', {start}({from}, {tz}), {start}({column}, {tz}))"),
+            ))
+        })
+        .collect()
+}
+
+/// The end of a statement whose groups are `d0…` with metrics `m0…`: the order (the
+/// query's, then every dimension, so that equal rows always come in the same order and
+/// pages never overlap) and the page; with `include.total_rows`, the statement counting
+/// the groups.
+pub(crate) fn finish(
+    mut b: Builder,
+    query: &Query,
+    mut sql: String,
+    rollup: Option<&'static str>,
+) -> Compiled {
+    let total_sql = query
+        .total_rows
+        .then(|| format!("SELECT count() FROM ({sql})"));
+    let mut order: Vec<String> = query
+        .order_by
+        .iter()
+        .map(|(key, descending)| {
+            let alias = match key {
+                OrderKey::Metric(i) => format!("m{i}"),
+                OrderKey::Dimension(i) => format!("d{i}"),
+            };
+            format!("{alias} {}", if *descending { "DESC" } else { "ASC" })
+        })
+        .collect();
+    for i in 0..query.dimensions.len() {
+        if !query
+            .order_by
+            .iter()
+            .any(|(key, _)| *key == OrderKey::Dimension(i))
+        {
+            order.push(format!("d{i} ASC"));
+        }
+    }
+    if !order.is_empty() {
+        let _ = write!(sql, " ORDER BY {}", order.join(", "));
+    }
+    let limit = b.bind("p", "UInt64", Param::Int(query.limit as i64));
+    let offset = b.bind("p", "UInt64", Param::Int(query.offset as i64));
+    let _ = write!(sql, " LIMIT {limit} OFFSET {offset}");
+    Compiled {
+        sql,
+        total_sql,
+        params: b.into_params(),
+        rollup,
+    }
+}
+
+/// The statement of `query` over database `db`, for a site in `time_zone`.
+pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
+    let goal_rows = query.dimensions.contains(&Dimension::Goal);
+    let mut b = Builder::new(time_zone, goal_rows);
+    let site = b.bind("p", "String", Param::Text(query.site_id.clone()));
+    let (from, to) = bounds(&mut b, query.range);
 
     let dims: Vec<String> = query.dimensions.iter().map(|d| b.dimension(d)).collect();
     let filters: Vec<String> = query
@@ -339,17 +436,17 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
            FROM `{db}`.{EVENTS} \
            WHERE site_id = {site} AND timestamp >= {from} AND timestamp < {to} AND NOT is_bot), \
          e1 AS (\
-           SELECT *, if(session_id != '', 0, \
-                    if(row_number() OVER w = 1 \
-                       OR dateDiff('millisecond', lagInFrame(timestamp) OVER w, timestamp) >= {VISIT_GAP_MS}, 1, 0)) AS starts \
-           FROM e0 \
-           WINDOW w AS (PARTITION BY visitor_key, session_id ORDER BY timestamp \
+           SELECT *, if(row_number() OVER w = 1 \
+                       OR dateDiff('millisecond', lagInFrame(timestamp) OVER w, timestamp) >= {VISIT_GAP_MS}, 1, 0) AS starts \
+           FROM e0 WHERE session_id = '' \
+           WINDOW w AS (PARTITION BY visitor_key ORDER BY timestamp \
                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)), \
          e AS (\
-           SELECT *, if(session_id != '', concat('s:', session_id), \
-                    concat('g:', visitor_key, ':', toString(sum(starts) OVER w))) AS visit_id \
+           SELECT *, concat('s:', session_id) AS visit_id FROM e0 WHERE session_id != '' \
+           UNION ALL \
+           SELECT * EXCEPT (starts), concat('g:', visitor_key, ':', toString(sum(starts) OVER w)) AS visit_id \
            FROM e1 \
-           WINDOW w AS (PARTITION BY visitor_key, session_id ORDER BY timestamp \
+           WINDOW w AS (PARTITION BY visitor_key ORDER BY timestamp \
                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)), \
          v AS (\
            SELECT visit_id, countIf(event_type = '{PAGE_VIEW}') AS v_pageviews, \
@@ -444,24 +541,10 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
         let expr = metric(&mut b, i, m, &mut inner, converting);
         outer.push(format!("{expr} AS {alias}"));
     }
-    if query.comparison.is_some() {
-        // After the metrics, each time dimension's bucket counted from the range's first:
-        // the rows of a period and of its comparison match by these, not by date.
-        let tz = b.tz.clone();
-        for (i, d) in query.dimensions.iter().enumerate() {
-            let Dimension::Time(bucket) = d else { continue };
-            let (unit, start) = match bucket {
-                Bucket::Minute => ("minute", "toStartOfMinute"),
-                Bucket::Hour => ("hour", "toStartOfHour"),
-                Bucket::Day => ("day", "toDate"),
-                Bucket::Week => ("week", "toMonday"),
-                Bucket::Month => ("month", "toStartOfMonth"),
-            };
-            inner.push(format!(
-                "any(dateDiff('{unit}', {start}({from}, {tz}), {start}(timestamp, {tz}))) AS o{i}"
-            ));
-            outer.push(format!("any(o{i}) AS o{i}"));
-        }
+    // After the metrics, each time dimension's bucket number.
+    for (i, ordinal) in bucket_ordinals(&b, query, &from, "timestamp") {
+        inner.push(format!("any({ordinal}) AS o{i}"));
+        outer.push(format!("any(o{i}) AS o{i}"));
     }
     let _ = write!(sql, " SELECT {}", outer.join(", "));
     let mut inner_group = dim_aliases.clone();
@@ -475,43 +558,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
     if !dim_aliases.is_empty() {
         let _ = write!(sql, " GROUP BY {}", dim_aliases.join(", "));
     }
-    let total_sql = query
-        .total_rows
-        .then(|| format!("SELECT count() FROM ({sql})"));
-
-    let mut order: Vec<String> = query
-        .order_by
-        .iter()
-        .map(|(key, descending)| {
-            let alias = match key {
-                OrderKey::Metric(i) => &metric_aliases[*i],
-                OrderKey::Dimension(i) => &dim_aliases[*i],
-            };
-            format!("{alias} {}", if *descending { "DESC" } else { "ASC" })
-        })
-        .collect();
-    // Then every dimension, so that equal rows always come in the same order and pages
-    // never overlap.
-    for (i, alias) in dim_aliases.iter().enumerate() {
-        if !query
-            .order_by
-            .iter()
-            .any(|(key, _)| *key == OrderKey::Dimension(i))
-        {
-            order.push(format!("{alias} ASC"));
-        }
-    }
-    if !order.is_empty() {
-        let _ = write!(sql, " ORDER BY {}", order.join(", "));
-    }
-    let limit = b.bind("p", "UInt64", Param::Int(query.limit as i64));
-    let offset = b.bind("p", "UInt64", Param::Int(query.offset as i64));
-    let _ = write!(sql, " LIMIT {limit} OFFSET {offset}");
-    Compiled {
-        sql,
-        total_sql,
-        params: b.into_params(),
-    }
+    finish(b, query, sql, None)
 }
 
 #[cfg(test)]
