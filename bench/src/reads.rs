@@ -38,9 +38,10 @@ pub struct Query {
 
 /// The `INSERT … SELECT` of rows `[from, from + count)` of `total` spread evenly over the
 /// `days` before `end_ms`. Distribution: `sites` round-robin; 70 % page views; paths skewed
-/// over 500; a user id on two thirds of events from 100,000 users; visitors from 300,000;
-/// sessions of 20 consecutive events of a site; a source and a device from the visitor; a quarter of
-/// the events in the experiment every bench site declares, in the variant of their visitor.
+/// over 500; sessions of 20 consecutive events of a site, each one visitor's (from 300,000;
+/// two thirds of the sessions logged in, as one of 100,000 users); a source and a device
+/// from the visitor; a quarter of the events in the experiment every bench site declares,
+/// in the variant of their visitor.
 pub fn insert_sql(
     db: &str,
     sites: &[String],
@@ -62,6 +63,7 @@ pub fn insert_sql(
     format!(
         "INSERT INTO `{db}`.events (event_id, site_id, event_type, timestamp, received_at, path, url, \
            referrer, title, user_id, visitor_id, session_id, properties, source, device) \
+         WITH intDiv(number, 20 * {n}) AS session, cityHash64(session, 3) % 300000 AS visitor \
          SELECT generateUUIDv4(number) AS event_id, \
            [{sites}][number % {n} + 1] AS site_id, \
            if(number % 10 < 7, 'page_view', ['click', 'signup', 'scroll'][number % 3 + 1]) AS event_type, \
@@ -70,13 +72,14 @@ pub fn insert_sql(
            concat('/page/', toString(toUInt32(sqrt(cityHash64(number, 1) % 250000)))) AS path, \
            concat('https://', site_id, '.example.com', path) AS url, \
            '' AS referrer, '' AS title, \
-           if(number % 3 = 0, '', concat('u', toString(cityHash64(number, 2) % 100000))) AS user_id, \
-           concat('v', toString(cityHash64(number, 3) % 300000)) AS visitor_id, \
-           concat('s', toString(intDiv(number, 20 * {n}))) AS session_id, \
+           if(cityHash64(session, 4) % 3 = 0, '', \
+              concat('u', toString(cityHash64(session, 2) % 100000))) AS user_id, \
+           concat('v', toString(visitor)) AS visitor_id, \
+           concat('s', toString(session)) AS session_id, \
            if(number % 4 = 0, concat('{{\"experiment_id\":\"{experiment}\",\"variant\":\"', \
-              if(cityHash64(number, 3) % 300000 % 2 = 0, 'A', 'B'), '\"}}'), '{{}}') AS properties, \
-           ['', 'Google', 'Facebook', 'newsletter'][cityHash64(number, 3) % 4 + 1] AS source, \
-           ['desktop', 'mobile', 'tablet'][cityHash64(number, 3) % 3 + 1] AS device \
+              if(visitor % 2 = 0, 'A', 'B'), '\"}}'), '{{}}') AS properties, \
+           ['', 'Google', 'Facebook', 'newsletter'][visitor % 4 + 1] AS source, \
+           ['desktop', 'mobile', 'tablet'][visitor % 3 + 1] AS device \
          FROM numbers({from}, {count})"
     )
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_contracts::stream::{self, dead_letter};
 use tally_contracts::{RuntimeConfig, naming};
-use tally_runtime::access::{authorize_admin, authorize_read};
+use tally_runtime::access::authorize_admin;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
@@ -177,16 +177,13 @@ pub async fn get_dead_letters(
     Query(query): Query<DeadLettersQuery>,
 ) -> Result<Json<DeadLetters>, ApiError> {
     let config = state.config.load_full();
-    let site = query.site_id.filter(|s| !s.is_empty());
-    match &site {
-        Some(site_id) => {
-            authorize_read(config.keys(), &headers, site_id)?;
-            if config.site(site_id).is_none() {
-                return Err(ApiError::UnknownSite(site_id.clone()));
-            }
+    let site = match query.site_id.filter(|s| !s.is_empty()) {
+        Some(site_id) => Some(state.readable_site(&headers, Some(site_id))?.0),
+        None => {
+            authorize_admin(config.keys(), &headers)?;
+            None
         }
-        None => authorize_admin(config.keys(), &headers)?,
-    }
+    };
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match query.after.as_deref() {
         None | Some("") => 0,

@@ -131,9 +131,11 @@ pub fn compile(db: &str, query: &Query, time_zone: &str, rollup: Rollup) -> Comp
             Metric::Visitors => "uniqExactMerge(visitors)".to_owned(),
             Metric::Pageviews => format!("sumIf(events, event_type = '{PAGE_VIEW}')"),
             Metric::Events => "sum(events)".to_owned(),
-            Metric::Percentage => "if((SELECT total FROM t) = 0, 0, \
-                 round(100 * uniqExactMerge(visitors) / (SELECT total FROM t), 2))"
-                .to_owned(),
+            // All the groups' visitors: a window over the groups.
+            Metric::Percentage => {
+                let total = "uniqExactMerge(uniqExactMergeState(visitors)) OVER ()";
+                format!("if({total} = 0, 0, round(100 * uniqExactMerge(visitors) / {total}, 2))")
+            }
             other => unreachable!("route() sends {other:?} to the raw events"),
         };
         select.push(format!("{expr} AS m{i}"));
@@ -141,14 +143,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str, rollup: Rollup) -> Comp
     for (i, ordinal) in bucket_ordinals(&b, query, &from, "hour") {
         select.push(format!("any({ordinal}) AS o{i}"));
     }
-    let mut sql = String::new();
-    if query.metrics.contains(&Metric::Percentage) {
-        let _ = write!(
-            sql,
-            "WITH t AS (SELECT uniqExactMerge(visitors) AS total FROM {rows}) "
-        );
-    }
-    let _ = write!(sql, "SELECT {} FROM {rows}", select.join(", "));
+    let mut sql = format!("SELECT {} FROM {rows}", select.join(", "));
     if !query.dimensions.is_empty() {
         let groups: Vec<String> = (0..query.dimensions.len())
             .map(|i| format!("d{i}"))
@@ -279,7 +274,7 @@ mod tests {
         assert!(
             c.total_sql
                 .unwrap()
-                .starts_with("SELECT count() FROM (WITH t AS")
+                .starts_with("SELECT count() FROM (SELECT")
         );
     }
 }

@@ -225,11 +225,14 @@ fn metric(
         Metric::Events => "sum(ev)".into(),
         Metric::ViewsPerVisit => "if(count() = 0, 0, round(sum(pv) / count(), 2))".into(),
         Metric::BounceRate => {
-            "if(countIf(vpv > 0) = 0, 0, round(100 * countIf(vpv = 1) / countIf(vpv > 0), 2))".into()
+            "if(countIf(vpv > 0) = 0, 0, round(100 * countIf(vpv = 1) / countIf(vpv > 0), 2))"
+                .into()
         }
         Metric::VisitDuration => "if(count() = 0, 0, round(avg(vdur) / 1000, 1))".into(),
+        // All the groups' visitors (a window over the groups, before the page is cut).
         Metric::Percentage => {
-            "if((SELECT total FROM t) = 0, 0, round(100 * uniqExactArray(keys) / (SELECT total FROM t), 2))".into()
+            let total = "uniqExactArrayMerge(uniqExactArrayState(keys)) OVER ()";
+            format!("if({total} = 0, 0, round(100 * uniqExactArray(keys) / {total}, 2))")
         }
         Metric::TimeOnPage => {
             let unload = format!(
@@ -510,14 +513,6 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
         } else {
             format!(" LEFT JOIN c USING ({})", keys.join(", "))
         };
-    }
-    if query.metrics.contains(&Metric::Percentage) {
-        // All the query's visitors, for each group's share of them.
-        let _ = write!(
-            sql,
-            ", t AS (SELECT uniqExactIf(visitor_key, visitor_key != '') AS total \
-             FROM {rows} INNER JOIN v USING visit_id{where_clause})"
-        );
     }
     let metric_aliases: Vec<String> = (0..query.metrics.len()).map(|i| format!("m{i}")).collect();
     let mut inner: Vec<String> = dims
