@@ -424,8 +424,10 @@ mod tests {
 
     fn pipeline(with_finalizer: bool) -> AnalyticsPipeline {
         let mut p = fixtures::pipeline("default");
-        // Nothing listens on port 1: the stream cannot be reached.
+        // Nothing listens on port 1: neither the stream nor the storage can be reached
+        // (whatever else runs on the machine's usual ports).
         p.spec.nats.url = "nats://127.0.0.1:1".into();
+        p.spec.clickhouse.url = "http://127.0.0.1:1".into();
         if with_finalizer {
             p.metadata.finalizers = Some(vec![FINALIZER.into()]);
         }
