@@ -108,7 +108,12 @@ pub async fn post_query(
     let query = request::parse(&body, OffsetDateTime::now_utc(), today, &goals)
         .map_err(ApiError::InvalidBody)?;
     let db = state.store.database();
-    let coverage = state.store.coverage(&time_zone).await;
+    // What the store knows of the rollups is asked only for a query one could answer (its
+    // comparison has the same shape).
+    let coverage = match rollup::shaped_for(&query) {
+        Some(_) => state.store.coverage(&time_zone).await,
+        None => rollup::Coverage::default(),
+    };
     let plan = |query: &request::Query| match rollup::route(query, &coverage) {
         Some(rollup) => rollup::compile(db, query, &time_zone, rollup),
         None => sql::compile(db, query, &time_zone),

@@ -282,6 +282,15 @@ pub struct Query {
 }
 
 impl Query {
+    /// The dimensions the query groups by or filters by.
+    pub fn used_dimensions(&self) -> Vec<&Dimension> {
+        let mut used: Vec<&Dimension> = self.dimensions.iter().collect();
+        for filter in &self.filters {
+            filter.dimensions(&mut used);
+        }
+        used
+    }
+
     /// Whether the query reads the goals each event completes.
     pub fn uses_goals(&self) -> bool {
         self.dimensions.contains(&Dimension::Goal)
@@ -291,6 +300,15 @@ impl Query {
 }
 
 impl Filter {
+    /// The dimensions this filter compares, those inside `and`, `or` and `not` included.
+    fn dimensions<'a>(&'a self, out: &mut Vec<&'a Dimension>) {
+        match self {
+            Filter::Compare { dimension, .. } => out.push(dimension),
+            Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| f.dimensions(out)),
+            Filter::Not(one) => one.dimensions(out),
+        }
+    }
+
     /// Whether this is a comparison of `event:goal` (they stand at the top level only).
     pub fn is_goal(&self) -> bool {
         matches!(

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use tally_contracts::schema::{EVENTS_HOURLY, PAGE_VIEW, PAGES_HOURLY};
 
-use super::request::{Bucket, Dimension, Filter, Metric, Query, Range};
+use super::request::{Bucket, Dimension, Metric, Query, Range};
 use super::sql::{Builder, Compiled, Param, bounds, bucket_ordinals, finish};
 
 /// A rollup the query API reads.
@@ -58,14 +58,18 @@ const HOUR_MS: i64 = 3_600_000;
 /// than this before its UTC midnight.
 const MOST_AHEAD_MS: i64 = 14 * HOUR_MS;
 
-/// The rollup that answers `query`, if one does.
-pub fn route(query: &Query, coverage: &Coverage) -> Option<Rollup> {
+/// The rollup whose rows hold `query`'s metrics, dimensions and filters, if one does;
+/// whether it holds the range too is [`route`]'s to say.
+pub fn shaped_for(query: &Query) -> Option<Rollup> {
     let metrics_fit = query.metrics.iter().all(|m| {
         matches!(
             m,
             Metric::Visitors | Metric::Pageviews | Metric::Events | Metric::Percentage
         )
     });
+    if !metrics_fit {
+        return None;
+    }
     // Whether a dimension fits, and whether it is the page.
     let fits = |d: &Dimension| match d {
         Dimension::Event("event_type") => Some(false),
@@ -73,24 +77,16 @@ pub fn route(query: &Query, coverage: &Coverage) -> Option<Rollup> {
         Dimension::Time(bucket) => (*bucket != Bucket::Minute).then_some(false),
         _ => None,
     };
-    fn filtered<'a>(filter: &'a Filter, out: &mut Vec<&'a Dimension>) {
-        match filter {
-            Filter::Compare { dimension, .. } => out.push(dimension),
-            Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| filtered(f, out)),
-            Filter::Not(one) => filtered(one, out),
-        }
-    }
-    let mut used: Vec<&Dimension> = query.dimensions.iter().collect();
-    for f in &query.filters {
-        filtered(f, &mut used);
-    }
-    if !metrics_fit {
-        return None;
-    }
     let mut pages = false;
-    for d in used {
+    for d in query.used_dimensions() {
         pages |= fits(d)?;
     }
+    Some(if pages { Rollup::Pages } else { Rollup::Events })
+}
+
+/// The rollup that answers `query`, if one does.
+pub fn route(query: &Query, coverage: &Coverage) -> Option<Rollup> {
+    let rollup = shaped_for(query)?;
     let from_ms = match query.range {
         Range::Days { from, .. } if coverage.whole_hour_zone => {
             from.midnight().assume_utc().unix_timestamp() * 1000 - MOST_AHEAD_MS
@@ -102,10 +98,9 @@ pub fn route(query: &Query, coverage: &Coverage) -> Option<Rollup> {
         }
         _ => return None,
     };
-    let (rollup, since) = if pages {
-        (Rollup::Pages, coverage.pages_since_ms)
-    } else {
-        (Rollup::Events, coverage.events_since_ms)
+    let since = match rollup {
+        Rollup::Pages => coverage.pages_since_ms,
+        Rollup::Events => coverage.events_since_ms,
     };
     since
         .is_some_and(|since| from_ms >= since)
@@ -140,7 +135,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str, rollup: Rollup) -> Comp
         };
         select.push(format!("{expr} AS m{i}"));
     }
-    for (i, ordinal) in bucket_ordinals(&b, query, &from, "hour") {
+    for (i, ordinal) in bucket_ordinals(&b, query, &from) {
         select.push(format!("any({ordinal}) AS o{i}"));
     }
     let mut sql = format!("SELECT {} FROM {rows}", select.join(", "));

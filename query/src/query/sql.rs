@@ -269,23 +269,15 @@ fn metric(
 /// Whether `query` needs each event's visit: a visit metric, or a `visit:*` dimension or
 /// filter.
 fn needs_visits(query: &Query) -> bool {
-    fn in_filter(filter: &Filter) -> bool {
-        match filter {
-            Filter::Compare { dimension, .. } => matches!(dimension, Dimension::Visit(_)),
-            Filter::And(all) | Filter::Or(all) => all.iter().any(in_filter),
-            Filter::Not(one) => in_filter(one),
-        }
-    }
     query.metrics.iter().any(|m| {
         matches!(
             m,
             Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
         )
     }) || query
-        .dimensions
+        .used_dimensions()
         .iter()
         .any(|d| matches!(d, Dimension::Visit(_)))
-        || query.filters.iter().any(in_filter)
 }
 
 /// The instants `[from, to)` of `range`, as expressions.
@@ -317,18 +309,13 @@ pub(crate) fn bounds(b: &mut Builder, range: Range) -> (String, String) {
 }
 
 /// With `include.comparisons`, for each time dimension of `query`: `(i, expr)`, the
-/// number of the bucket of `column` counted from the range's first (starting at `from`).
+/// number of the row's bucket counted from the range's first (starting at `from`).
 /// The rows of a period and of its comparison match by these, not by date.
-pub(crate) fn bucket_ordinals(
-    b: &Builder,
-    query: &Query,
-    from: &str,
-    column: &str,
-) -> Vec<(usize, String)> {
+pub(crate) fn bucket_ordinals(b: &Builder, query: &Query, from: &str) -> Vec<(usize, String)> {
     if query.comparison.is_none() {
         return Vec::new();
     }
-    let tz = &b.tz;
+    let (tz, column) = (&b.tz, b.time_column);
     (query.dimensions.iter().enumerate())
         .filter_map(|(i, d)| {
             let Dimension::Time(bucket) = d else {
@@ -537,7 +524,7 @@ pub fn compile(db: &str, query: &Query, time_zone: &str) -> Compiled {
         outer.push(format!("{expr} AS {alias}"));
     }
     // After the metrics, each time dimension's bucket number.
-    for (i, ordinal) in bucket_ordinals(&b, query, &from, "timestamp") {
+    for (i, ordinal) in bucket_ordinals(&b, query, &from) {
         inner.push(format!("any({ordinal}) AS o{i}"));
         outer.push(format!("any(o{i}) AS o{i}"));
     }
