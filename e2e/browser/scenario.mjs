@@ -10,11 +10,11 @@
 //   {"scenario", "sent": [event bodies POSTed to /v1/events, in order], "page_errors",
 //    "console_errors", "tracker_bytes"}
 // and exits non-zero with a message on stderr when a step fails. Progress goes to stderr.
-import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { loadPlaywright } from "./playwright.mjs";
 
 const SCENARIOS = { tour, dnt, optout, blocked, unreachable };
 const RUN_TIMEOUT_MS = 55_000;
@@ -64,22 +64,13 @@ function fail(message) {
   process.exit(1);
 }
 
-// ESM ignores NODE_PATH: resolve playwright-core from its entries, and only from there.
-function loadPlaywright() {
-  const dirs = (process.env.NODE_PATH || "").split(path.delimiter).filter(Boolean);
-  if (!dirs.length) fail("NODE_PATH is not set (use NODE_PATH=$TALLY_PLAYWRIGHT_NODE_PATH)");
-  const require = createRequire(import.meta.url);
-  for (const dir of dirs) {
-    let resolved;
-    try {
-      resolved = require.resolve("playwright-core", { paths: [dir] });
-    } catch {
-      continue;
-    }
-    if (!path.resolve(resolved).startsWith(path.resolve(dir) + path.sep)) continue;
-    return require(resolved);
+// playwright-core from NODE_PATH, or the run fails saying why.
+function playwright() {
+  try {
+    return loadPlaywright();
+  } catch (e) {
+    fail(e.message);
   }
-  fail(`playwright-core is not in NODE_PATH (${dirs.join(path.delimiter)}); run e2e/scripts/install-servers.sh`);
 }
 
 // step NAME FN — runs one step within STEP_TIMEOUT_MS, then saves a screenshot of `shot`.
@@ -472,7 +463,7 @@ async function main() {
   if (!chromiumPath) fail("TALLY_CHROMIUM is not set");
   if (screenshotDir) fs.mkdirSync(screenshotDir, { recursive: true });
   const watchdog = setTimeout(() => fail(`the run took over ${RUN_TIMEOUT_MS / 1000} s`), RUN_TIMEOUT_MS);
-  const pw = loadPlaywright();
+  const pw = playwright();
   try {
     collector = await collectorOrigin();
   } catch (e) {

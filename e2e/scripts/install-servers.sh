@@ -10,6 +10,7 @@
 #   export TALLY_SEGMENT_PYTHONPATH=<abs path of Segment's Python library, for PYTHONPATH>
 #   export TALLY_PLAYWRIGHT_NODE_PATH=<abs path of playwright-core's node_modules, for NODE_PATH>
 #   export TALLY_SCHEMATHESIS_PYTHONPATH=<abs path of schemathesis and its dependencies>
+#   export TALLY_AXE=<abs path of axe-core's axe.min.js>
 #   export TALLY_CHROMIUM=/usr/bin/chromium
 #
 # Sources (package registries only, versions pinned in lib.sh):
@@ -23,6 +24,8 @@
 #                -> $TALLY_CACHE/schemathesis-<version>-<list checksum>/ (the contract test)
 #   playwright   npm playwright-core   -> $TALLY_CACHE/playwright-core-<version>/node_modules/
 #                (the driver of e2e/browser/; needs node and npm; it never downloads a browser)
+#   axe-core     npm axe-core         -> $TALLY_CACHE/axe-core-<version>/node_modules/axe-core/
+#                (the accessibility checks of the console's browser test)
 #   Chromium     Debian's chromium     -> /usr/bin/chromium (apt-get, only when missing;
 #                needs root then)
 # chdb-core is installed with --no-deps: its declared pandas/pyarrow are only
@@ -223,6 +226,20 @@ install_playwright() {
   publish "$tmp" "$TALLY_PLAYWRIGHT_DIR"
 }
 
+# The accessibility rules the console's browser test runs in each page.
+install_axe() {
+  [[ -f "$TALLY_AXE_DIR/node_modules/axe-core/axe.min.js" ]] && return 0
+  log "installing axe-core $AXE_CORE_VERSION into $TALLY_AXE_DIR"
+  local tmp version
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.axe.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.npm.log")
+  npm_install "$tmp" "axe-core@$AXE_CORE_VERSION"
+  version="$(node -e 'console.log(require(process.argv[1] + "/node_modules/axe-core/package.json").version)' "$tmp")"
+  [[ "$version" == "$AXE_CORE_VERSION" && -s "$tmp/node_modules/axe-core/axe.min.js" ]] ||
+    die "expected axe-core $AXE_CORE_VERSION with axe.min.js, got: $version"
+  publish "$tmp" "$TALLY_AXE_DIR"
+}
+
 # The browser of the tracker's tests: Debian's chromium package, system-wide.
 TALLY_CHROMIUM_BIN=/usr/bin/chromium
 chromium_version=""
@@ -251,6 +268,7 @@ install_chdb
 install_segment
 install_schemathesis
 install_playwright
+install_axe
 install_chromium
 # Without the install lock's descriptor: install-jaeger.sh takes a lock of its own.
 jaeger="$("$TALLY_SCRIPTS/install-jaeger.sh" 9>&-)" || die "could not build Jaeger $JAEGER_VERSION"
@@ -266,8 +284,9 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_SEGMENT_PYTHONPATH=%q\n' "$TALLY_SEGMENT_PYTHON_DIR"
   printf 'export TALLY_PLAYWRIGHT_NODE_PATH=%q\n' "$TALLY_PLAYWRIGHT_DIR/node_modules"
   printf 'export TALLY_SCHEMATHESIS_PYTHONPATH=%q\n' "$TALLY_SCHEMATHESIS_DIR"
+  printf 'export TALLY_AXE=%q\n' "$TALLY_AXE_DIR/node_modules/axe-core/axe.min.js"
   [[ ! -x "$TALLY_CHROMIUM_BIN" ]] || printf 'export TALLY_CHROMIUM=%q\n' "$TALLY_CHROMIUM_BIN"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, schemathesis $SCHEMATHESIS_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, schemathesis $SCHEMATHESIS_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, axe-core $AXE_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"

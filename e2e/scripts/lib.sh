@@ -33,6 +33,8 @@ export JAEGER_VERSION=v1.75.0
 export SCHEMATHESIS_VERSION=4.32.5
 # npm: the browser driver of the tracker's tests (e2e/browser/), run against Debian's chromium.
 export PLAYWRIGHT_CORE_VERSION=1.65.1
+# npm: the accessibility rules the console's browser test runs in every page.
+export AXE_CORE_VERSION=4.14.1
 
 # Install locations, keyed by version (filled by install-servers.sh).
 TALLY_NATS_DIR="$TALLY_CACHE/nats-server-$NATS_SERVER_VERSION"
@@ -40,6 +42,7 @@ TALLY_CHDB_DIR_DEFAULT="$TALLY_CACHE/chdb-core-$CHDB_VERSION"
 TALLY_SEGMENT_PYTHON_DIR="$TALLY_CACHE/segment-analytics-python-$SEGMENT_PYTHON_VERSION-backoff-$SEGMENT_BACKOFF_VERSION-pyjwt-$SEGMENT_PYJWT_VERSION"
 TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
 TALLY_PLAYWRIGHT_DIR="$TALLY_CACHE/playwright-core-$PLAYWRIGHT_CORE_VERSION"
+TALLY_AXE_DIR="$TALLY_CACHE/axe-core-$AXE_CORE_VERSION"
 # Keyed by the pinned list too: a changed dependency is a new directory.
 TALLY_SCHEMATHESIS_DIR="$TALLY_CACHE/schemathesis-$SCHEMATHESIS_VERSION-$(cksum <"$TALLY_SCRIPTS/schemathesis-requirements.txt" | cut -d' ' -f1)"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"

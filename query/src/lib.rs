@@ -16,6 +16,7 @@ use tally_contracts::RuntimeConfig;
 use tally_runtime::{ServerLimits, shutdown_signal};
 
 mod api;
+mod console;
 mod experiments;
 mod health;
 mod metrics;
@@ -25,6 +26,7 @@ mod query;
 mod recent;
 mod router;
 mod sessions;
+mod sites;
 mod state;
 mod stats;
 mod store;

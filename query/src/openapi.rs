@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{experiments, pipeline, query, recent, sessions, stats};
+use crate::{experiments, pipeline, query, recent, sessions, sites, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use crate::{experiments, pipeline, query, recent, sessions, stats};
         pipeline::get_health,
         pipeline::get_dead_letters,
         pipeline::post_replay,
+        sites::get_sites,
     ),
     components(schemas(crate::api::ErrorBody, crate::query::request::Problem)),
     modifiers(&Keys),

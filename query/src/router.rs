@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{experiments, pipeline, query, recent, sessions, stats};
+use crate::{experiments, pipeline, query, recent, sessions, sites, stats};
 
 /// The routes of the query service over `state`.
 pub fn router(state: AppState) -> Router {
@@ -28,6 +28,8 @@ pub fn router(state: AppState) -> Router {
             post(pipeline::post_replay),
         )
         .route("/v1/sessions/{id}", get(sessions::get_session))
+        .route("/v1/sites", get(sites::get_sites))
+        .merge(crate::console::routes())
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/v1/docs")
                 .url("/v1/openapi.json", crate::openapi::document()),

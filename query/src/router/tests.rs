@@ -370,3 +370,83 @@ fn the_documented_query_body_is_what_the_parser_reads() {
     let now = time::macros::datetime!(2026-01-31 12:00 UTC);
     crate::query::request::parse(&body, now, now.date(), &[]).unwrap();
 }
+
+#[tokio::test]
+async fn sites_are_listed_as_far_as_the_key_may_read() {
+    let (_, app) = app();
+    let (status, _, admin) = answer(get(&app, "/v1/sites").await).await;
+    assert_eq!(status, StatusCode::OK, "{admin}");
+    assert_eq!(admin["admin"], true);
+    assert_eq!(admin["pipeline"], "web");
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["site_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&admin), ["blog", "shop"]);
+    assert_eq!(admin["sites"][1]["time_zone"], "UTC");
+    for (key, site) in [(SHOP_READ_KEY, "shop"), (BLOG_KEY, "blog")] {
+        let (status, _, own) =
+            answer(get_with(&app, "/v1/sites", &[("x-api-key", key)]).await).await;
+        assert_eq!(status, StatusCode::OK, "{own}");
+        assert_eq!(
+            (own["admin"].clone(), ids(&own)),
+            (false.into(), vec![site.to_owned()])
+        );
+    }
+    for (headers, code) in [
+        (vec![], "missing_api_key"),
+        (vec![("x-api-key", "not-a-key-at-all")], "invalid_api_key"),
+    ] {
+        let (status, _, body) = answer(get_with(&app, "/v1/sites", &headers).await).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some(code))
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_its_policy_gzip_and_etag() {
+    let (_, app) = app();
+    let root = get_with(&app, "/", &[]).await;
+    assert!(root.status().is_redirection());
+    assert_eq!(root.headers()[header::LOCATION], "/console/");
+
+    let page = get_with(&app, "/console/", &[]).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers().clone();
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    let html = body_text(page).await;
+    assert!(
+        html.contains(r#"<script type="module" src="app.js"></script>"#),
+        "{html}"
+    );
+
+    let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+    let again = get_with(&app, "/console/", &[("if-none-match", &etag)]).await;
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    let gzipped = get_with(&app, "/console/app.js", &[("accept-encoding", "gzip, br")]).await;
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(
+        gzipped.headers()[header::CONTENT_TYPE],
+        "text/javascript; charset=utf-8"
+    );
+    let plain = get_with(&app, "/console/app.js", &[]).await;
+    assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+    assert!(body_text(plain).await.contains("import"));
+
+    let missing = get_with(&app, "/console/secrets.txt", &[]).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
