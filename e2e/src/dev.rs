@@ -345,6 +345,7 @@ pub fn banner(running: &Running, site: &str) -> String {
 Tally is running.
   collector   {c}
   query       {query}
+  console     {query}/console/   (the dashboard: sign in with a read key or the admin key)
   processor   {processor_metrics}
   NATS        {nats}   (monitoring {nats_monitor})
   ClickHouse  {clickhouse}   (native tcp 127.0.0.1:{clickhouse_tcp_port})
@@ -766,6 +767,7 @@ mod tests {
         for line in [
             "  collector   http://127.0.0.1:8080\n",
             "  query       http://127.0.0.1:8081\n",
+            "  console     http://127.0.0.1:8081/console/   (the dashboard: sign in with a read key or the admin key)\n",
             "  processor   http://127.0.0.1:9091/metrics\n",
             "  NATS        nats://127.0.0.1:4222   (monitoring http://127.0.0.1:8222)\n",
             "  ClickHouse  http://127.0.0.1:8123   (native tcp 127.0.0.1:9000)\n",
