@@ -27,6 +27,9 @@
 //!    `queries` — over the same history, a dashboard's requests of the read API
 //!    (`/v1/query` panels, an experiment summary, the session browser with a search), with
 //!    the rollup SQL and the search without its index as baselines (`dashboard.rs`);
+//!    `console` — over the same history, the console's first useful paint in headless
+//!    Chromium (the figures shown; every panel loaded), with the figures' own request as
+//!    the baseline (`console.rs`);
 //! 7. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
 //!    run against the query service (paced, then as fast as they go), then alone again: the
 //!    collector's p99 with reads against its p99 alone; once on shared cores, once with the
@@ -43,6 +46,7 @@ use serde::Serialize;
 
 mod baseline;
 mod client;
+mod console;
 mod dashboard;
 mod e2e;
 mod enrichment;
@@ -103,11 +107,11 @@ pub struct Cli {
     #[arg(long, default_value = "")]
     label: String,
     /// Comma-separated phases:
-    /// baseline,single,batch,overload,enrichment,e2e,reads,queries,isolation,tenancy.
+    /// baseline,single,batch,overload,enrichment,e2e,reads,queries,console,isolation,tenancy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,queries,isolation,tenancy"
+        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,queries,console,isolation,tenancy"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -218,6 +222,7 @@ pub struct Report {
     pub read_load: Option<reads::Load>,
     pub reads: Vec<reads::Query>,
     pub dashboard: Option<dashboard::Dashboard>,
+    pub console: Option<console::Console>,
     pub isolation: Option<isolation::Isolation>,
     pub tenancy: Option<tenancy::Tenancy>,
     pub memory: Vec<report::Memory>,
@@ -602,7 +607,17 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
-    if cli.has("enrichment") || cli.has("e2e") || cli.has("reads") || cli.has("isolation") {
+    if [
+        "enrichment",
+        "e2e",
+        "reads",
+        "queries",
+        "console",
+        "isolation",
+    ]
+    .iter()
+    .any(|p| cli.has(p))
+    {
         if local {
             // The collector phases filled the stream; the processor starts on an empty one.
             report::purge_stream(target).await?;
@@ -653,7 +668,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         report.e2e_lag = Some(lag);
         target.check_alive()?;
     }
-    if cli.has("reads") || cli.has("queries") {
+    if cli.has("reads") || cli.has("queries") || cli.has("console") {
         if local || cli.load_read_data {
             eprintln!(
                 "reads: loading {} events over {} days and {} sites",
@@ -682,6 +697,10 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             eprintln!("queries: a dashboard's requests over the same history");
             let n = (cli.read_queries() / 3).max(20);
             report.dashboard = Some(dashboard::run(target, &load_sites, n).await?);
+        }
+        if cli.has("console") {
+            eprintln!("console: the first useful paint in headless Chromium");
+            report.console = Some(console::run(target, &load_sites, 10).await?);
         }
     }
     if cli.has("isolation") {

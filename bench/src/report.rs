@@ -372,6 +372,27 @@ pub fn print(r: &Report) {
         query_table("query", r.reads.iter());
     }
 
+    if let Some(c) = &r.console {
+        println!(
+            "\nThe console in headless Chromium (a first visit of a site's 30 days, signed in; {} loads)",
+            c.loads
+        );
+        println!(
+            "  first useful paint (the figures shown): p50 {:.0} ms, max {:.0} ms",
+            c.figures_p50_ms, c.figures_max_ms
+        );
+        println!(
+            "  every panel loaded:                     p50 {:.0} ms, max {:.0} ms",
+            c.complete_p50_ms, c.complete_max_ms
+        );
+        println!(
+            "  the figures' request alone: p50 {:.1} ms, p95 {:.1} ms; paint ÷ request (p50): {:.1}×",
+            c.figures_request.p50_ms,
+            c.figures_request.p95_ms,
+            c.figures_p50_ms / c.figures_request.p50_ms.max(0.001)
+        );
+    }
+
     if let Some(d) = &r.dashboard {
         println!(
             "\nA dashboard's requests over the same history (one at a time, a random site each)"

@@ -63,7 +63,12 @@ const METRIC_LABELS = {
 // Which tab of each panel is open (kept while the page lives).
 const openTabs = new Map();
 
-export function overview(main, ctx) {
+export function overview(main, view) {
+  // The top figures are asked first and alone: the panels' requests wait until they show,
+  // so that on a big history the figures are not queued behind a dozen breakdowns.
+  let figuresShown;
+  const shown = new Promise((resolve) => (figuresShown = resolve));
+  const ctx = { ...view, later: (fn) => shown.then(fn), figuresShown: () => figuresShown() };
   const figures = h("section", { class: "figures", "aria-label": "Top figures" });
   const graph = h("section", { class: "card", "aria-labelledby": "graph-title" });
   const realtime = h("span", { class: "figure realtime", id: "realtime", "aria-live": "polite" });
@@ -115,6 +120,7 @@ async function topFigures(ctx, box, realtime, graph) {
     fill(box, h("p", { class: "error-text" }, "The figures could not be loaded."));
     box.removeAttribute("aria-busy");
     graph.remove();
+    ctx.figuresShown();
     return ctx.fail(e);
   }
   box.removeAttribute("aria-busy");
@@ -140,6 +146,7 @@ async function topFigures(ctx, box, realtime, graph) {
     }),
     realtime,
   );
+  ctx.figuresShown();
   showRealtime(ctx, realtime);
   ctx.every(REFRESH_MS, () => showRealtime(ctx, realtime));
   mainGraph(ctx, graph, answer.query.date_range, answer.meta.comparison_date_range);
@@ -231,7 +238,7 @@ function breakdown(ctx, { dimension, label, metrics, filters }) {
     csvName: `${ctx.site.site_id}-${dimension.replace(/[^a-z0-9]+/gi, "-")}`,
     onError: ctx.fail,
   });
-  table.reload();
+  ctx.later(() => table.reload());
   return table.el;
 }
 
@@ -263,7 +270,7 @@ function eventsPanel(ctx) {
     h("div", { class: "donut-wrap" }, chart, breakdown(ctx, { dimension: "event:name", label: "Events by type", metrics: ["events", "visitors"] })),
   );
   ctx
-    .query({ metrics: ["events"], dimensions: ["event:name"], pagination: { limit: 100 } })
+    .later(() => ctx.query({ metrics: ["events"], dimensions: ["event:name"], pagination: { limit: 100 } }))
     .then((answer) => {
       const rows = answer.results.map((r) => ({ label: r.dimensions[0], value: r.metrics[0] }));
       if (!rows.length) return;
@@ -329,7 +336,7 @@ function propertiesPanel(ctx) {
   );
   box.append(h("h2", { id: "panel-properties-title" }, "Custom properties"), form);
   ctx
-    .query({ metrics: ["events"], dimensions: ["event:name"], pagination: { limit: 100 } })
+    .later(() => ctx.query({ metrics: ["events"], dimensions: ["event:name"], pagination: { limit: 100 } }))
     .then((answer) => {
       for (const r of answer.results) events.append(h("option", { value: r.dimensions[0], selected: r.dimensions[0] === event }, r.dimensions[0]));
       if (event) suggest();
@@ -378,7 +385,7 @@ function liveTable(ctx) {
     h("div", { class: "panel-head" }, h("h2", { id: "panel-live-title" }, "Latest events"), h("span", { class: "muted" }, "live, every 5 s, unfiltered")),
     table.el,
   );
-  table.reload();
+  ctx.later(() => table.reload());
   ctx.every(REFRESH_MS, () => table.reload());
   return box;
 }

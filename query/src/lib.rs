@@ -8,7 +8,8 @@
 //! The binary (`main.rs`) reads its command line and calls [`serve`]. The crate's layout
 //! follows the collector's: shared state (`state.rs`), the routes (`router.rs`), the stats
 //! handler (`stats.rs`), the errors and their answers (`api.rs`), the ClickHouse read client
-//! (`store.rs`), readiness (`health.rs`) and the metrics (`metrics.rs`).
+//! (`store.rs`), readiness (`health.rs`) and the metrics (`metrics.rs`). The console, the
+//! dashboard in the browser, is served from `console.rs` (its files are `console/`).
 
 use std::net::SocketAddr;
 
