@@ -11,6 +11,7 @@
 #   export TALLY_PLAYWRIGHT_NODE_PATH=<abs path of playwright-core's node_modules, for NODE_PATH>
 #   export TALLY_SCHEMATHESIS_PYTHONPATH=<abs path of schemathesis and its dependencies>
 #   export TALLY_AXE=<abs path of axe-core's axe.min.js>
+#   export TALLY_MOTO_PYTHONPATH=<abs path of moto[server] and its dependencies>
 #   export TALLY_CHROMIUM=/usr/bin/chromium
 #
 # Sources (package registries only, versions pinned in lib.sh):
@@ -24,6 +25,8 @@
 #                -> $TALLY_CACHE/schemathesis-<version>-<list checksum>/ (the contract test)
 #   playwright   npm playwright-core   -> $TALLY_CACHE/playwright-core-<version>/node_modules/
 #                (the driver of e2e/browser/; needs node and npm; it never downloads a browser)
+#   moto         PyPI moto[server] and its dependencies (moto-requirements.txt)
+#                -> $TALLY_CACHE/moto-<version>-<list checksum>/ (the import's S3 API)
 #   axe-core     npm axe-core         -> $TALLY_CACHE/axe-core-<version>/node_modules/axe-core/
 #                (the accessibility checks of the console's browser test)
 #   Chromium     Debian's chromium     -> /usr/bin/chromium (apt-get, only when missing;
@@ -183,6 +186,22 @@ install_schemathesis() {
   publish "$tmp" "$TALLY_SCHEMATHESIS_DIR"
 }
 
+# moto's S3 server (python3 -m moto.server), the S3 API of the import's tests.
+install_moto() {
+  [[ -d "$TALLY_MOTO_DIR/moto" ]] && return 0
+  log "installing moto[server] $MOTO_VERSION into $TALLY_MOTO_DIR"
+  local tmp version
+  tmp="$(mktemp -d "$TALLY_CACHE/.tmp-install.moto.XXXXXX")"
+  TMP_PATHS+=("$tmp" "$tmp.pip.log")
+  local -a pinned
+  mapfile -t pinned < <(grep -v '^#' "$TALLY_SCRIPTS/moto-requirements.txt")
+  pip_install "$tmp" "moto==$MOTO_VERSION" "${pinned[@]}"
+  version="$(cd "$tmp" && PYTHONPATH="$tmp" python3 -c 'import moto, moto.server; print(moto.__version__)' 2>&1)" ||
+    die "moto $MOTO_VERSION does not load: $version"
+  [[ "$version" == "$MOTO_VERSION" ]] || die "expected moto $MOTO_VERSION, got: $version"
+  publish "$tmp" "$TALLY_MOTO_DIR"
+}
+
 # npm_install DEST SPEC — `npm install SPEC` with DEST as its prefix, quiet, with the log
 # shown on failure; in the background and without the lock's descriptor, as pip_install.
 npm_install() {
@@ -267,6 +286,7 @@ install_nats
 install_chdb
 install_segment
 install_schemathesis
+install_moto
 install_playwright
 install_axe
 install_chromium
@@ -285,8 +305,9 @@ TMP_PATHS+=("$env_tmp")
   printf 'export TALLY_PLAYWRIGHT_NODE_PATH=%q\n' "$TALLY_PLAYWRIGHT_DIR/node_modules"
   printf 'export TALLY_SCHEMATHESIS_PYTHONPATH=%q\n' "$TALLY_SCHEMATHESIS_DIR"
   printf 'export TALLY_AXE=%q\n' "$TALLY_AXE_DIR/node_modules/axe-core/axe.min.js"
+  printf 'export TALLY_MOTO_PYTHONPATH=%q\n' "$TALLY_MOTO_DIR"
   [[ ! -x "$TALLY_CHROMIUM_BIN" ]] || printf 'export TALLY_CHROMIUM=%q\n' "$TALLY_CHROMIUM_BIN"
 } >"$env_tmp"
 chmod 644 "$env_tmp"
 mv -f "$env_tmp" "$TALLY_SERVERS_ENV"
-log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, schemathesis $SCHEMATHESIS_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, axe-core $AXE_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"
+log "servers ready: nats-server $NATS_SERVER_VERSION, ClickHouse (chdb-core $CHDB_VERSION), Jaeger $JAEGER_VERSION, segment-analytics-python $SEGMENT_PYTHON_VERSION, schemathesis $SCHEMATHESIS_VERSION, moto $MOTO_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, axe-core $AXE_CORE_VERSION, $chromium_version; env in $TALLY_SERVERS_ENV"

@@ -33,6 +33,9 @@ export JAEGER_VERSION=v1.75.0
 export SCHEMATHESIS_VERSION=4.32.5
 # npm: the browser driver of the tracker's tests (e2e/browser/), run against Debian's chromium.
 export PLAYWRIGHT_CORE_VERSION=1.65.1
+# PyPI: moto's S3 server, the S3 API of the import's tests; it and its dependencies are
+# pinned in moto-requirements.txt.
+export MOTO_VERSION=5.2.5
 # npm: the accessibility rules the console's browser test runs in every page.
 export AXE_CORE_VERSION=4.14.1
 
@@ -43,6 +46,7 @@ TALLY_SEGMENT_PYTHON_DIR="$TALLY_CACHE/segment-analytics-python-$SEGMENT_PYTHON_
 TALLY_JAEGER_DIR="$TALLY_CACHE/jaeger-$JAEGER_VERSION"
 TALLY_PLAYWRIGHT_DIR="$TALLY_CACHE/playwright-core-$PLAYWRIGHT_CORE_VERSION"
 TALLY_AXE_DIR="$TALLY_CACHE/axe-core-$AXE_CORE_VERSION"
+TALLY_MOTO_DIR="$TALLY_CACHE/moto-$MOTO_VERSION-$(cksum <"$TALLY_SCRIPTS/moto-requirements.txt" | cut -d' ' -f1)"
 # Keyed by the pinned list too: a changed dependency is a new directory.
 TALLY_SCHEMATHESIS_DIR="$TALLY_CACHE/schemathesis-$SCHEMATHESIS_VERSION-$(cksum <"$TALLY_SCRIPTS/schemathesis-requirements.txt" | cut -d' ' -f1)"
 TALLY_SERVERS_ENV="$TALLY_CACHE/servers.env"
