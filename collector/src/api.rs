@@ -12,7 +12,7 @@ use tally_runtime::access::{Denied, with_challenge};
 
 use crate::payload::Shape;
 use crate::rate_limit::{Limited, Standing, header_values};
-use crate::validate::{Problem, Rejection};
+use tally_contracts::validate::{Problem, Rejection};
 
 /// Everything that ends a request with an error. The `Display` text is the message clients
 /// read.

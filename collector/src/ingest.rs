@@ -26,8 +26,8 @@ use crate::rate_limit::{RateLimits, Standing};
 use crate::salt::Salts;
 use crate::segment;
 use crate::sink::{EventSink, Stored};
-use crate::validate::{Caller, Limits, Problem, Rejection, validate_event};
 use crate::visitor::{self, TrustedProxies};
+use tally_contracts::validate::{Caller, Limits, Problem, Rejection, validate_event};
 
 /// What the ingest handler needs: the rules requests are checked against, the events
 /// budget, the sink and the metrics it counts outcomes in.
@@ -569,7 +569,7 @@ fn origin_host(origin: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::tests::config;
+    use tally_contracts::validate::testing::config;
 
     const NOW_MS: i64 = 1_780_000_000_000;
     const EVENT: &str = r#"{"site_id":"shop","event_type":"click"}"#;

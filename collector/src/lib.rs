@@ -30,13 +30,12 @@ pub mod salt;
 mod segment;
 mod sink;
 mod state;
-mod validate;
 mod visitor;
 
 pub use api::ApiError;
 pub use ingest::{Parsed, RequestHeaders, parse_events};
 pub use payload::Shape;
-pub use validate::Problem;
+pub use tally_contracts::validate::Problem;
 pub use visitor::hashed_visitor_id;
 
 /// Connects to NATS, then serves the collector's HTTP API on `listen` until SIGINT or

@@ -48,10 +48,12 @@ pub fn event(
             .or_insert_with(|| Value::String(page.to_string()));
     }
     if !event.contains_key("url") {
-        return Err(ApiError::InvalidEvent(vec![crate::validate::Problem {
-            field: "url",
-            message: "is needed: give url in the query, or let the browser send Referer".into(),
-        }]));
+        return Err(ApiError::InvalidEvent(vec![
+            tally_contracts::validate::Problem {
+                field: "url",
+                message: "is needed: give url in the query, or let the browser send Referer".into(),
+            },
+        ]));
     }
     let origin = referer.map(|page| page.origin().ascii_serialization());
     let body = serde_json::to_vec(&Value::Object(event)).expect("JSON values serialize");

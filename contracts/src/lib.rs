@@ -12,6 +12,7 @@ pub mod event_row;
 pub mod naming;
 pub mod schema;
 pub mod stream;
+pub mod validate;
 
 pub use config::{ConfigError, RuntimeConfig};
 pub use event::Event;

@@ -39,6 +39,18 @@ pub fn salt_bucket(pipeline: &str) -> String {
     format!("{}_SALTS", stream_name(pipeline))
 }
 
+/// `TALLY_<PIPELINE>_IMPORTS`: the key-value bucket of `tally-import`'s checkpoints, one per
+/// imported object (its ETag and how far its records went).
+pub fn import_checkpoint_bucket(pipeline: &str) -> String {
+    format!("{}_IMPORTS", stream_name(pipeline))
+}
+
+/// `TALLY_<PIPELINE>_IMPORT_RUNS`: the key-value bucket of `tally-import`'s runs (their
+/// status, kept after they end).
+pub fn import_run_bucket(pipeline: &str) -> String {
+    format!("{}_IMPORT_RUNS", stream_name(pipeline))
+}
+
 /// The site token of a dead letter whose payload names no usable site (not an envelope).
 pub const UNKNOWN_SITE: &str = "unknown";
 

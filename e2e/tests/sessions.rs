@@ -43,7 +43,9 @@ async fn sessions_are_listed_searched_and_opened_as_the_history_has_them() -> an
     .await?;
     // The site's today: between midnight UTC and 05:00 UTC it is still yesterday there.
     let today = OffsetDateTime::now_utc()
-        .to_offset(time::UtcOffset::from_whole_seconds((OFFSET_MS / 1000) as i32)?)
+        .to_offset(time::UtcOffset::from_whole_seconds(
+            (OFFSET_MS / 1000) as i32,
+        )?)
         .date();
     // The site's midnight two days ago.
     let start = (today - time::Duration::days(2))

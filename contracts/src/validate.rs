@@ -1,15 +1,16 @@
-//! Validates one event's JSON and turns it into the [`Event`] envelope. Every problem of an
+//! Validates one event's JSON and turns it into the [`Event`] envelope: the collector's
+//! check of every posted event, and `tally-import`'s of every imported record. Every problem of an
 //! event is reported at once, each naming its field; camelCase spellings and a few common
 //! aliases are accepted for every field.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::access::Grant;
+use crate::{Event, RuntimeConfig, schema::PAGE_VIEW};
 use serde::Serialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use tally_contracts::access::Grant;
-use tally_contracts::{Event, RuntimeConfig, schema::PAGE_VIEW};
 use tally_crds::{AnalyticsSiteSpec, KeyScope};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -489,14 +490,13 @@ fn check_properties(raw: &RawValue, limits: &Limits) -> Result<Box<RawValue>, St
     Ok(raw.to_owned())
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    const NOW: i64 = 1_780_000_000_000;
+/// What the tests of event validation share.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use crate::RuntimeConfig;
 
     /// The pipeline `web` with default limits and the site `shop` (domain shop.example.com).
-    pub(crate) fn config() -> RuntimeConfig {
+    pub fn config() -> RuntimeConfig {
         RuntimeConfig::parse(
             "test",
             "apiVersion: tally.dev/v1alpha1\nkind: AnalyticsPipeline\nmetadata: {name: web}\nspec: {}\n---\n\
@@ -505,6 +505,14 @@ pub(crate) mod tests {
         )
         .unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::config;
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000_000;
 
     fn check(json: &str) -> Result<Event, Rejection> {
         check_from(json, None)
