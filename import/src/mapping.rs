@@ -295,7 +295,11 @@ pub fn timestamp(value: &Value, format: &TimeFormat) -> Result<Value, String> {
                 Value::String(s) => s.trim().to_owned(),
                 _ => String::new(),
             };
-            let unit: i128 = if matches!(format, TimeFormat::EpochSeconds) { 1_000_000_000 } else { 1_000_000 };
+            let unit: i128 = if matches!(format, TimeFormat::EpochSeconds) {
+                1_000_000_000
+            } else {
+                1_000_000
+            };
             // Whole numbers exactly; fractions (1.5 s) to the nanosecond.
             let nanos = match (text.parse::<i128>(), text.parse::<f64>()) {
                 (Ok(whole), _) => whole.checked_mul(unit),
@@ -303,7 +307,8 @@ pub fn timestamp(value: &Value, format: &TimeFormat) -> Result<Value, String> {
                 _ => None,
             }
             .ok_or_else(|| format!("{value} is not a number of seconds or milliseconds"))?;
-            OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| format!("{value} is out of range"))?
+            OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                .map_err(|_| format!("{value} is out of range"))?
         }
         TimeFormat::Pattern(pattern, items, with_offset) => {
             let text = value
