@@ -1,4 +1,4 @@
-# Tally's container images: one Rust build of the four binaries, then one small runtime
+# Tally's container images: one Rust build of the five binaries, then one small runtime
 # image per binary. Build each with its target (BuildKit, the default builder of current
 # Docker releases, is needed for the cache mounts):
 #
@@ -6,6 +6,7 @@
 #   docker build --target collector -t tally/collector:0.1.0 .
 #   docker build --target processor -t tally/processor:0.1.0 .
 #   docker build --target query     -t tally/query:0.1.0     .
+#   docker build --target import    -t tally/import:0.1.0    .
 #
 # The images run as the unprivileged user 65532, with the binary as entrypoint (it is
 # PID 1 and handles SIGTERM itself). The Helm chart (charts/tally) uses these names.
@@ -24,10 +25,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --profile dist --locked \
-      -p tally-operator -p tally-collector -p tally-processor -p tally-query \
+      -p tally-operator -p tally-collector -p tally-processor -p tally-query -p tally-import \
  && mkdir -p /out \
  && cp target/dist/tally-operator target/dist/tally-collector \
-      target/dist/tally-processor target/dist/tally-query /out/
+      target/dist/tally-processor target/dist/tally-query target/dist/tally-import /out/
 
 # --- runtime base -----------------------------------------------------------------------
 # Same Debian release as the builder (same glibc). Only the CA bundle is added: rustls
@@ -61,6 +62,12 @@ LABEL org.opencontainers.image.title="tally-query" \
 COPY --from=builder /out/tally-query /usr/local/bin/tally-query
 EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/tally-query"]
+
+FROM runtime AS import
+LABEL org.opencontainers.image.title="tally-import" \
+      org.opencontainers.image.description="Tally's batch import of logs from S3 (run as a Job)"
+COPY --from=builder /out/tally-import /usr/local/bin/tally-import
+ENTRYPOINT ["/usr/local/bin/tally-import"]
 
 # The operator last: a plain `docker build .` gives the operator image.
 FROM runtime AS operator

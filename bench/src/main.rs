@@ -30,6 +30,8 @@
 //!    `console` — over the same history, the console's first useful paint in headless
 //!    Chromium (the figures shown; every panel loaded), with the figures' own request as
 //!    the baseline (`console.rs`);
+//!    `import` — `tally-import` from a real S3 API (moto's server) until visible in the
+//!    rollups, with a dry run of the same objects as the baseline (`import.rs`);
 //! 7. `isolation` — single-event POSTs at a fixed rate, alone, then while `/v1/stats` reads
 //!    run against the query service (paced, then as fast as they go), then alone again: the
 //!    collector's p99 with reads against its p99 alone; once on shared cores, once with the
@@ -51,6 +53,7 @@ mod dashboard;
 mod e2e;
 mod enrichment;
 mod generate;
+mod import;
 mod ingest;
 mod isolation;
 mod load;
@@ -107,11 +110,11 @@ pub struct Cli {
     #[arg(long, default_value = "")]
     label: String,
     /// Comma-separated phases:
-    /// baseline,single,batch,overload,enrichment,e2e,reads,queries,console,isolation,tenancy.
+    /// baseline,single,batch,overload,enrichment,e2e,reads,queries,console,import,isolation,tenancy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,queries,console,isolation,tenancy"
+        default_value = "baseline,single,batch,overload,enrichment,e2e,reads,queries,console,import,isolation,tenancy"
     )]
     phases: Vec<String>,
     /// Seconds of each measurement [default: 10, --quick 3].
@@ -223,6 +226,7 @@ pub struct Report {
     pub reads: Vec<reads::Query>,
     pub dashboard: Option<dashboard::Dashboard>,
     pub console: Option<console::Console>,
+    pub import: Option<import::Import>,
     pub isolation: Option<isolation::Isolation>,
     pub tenancy: Option<tenancy::Tenancy>,
     pub memory: Vec<report::Memory>,
@@ -613,6 +617,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
         "reads",
         "queries",
         "console",
+        "import",
         "isolation",
     ]
     .iter()
@@ -702,6 +707,18 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
             eprintln!("console: the first useful paint in headless Chromium");
             report.console = Some(console::run(target, &load_sites, 10).await?);
         }
+    }
+    if cli.has("import") {
+        eprintln!("import: tally-import from S3 (moto's server) until visible in the rollups");
+        let bin_dir = match &cli.bin_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no directory for this binary")?
+                .to_owned(),
+        };
+        report.import = Some(import::run(target, &bin_dir, &load_sites[0]).await?);
+        target.check_alive()?;
     }
     if cli.has("isolation") {
         eprintln!(

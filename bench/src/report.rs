@@ -372,6 +372,27 @@ pub fn print(r: &Report) {
         query_table("query", r.reads.iter());
     }
 
+    if let Some(i) = &r.import {
+        println!(
+            "\ntally-import from S3 (moto's server on loopback): {} events in {} objects",
+            i.events, i.objects
+        );
+        println!(
+            "  dry run (read, map, validate; baseline): {:.0} events/s",
+            i.dry_run_events_per_s
+        );
+        println!(
+            "  published and acknowledged:              {:.0} events/s",
+            i.publish_events_per_s
+        );
+        println!(
+            "  visible in the rollups:                  {:.0} events/s ({:.1} s); ÷ the dry run: {:.2}×",
+            i.visible_events_per_s,
+            i.visible_seconds,
+            i.visible_events_per_s / i.dry_run_events_per_s.max(0.001)
+        );
+    }
+
     if let Some(c) = &r.console {
         println!(
             "\nThe console in headless Chromium (a first visit of a site's 30 days, signed in; {} loads)",

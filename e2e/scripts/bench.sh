@@ -26,7 +26,7 @@ source "$TALLY_SERVERS_ENV"
 
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
 cd "$TALLY_ROOT"
-log "building tally-collector, tally-processor, tally-query and tally-bench (release)"
-cargo build --release -p tally-collector -p tally-processor -p tally-query -p tally-bench --bins
+log "building tally-collector, tally-processor, tally-query, tally-import and tally-bench (release)"
+cargo build --release -p tally-collector -p tally-processor -p tally-query -p tally-import -p tally-bench --bins
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 exec "$CARGO_TARGET_DIR/release/tally-bench" "$@"

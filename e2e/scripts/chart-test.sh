@@ -204,6 +204,10 @@ for helm in helm helm3; do
   done
 done
 
+# The documented Job of tally-import (the README's "In a cluster").
+check "kubernetes-validate -k $KUBE_VALIDATE_K8S --strict (examples/import/job.yaml)" \
+  validate_manifests "$TALLY_ROOT/examples/import/job.yaml"
+
 # --- the real install (--install) -------------------------------------------------------
 
 if ((install_test)); then

@@ -34,6 +34,7 @@ pub mod demo_site;
 pub mod dev;
 pub mod jaeger;
 pub mod nats_cluster;
+pub mod s3;
 
 /// The sites every test stack declares.
 pub const SITES: [&str; 2] = ["shop", "docs"];

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use tally_e2e::{Options, Process, Stack, env_path, eventually, free_port};
+use tally_e2e::s3::{S3, stage};
+use tally_e2e::{Options, Stack, eventually};
 
 const BUCKET: &str = "logs";
 const MAPPING: &str = "site_id: shop
@@ -28,77 +29,6 @@ properties:
   object: obj
   line: line
 ";
-
-/// moto's S3 server on a free loopback port.
-async fn start_s3(dir: &Path) -> anyhow::Result<(Process, String)> {
-    let port = free_port();
-    let mut command = std::process::Command::new("python3");
-    command
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .env("PYTHONPATH", env_path("TALLY_MOTO_PYTHONPATH")?);
-    let process = Process::spawn("moto", &mut command, dir.join("moto.log"))?;
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually("moto's S3 server", Duration::from_secs(60), || async {
-        http.get(&url)
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    })
-    .await?;
-    let created = http.put(format!("{url}/{BUCKET}")).send().await?;
-    anyhow::ensure!(
-        created.status().is_success(),
-        "creating the bucket: {}",
-        created.status()
-    );
-    Ok((process, url))
-}
-
-/// Uploads every file under `dir` to the bucket, its path as the key, with boto3 (moto's
-/// own dependency): signed requests, as a real S3 client sends them (moto refuses to
-/// overwrite an object without a signature).
-async fn upload(s3: &str, dir: &Path) -> anyhow::Result<()> {
-    const SCRIPT: &str = "import boto3, os, sys
-s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test-access-key',
-                  aws_secret_access_key='test-secret-key', region_name='us-east-1')
-root = sys.argv[3]
-for base, _, files in os.walk(root):
-    for name in files:
-        path = os.path.join(base, name)
-        s3.upload_file(path, sys.argv[2], os.path.relpath(path, root))
-";
-    let output = tokio::process::Command::new("python3")
-        .args(["-c", SCRIPT, s3, BUCKET])
-        .arg(dir)
-        .env("PYTHONPATH", env_path("TALLY_MOTO_PYTHONPATH")?)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "uploading {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::remove_dir_all(dir)?;
-    Ok(())
-}
-
-/// Writes `body` at `key` under `dir` (uploaded later by [`upload`]).
-fn stage(dir: &Path, key: &str, body: impl AsRef<[u8]>) -> anyhow::Result<()> {
-    let path = dir.join(key);
-    std::fs::create_dir_all(path.parent().context("a parent")?)?;
-    Ok(std::fs::write(path, body)?)
-}
 
 fn gzip(text: &str) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -140,8 +70,8 @@ fn command(
         .arg(work.join("rejects.ndjson"))
         .args(["--endpoint-url", s3, "--path-style", "--progress", "json"])
         .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test-access-key")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_ACCESS_KEY_ID", tally_e2e::s3::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", tally_e2e::s3::SECRET_ACCESS_KEY)
         .env("AWS_REGION", "us-east-1")
         .env("HOME", work)
         .stdout(Stdio::piped())
@@ -197,7 +127,8 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
     let stack = Stack::start(Options::default()).await?;
     let work = tempdir("import")?;
     std::fs::write(work.join("mapping.yaml"), MAPPING)?;
-    let (_s3_process, s3) = start_s3(&work).await?;
+    let server = S3::start(&work, BUCKET).await?;
+    let s3 = server.url.clone();
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let ts = now_ms - 2 * 86_400_000;
 
@@ -229,7 +160,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         };
         stage(&staged, &key, body)?;
     }
-    upload(&s3, &staged).await?;
+    server.upload(&staged).await?;
     let first = import(
         &s3,
         &work,
@@ -320,7 +251,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
             records("b", obj, 100, ts + obj as i64 * 1000),
         )?;
     }
-    upload(&s3, &staged).await?;
+    server.upload(&staged).await?;
     let b = format!("s3://{BUCKET}/b/");
     let live = {
         let http = stack.http.clone();
@@ -396,7 +327,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         "a/obj-00001.ndjson",
         records("a-changed", 1, 3, ts),
     )?;
-    upload(&s3, &staged).await?;
+    server.upload(&staged).await?;
     let changed = import(
         &s3,
         &work,
@@ -431,7 +362,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         "old/obj.ndjson",
         records("old", 0, 5, now_ms - 90 * 86_400_000),
     )?;
-    upload(&s3, &staged).await?;
+    server.upload(&staged).await?;
     let old = format!("s3://{BUCKET}/old/");
     let unchosen = import(&s3, &work, &config, &[&old]).await?;
     assert_eq!(unchosen.code, 4, "{}", unchosen.stderr);

@@ -50,6 +50,7 @@ pub enum OutsideRetention {
 /// Everything a run is asked to do.
 pub struct Options {
     pub config: PathBuf,
+    pub secrets_dir: Option<PathBuf>,
     pub mapping: PathBuf,
     pub site: Option<String>,
     pub sources: Vec<String>,
@@ -75,14 +76,18 @@ pub enum Ending {
     RetentionUnchosen,
 }
 
+/// The pipeline's resources, as its services load them.
+fn load(
+    path: &std::path::Path,
+    secrets_dir: Option<&std::path::Path>,
+) -> anyhow::Result<RuntimeConfig> {
+    RuntimeConfig::load_with_secrets(path, secrets_dir)
+        .map_err(|e| anyhow::anyhow!("the resources in {} do not load: {e}", path.display()))
+}
+
 /// Loads the resources and the mapping, and checks the site.
 fn prepare(options: &Options) -> anyhow::Result<(RuntimeConfig, Mapping, String)> {
-    let config = RuntimeConfig::load(&options.config).map_err(|e| {
-        anyhow::anyhow!(
-            "the resources in {} do not load: {e}",
-            options.config.display()
-        )
-    })?;
+    let config = load(&options.config, options.secrets_dir.as_deref())?;
     let text = std::fs::read_to_string(&options.mapping)
         .with_context(|| format!("cannot read the mapping {}", options.mapping.display()))?;
     let mapping = Mapping::parse(&text)
@@ -544,13 +549,12 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
 }
 
 /// The runs of the pipeline, oldest first (`--list`), or one (`--status`).
-pub async fn runs(config_path: &std::path::Path, run_id: Option<&str>) -> anyhow::Result<Vec<Run>> {
-    let config = RuntimeConfig::load(config_path).map_err(|e| {
-        anyhow::anyhow!(
-            "the resources in {} do not load: {e}",
-            config_path.display()
-        )
-    })?;
+pub async fn runs(
+    config_path: &std::path::Path,
+    secrets_dir: Option<&std::path::Path>,
+    run_id: Option<&str>,
+) -> anyhow::Result<Vec<Run>> {
+    let config = load(config_path, secrets_dir)?;
     let js = connect(&config, 1).await?;
     let store = Store::open(&js, &config).await?;
     match run_id {

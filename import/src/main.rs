@@ -46,6 +46,10 @@ struct Cli {
         value_name = "DIR_OR_FILE"
     )]
     config: PathBuf,
+    /// Where the Secrets of the servers' credentials are mounted, `<dir>/<secret>/<key>`
+    /// (in a cluster: /etc/tally/secrets, as the pipeline's pods have them).
+    #[arg(long, env = "TALLY_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// The mapping (YAML) from the source's records to Tally events; see the README's
     /// "Importing logs".
     #[arg(long, value_name = "FILE", required_unless_present_any = ["list", "status"])]
@@ -105,7 +109,13 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list || cli.status.is_some() {
-        return match tally_import::runs(&cli.config, cli.status.as_deref()).await {
+        return match tally_import::runs(
+            &cli.config,
+            cli.secrets_dir.as_deref(),
+            cli.status.as_deref(),
+        )
+        .await
+        {
             Ok(runs) if cli.status.is_some() && runs.is_empty() => {
                 eprintln!(
                     "tally-import: no import {:?}",
@@ -127,6 +137,7 @@ async fn main() -> ExitCode {
     }
     let options = tally_import::Options {
         config: cli.config,
+        secrets_dir: cli.secrets_dir,
         mapping: cli.mapping.unwrap_or_default(),
         site: cli.site,
         sources: cli.sources,
