@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use tally_contracts::schema::EVENT_TYPE_DAILY;
-use tally_e2e::s3::{S3, stage};
+use tally_e2e::s3::{S3, import_command, stage};
 
 use crate::target::Target;
 
@@ -56,25 +56,15 @@ async fn run_import(
     site: &str,
     dry_run: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut command = tokio::process::Command::new(binary);
-    command
-        .arg("--config")
-        .arg(config)
-        .arg("--mapping")
-        .arg(work.join("mapping.yaml"))
-        .arg("--rejects")
-        .arg(work.join("rejects.ndjson"))
-        .args([
-            "--site",
-            site,
-            "--path-style",
-            "--progress",
-            "none",
-            "--max-in-flight",
-            "2000",
-        ])
-        .envs(s3.env())
-        .kill_on_drop(true);
+    let mut command = import_command(binary, config, work, s3);
+    command.args([
+        "--site",
+        site,
+        "--progress",
+        "none",
+        "--max-in-flight",
+        "2000",
+    ]);
     if dry_run {
         command.arg("--dry-run");
     }

@@ -197,6 +197,17 @@ impl Cli {
         self.read_events
             .unwrap_or(if self.quick { 200_000 } else { 10_000_000 })
     }
+    /// Where the release binaries are: `--bin-dir`, else this binary's directory.
+    fn bin_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.bin_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(std::env::current_exe()?
+                .parent()
+                .context("no directory for this binary")?
+                .to_owned()),
+        }
+    }
+
     fn enrichment_events(&self) -> usize {
         if self.quick { 50_000 } else { 300_000 }
     }
@@ -392,13 +403,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
     let local = cli.target.is_none();
     let target = match &cli.target {
         None => {
-            let bin_dir = match &cli.bin_dir {
-                Some(dir) => dir.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("no directory for this binary")?
-                    .to_owned(),
-            };
+            let bin_dir = cli.bin_dir()?;
             eprintln!("tally-bench: starting nats-server and ClickHouse");
             let mut t = Target::start_local(&settings, bin_dir, cli.collector_arg.clone()).await?;
             t.start_collector().await?;
@@ -710,13 +715,7 @@ async fn run(cli: &Cli, report: &mut Report, slot: &mut Option<Target>) -> anyho
     }
     if cli.has("import") {
         eprintln!("import: tally-import from S3 (moto's server) until visible in the rollups");
-        let bin_dir = match &cli.bin_dir {
-            Some(dir) => dir.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .context("no directory for this binary")?
-                .to_owned(),
-        };
+        let bin_dir = cli.bin_dir()?;
         report.import = Some(import::run(target, &bin_dir, &load_sites[0]).await?);
         target.check_alive()?;
     }

@@ -100,6 +100,32 @@ for base, _, files in os.walk(root):
     }
 }
 
+/// `tally-import` (`binary`) with the resources `config`, the mapping `work/mapping.yaml`,
+/// the rejects file `work/rejects.ndjson`, path-style addressing and this server's
+/// credentials, its output captured; the caller adds the rest.
+pub fn import_command(
+    binary: &Path,
+    config: &Path,
+    work: &Path,
+    s3: &S3,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("--mapping")
+        .arg(work.join("mapping.yaml"))
+        .arg("--rejects")
+        .arg(work.join("rejects.ndjson"))
+        .arg("--path-style")
+        .envs(s3.env())
+        .env("HOME", work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 /// Writes `body` at `key` under `dir`, for [`S3::upload`].
 pub fn stage(dir: &Path, key: &str, body: impl AsRef<[u8]>) -> anyhow::Result<()> {
     let path = dir.join(key);

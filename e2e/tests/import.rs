@@ -9,12 +9,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use tally_e2e::s3::{S3, stage};
+use tally_e2e::s3::{S3, import_command, stage};
 use tally_e2e::{Options, Stack, eventually};
 
 const BUCKET: &str = "logs";
@@ -54,33 +53,22 @@ struct Import {
     stderr: String,
 }
 
+/// `tally-import` against the test server, its output captured.
 fn command(
-    s3: &str,
+    s3: &S3,
     work: &Path,
     config: &Path,
     args: &[&str],
 ) -> anyhow::Result<tokio::process::Command> {
-    let mut command = tokio::process::Command::new(Stack::binary("tally-import")?);
+    let mut command = import_command(&Stack::binary("tally-import")?, config, work, s3);
+    // The endpoint as a flag here (the bench passes it as AWS_ENDPOINT_URL).
     command
-        .arg("--config")
-        .arg(config)
-        .arg("--mapping")
-        .arg(work.join("mapping.yaml"))
-        .arg("--rejects")
-        .arg(work.join("rejects.ndjson"))
-        .args(["--endpoint-url", s3, "--path-style", "--progress", "json"])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", tally_e2e::s3::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", tally_e2e::s3::SECRET_ACCESS_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env("HOME", work)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .args(["--endpoint-url", &s3.url, "--progress", "json"])
+        .args(args);
     Ok(command)
 }
 
-async fn import(s3: &str, work: &Path, config: &Path, args: &[&str]) -> anyhow::Result<Import> {
+async fn import(s3: &S3, work: &Path, config: &Path, args: &[&str]) -> anyhow::Result<Import> {
     let output = tokio::time::timeout(
         Duration::from_secs(300),
         command(s3, work, config, args)?.output(),
@@ -128,7 +116,6 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
     let work = tempdir("import")?;
     std::fs::write(work.join("mapping.yaml"), MAPPING)?;
     let server = S3::start(&work, BUCKET).await?;
-    let s3 = server.url.clone();
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let ts = now_ms - 2 * 86_400_000;
 
@@ -162,7 +149,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
     }
     server.upload(&staged).await?;
     let first = import(
-        &s3,
+        &server,
         &work,
         &stack.config,
         &["--run-id", "first", &format!("s3://{BUCKET}/a/")],
@@ -226,7 +213,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
 
     // Again: the finished objects are skipped, nothing is stored twice.
     let second = import(
-        &s3,
+        &server,
         &work,
         &stack.config,
         &["--run-id", "second", &format!("s3://{BUCKET}/a/")],
@@ -271,7 +258,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         })
     };
     let mut slow = command(
-        &s3,
+        &server,
         &work,
         &stack.config,
         &[
@@ -306,7 +293,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         stored_when_killed < 10_000,
         "the import was killed too late to tell: {stored_when_killed}"
     );
-    let resumed = import(&s3, &work, &stack.config, &["--run-id", "resumed", &b]).await?;
+    let resumed = import(&server, &work, &stack.config, &["--run-id", "resumed", &b]).await?;
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert!(
         resumed.summary["events"].as_u64().unwrap_or(0) < 10_000,
@@ -329,7 +316,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
     )?;
     server.upload(&staged).await?;
     let changed = import(
-        &s3,
+        &server,
         &work,
         &stack.config,
         &["--run-id", "changed", &format!("s3://{BUCKET}/a/")],
@@ -364,7 +351,7 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
     )?;
     server.upload(&staged).await?;
     let old = format!("s3://{BUCKET}/old/");
-    let unchosen = import(&s3, &work, &config, &[&old]).await?;
+    let unchosen = import(&server, &work, &config, &[&old]).await?;
     assert_eq!(unchosen.code, 4, "{}", unchosen.stderr);
     assert!(
         unchosen
@@ -373,7 +360,13 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
         "{}",
         unchosen.stderr
     );
-    let skipped = import(&s3, &work, &config, &["--outside-retention", "skip", &old]).await?;
+    let skipped = import(
+        &server,
+        &work,
+        &config,
+        &["--outside-retention", "skip", &old],
+    )
+    .await?;
     assert_eq!(
         (
             skipped.code,
