@@ -266,8 +266,9 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
             "killed",
             "--max-rate",
             "2000",
+            // Chunks of 10 of an object's 100 records: the kill lands inside an object.
             "--max-in-flight",
-            "100",
+            "10",
             &b,
         ],
     )?

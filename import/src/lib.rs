@@ -501,6 +501,14 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
                     run.events_per_second =
                         run.events as f64 / started.elapsed().as_secs_f64().max(0.001);
                     progress.update(&run, bytes_done, None);
+                    // The status others see (--status) follows inside a large object too.
+                    if let Some(store) = &store
+                        && last_saved.elapsed() >= Duration::from_secs(2)
+                    {
+                        run.updated_at = rfc3339_now();
+                        store.save_run(&run).await?;
+                        last_saved = Instant::now();
+                    }
                 }
             }
             checkpoint.finished = true;
