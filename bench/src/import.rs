@@ -11,22 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use tally_contracts::schema::EVENT_TYPE_DAILY;
-use tally_e2e::s3::{S3, import_command, stage};
+use tally_e2e::s3::{LOG_MAPPING, S3, gzip, import_command, log_line, stage};
 
 use crate::target::Target;
 
 const OBJECTS: usize = 100;
 const RECORDS: usize = 2000;
 const EVENT_TYPE: &str = "bench_import";
-const MAPPING: &str = "fields:
-  event_type: action
-  timestamp: {field: ts, format: epoch_millis}
-  user_id: user
-  session_id: visit
-  path: page
-properties:
-  line: line
-";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Import {
@@ -39,13 +30,6 @@ pub struct Import {
     /// From the start of the import until every event is counted in the rollups.
     pub visible_seconds: f64,
     pub visible_events_per_s: f64,
-}
-
-fn gzip(text: &str) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(text.as_bytes()).expect("gzip in memory");
-    gz.finish().expect("gzip in memory")
 }
 
 async fn run_import(
@@ -94,19 +78,21 @@ pub async fn run(target: &Target, bin_dir: &Path, site: &str) -> anyhow::Result<
     let work = stack.dir.join("import-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    std::fs::write(work.join("mapping.yaml"), MAPPING)?;
+    std::fs::write(work.join("mapping.yaml"), LOG_MAPPING)?;
     let s3 = S3::start(&work, "bench-logs").await?;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let staged = work.join("staged");
     for obj in 0..OBJECTS {
         let text: String = (0..RECORDS)
             .map(|line| {
-                format!(
-                    "{{\"ts\":{},\"user\":\"u{}\",\"visit\":\"v{obj}-{}\",\"page\":\"/import/p{}\",\"action\":\"{EVENT_TYPE}\",\"line\":{line}}}\n",
+                log_line(
                     now_ms - 3_600_000 + (obj * RECORDS + line) as i64,
-                    line % 997,
-                    line / 20,
-                    line % 50
+                    &format!("u{}", line % 997),
+                    &format!("v{obj}-{}", line / 20),
+                    &format!("/import/p{}", line % 50),
+                    EVENT_TYPE,
+                    obj,
+                    line,
                 )
             })
             .collect();

@@ -126,6 +126,41 @@ pub fn import_command(
     command
 }
 
+/// The mapping of the access logs that [`log_line`] writes: one event a line.
+pub const LOG_MAPPING: &str = "fields:
+  event_type: action
+  timestamp: {field: ts, format: epoch_millis}
+  user_id: user
+  session_id: visit
+  path: page
+properties:
+  object: obj
+  line: line
+";
+
+/// One line of an access log (NDJSON, newline included), as [`LOG_MAPPING`] reads it.
+pub fn log_line(
+    ts_ms: i64,
+    user: &str,
+    visit: &str,
+    page: &str,
+    action: &str,
+    obj: usize,
+    line: usize,
+) -> String {
+    serde_json::json!({"ts": ts_ms, "user": user, "visit": visit, "page": page, "action": action, "obj": obj, "line": line})
+        .to_string()
+        + "\n"
+}
+
+/// `text` gzipped, as a gzipped log object holds it.
+pub fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).expect("gzip in memory");
+    gz.finish().expect("gzip in memory")
+}
+
 /// Writes `body` at `key` under `dir`, for [`S3::upload`].
 pub fn stage(dir: &Path, key: &str, body: impl AsRef<[u8]>) -> anyhow::Result<()> {
     let path = dir.join(key);

@@ -7,42 +7,29 @@
 //! again; records older than the raw retention stop a run that did not choose what to do
 //! with them; `--list` and `--status` show the runs.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use tally_e2e::s3::{S3, import_command, stage};
+use tally_e2e::s3::{LOG_MAPPING, S3, gzip, import_command, log_line, stage};
 use tally_e2e::{Options, Stack, eventually};
 
 const BUCKET: &str = "logs";
-const MAPPING: &str = "site_id: shop
-fields:
-  event_type: action
-  timestamp: {field: ts, format: epoch_millis}
-  user_id: user
-  session_id: visit
-  path: page
-properties:
-  object: obj
-  line: line
-";
-
-fn gzip(text: &str) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(text.as_bytes()).unwrap();
-    gz.finish().unwrap()
-}
 
 /// `n` records of object `obj` under `prefix` (paths `/<prefix>/…`), one event each.
 fn records(prefix: &str, obj: usize, n: usize, ts: i64) -> String {
     (0..n)
         .map(|line| {
-            json!({"ts": ts + line as i64, "user": format!("u{}", obj % 50), "visit": format!("{prefix}-{obj}"),
-                   "page": format!("/{prefix}/p{}", line % 7), "action": "view", "obj": obj, "line": line + 1})
-                .to_string()
-                + "\n"
+            log_line(
+                ts + line as i64,
+                &format!("u{}", obj % 50),
+                &format!("{prefix}-{obj}"),
+                &format!("/{prefix}/p{}", line % 7),
+                "view",
+                obj,
+                line + 1,
+            )
         })
         .collect()
 }
@@ -114,7 +101,10 @@ async fn a_thousand_objects_from_s3_once_each_however_often_and_however_stopped(
 -> anyhow::Result<()> {
     let stack = Stack::start(Options::default()).await?;
     let work = tempdir("import")?;
-    std::fs::write(work.join("mapping.yaml"), MAPPING)?;
+    std::fs::write(
+        work.join("mapping.yaml"),
+        format!("site_id: shop\n{LOG_MAPPING}"),
+    )?;
     let server = S3::start(&work, BUCKET).await?;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let ts = now_ms - 2 * 86_400_000;

@@ -46,6 +46,16 @@ pub struct Run {
     pub error: Option<String>,
 }
 
+impl Run {
+    /// The rate so far and the time of this look, `started` being when publishing began.
+    pub fn measure(&mut self, started: std::time::Instant) {
+        self.events_per_second = self.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+        self.updated_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+    }
+}
+
 /// The two buckets of a pipeline.
 pub struct Store {
     checkpoints: kv::Store,
@@ -71,6 +81,17 @@ async fn bucket(
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot create the key-value bucket {name}: {e}"))
+}
+
+/// The JSON value at `key` (none when absent or unreadable: a fresh start then).
+async fn read<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    Ok(store
+        .get(key)
+        .await?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
 /// A key for an object (bucket keys allow few characters: the object's name hashed).
@@ -103,10 +124,7 @@ impl Store {
     }
 
     pub async fn checkpoint(&self, object: &str) -> anyhow::Result<Option<Checkpoint>> {
-        match self.checkpoints.get(key_of(object)).await? {
-            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            None => Ok(None),
-        }
+        read(&self.checkpoints, &key_of(object)).await
     }
 
     pub async fn save(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
@@ -127,10 +145,7 @@ impl Store {
     }
 
     pub async fn run(&self, run_id: &str) -> anyhow::Result<Option<Run>> {
-        match self.runs.get(run_id).await? {
-            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            None => Ok(None),
-        }
+        read(&self.runs, run_id).await
     }
 
     /// Every run, oldest first.

@@ -226,19 +226,21 @@ impl Context<'_> {
     }
 }
 
-/// The rejects file: one JSON line per refused record or unreadable object.
+/// The rejects file: one JSON line per refused record or unreadable object, created at
+/// the first. Without a path (the retention count's pass) rejects are only counted.
 struct Rejects {
     file: Option<std::io::BufWriter<std::fs::File>>,
-    path: PathBuf,
+    path: Option<PathBuf>,
 }
 
 impl Rejects {
     fn write(&mut self, object: &str, position: Option<u64>, reason: &str) {
+        let Some(path) = &self.path else { return };
         if self.file.is_none() {
-            match std::fs::File::create(&self.path) {
+            match std::fs::File::create(path) {
                 Ok(f) => self.file = Some(std::io::BufWriter::new(f)),
                 Err(e) => {
-                    eprintln!("cannot write the rejects file {}: {e}", self.path.display());
+                    eprintln!("cannot write the rejects file {}: {e}", path.display());
                     return;
                 }
             }
@@ -375,7 +377,7 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
     };
     let mut rejects = Rejects {
         file: None,
-        path: options.rejects.clone(),
+        path: Some(options.rejects.clone()),
     };
     let mut progress =
         progress::Progress::new(options.progress, objects.iter().map(|o| o.size).sum());
@@ -387,13 +389,13 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
         options.dry_run,
     ) {
         let mut old = 0;
-        let mut scratch = Rejects {
+        let mut uncounted = Rejects {
             file: None,
-            path: std::env::temp_dir().join("tally-import-prescan-unused"),
+            path: None,
         };
         for object in &objects {
             if let Ok(bytes) = object.bytes().await
-                && let Ok(mapped) = context.map(object, &bytes, 0, &mut scratch)
+                && let Ok(mapped) = context.map(object, &bytes, 0, &mut uncounted)
             {
                 old += mapped.outside_retention;
             }
@@ -498,14 +500,12 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
                             tokio::time::sleep(wait).await;
                         }
                     }
-                    run.events_per_second =
-                        run.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    run.measure(started);
                     progress.update(&run, bytes_done, None);
-                    // The status others see (--status) follows inside a large object too.
+                    // What --status shows follows inside a large object too.
                     if let Some(store) = &store
                         && last_saved.elapsed() >= Duration::from_secs(2)
                     {
-                        run.updated_at = rfc3339_now();
                         store.save_run(&run).await?;
                         last_saved = Instant::now();
                     }
@@ -516,13 +516,8 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
             bytes_done += object.size;
             if let Some(store) = &store {
                 store.save(&checkpoint).await?;
-                if last_saved.elapsed() >= Duration::from_secs(2) {
-                    run.updated_at = rfc3339_now();
-                    store.save_run(&run).await?;
-                    last_saved = Instant::now();
-                }
             }
-            run.events_per_second = run.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+            run.measure(started);
             progress.update(&run, bytes_done, Some(&object.id));
         }
         Ok(())
@@ -530,8 +525,7 @@ pub async fn import(options: &Options) -> anyhow::Result<(Run, Ending)> {
     .await;
     progress.finish();
     rejects.flush();
-    run.updated_at = rfc3339_now();
-    run.events_per_second = run.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+    run.measure(started);
     let ending = if run.rejects > 0 || run.objects_unreadable > 0 {
         Ending::WithRejects
     } else {

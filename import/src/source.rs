@@ -122,15 +122,17 @@ fn s3_store(bucket: &str, options: &S3Options) -> anyhow::Result<object_store::a
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_virtual_hosted_style_request(!options.path_style);
+    // `from_env` took AWS_ENDPOINT_URL(_S3); plain HTTP is allowed to an http:// endpoint.
+    if let Some(endpoint) = &options.endpoint_url {
+        builder = builder.with_endpoint(endpoint);
+    }
     let endpoint = options
         .endpoint_url
         .clone()
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-    if let Some(endpoint) = endpoint {
-        builder = builder
-            .with_allow_http(endpoint.starts_with("http://"))
-            .with_endpoint(endpoint);
+    if endpoint.is_some_and(|e| e.starts_with("http://")) {
+        builder = builder.with_allow_http(true);
     }
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
@@ -159,8 +161,6 @@ fn s3_store(bucket: &str, options: &S3Options) -> anyhow::Result<object_store::a
         let region = profile_values(&credentials_file("AWS_CONFIG_FILE", "config"), &section)
             .and_then(|values| values.get("region").cloned());
         builder = builder.with_region(region.unwrap_or_else(|| "us-east-1".into()));
-    } else if let Ok(region) = std::env::var("AWS_REGION") {
-        builder = builder.with_region(region);
     }
     builder.build().context("configuring S3")
 }

@@ -98,7 +98,12 @@ fn accepts_gzip(value: &str) -> bool {
     value.split(',').any(|item| {
         let mut parts = item.split(';').map(str::trim);
         let coding = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+        let refused = parts.any(|p| {
+            matches!(
+                p.replace(' ', "").as_str(),
+                "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+            )
+        });
         (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
     })
 }

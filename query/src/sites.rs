@@ -57,8 +57,7 @@ pub async fn get_sites(
                 .into(),
         )
     })?;
-    let admin = matches!(grant.holder, Holder::Admin);
-    if !admin && !grant.has_scope(KeyScope::Read) {
+    if !grant.has_scope(KeyScope::Read) {
         return Err(Denied::MissingScope("read").into());
     }
     let mut sites: Vec<ReadableSite> = config
@@ -77,7 +76,7 @@ pub async fn get_sites(
     sites.sort_by(|a, b| a.site_id.cmp(&b.site_id));
     Ok(Json(Sites {
         pipeline: config.name().to_owned(),
-        admin,
+        admin: matches!(grant.holder, Holder::Admin),
         sites,
     }))
 }
